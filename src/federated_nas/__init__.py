@@ -1,0 +1,1 @@
+"""Federated neural architecture search: FedNAS and friends on Lightning + Hydra."""

@@ -1,0 +1,101 @@
+"""What every federated method shares: the contract with the federated loop and the local-step skeleton.
+
+A method is a small strategy object (``FederatedAlgorithm``): it builds the global model, wraps
+a client's copy of it in a LightningModule for the local work, and reports what a round
+produced. The loop, aggregation, checkpoints and tracking are the same for all methods.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.loaders import batch_loader
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def cosine_lr(base: float, minimum: float, round_idx: int, rounds: int) -> float:
+    """Cosine annealing across rounds, so the schedule is a function of the round alone (resume-safe)."""
+    progress = round_idx / max(rounds, 1)
+    return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * progress))
+
+
+class LocalModule(L.LightningModule):
+    """A client's local work on its copy of the global model, with manual optimization.
+
+    Subclasses implement ``local_step``; this class owns the loss, the optimizer factory calls
+    and the logging every method needs. Optimizer state starts fresh for each client fit, as
+    in FedNAS: momentum does not travel between clients or rounds.
+    """
+
+    def __init__(self, model: nn.Module, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.w_optimizer = w_optimizer
+        self.lr = lr
+        self.grad_clip = grad_clip
+        self.compute_seconds = 0.0
+
+    def on_train_start(self) -> None:
+        self._train_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        # the local work alone, without Trainer set-up: what round overhead is measured against
+        self.compute_seconds = time.perf_counter() - self._train_started
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        getter = getattr(self.model, "weight_parameters", None)
+        return getter() if getter else list(self.model.parameters())
+
+    def configure_optimizers(self):
+        return self.w_optimizer(self.weight_parameters(), lr=self.lr)
+
+    def loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.model(x), y)
+
+    def clip_weight_gradients(self, optimizer) -> None:
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
+    def training_step(self, batch, batch_idx):
+        loss = self.local_step(batch)
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=False, logger=False)
+        return loss
+
+    def local_step(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FederatedAlgorithm:
+    """The contract between a method and the federated loop."""
+
+    name: str = "base"
+
+    def build_model(self, data: FederatedData) -> nn.Module:
+        raise NotImplementedError
+
+    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> LocalModule:
+        raise NotImplementedError
+
+    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Any:
+        """One local epoch of the client's training data."""
+        return batch_loader(client.train, batch_size, shuffle=True, seed=seed)
+
+    def round_report(self, model: nn.Module) -> dict[str, Any]:
+        """Per-round facts about the global model beyond accuracy (genotype, diagnostics)."""
+        return {}
+
+
+def eval_loader(dataset, batch_size: int) -> DataLoader:
+    return batch_loader(dataset, batch_size, shuffle=False)

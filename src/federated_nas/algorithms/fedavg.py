@@ -1,0 +1,46 @@
+"""FedAvg (McMahan et al.) on a fixed network: the FedNAS train stage and the fixed-architecture baseline."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory, cosine_lr
+from federated_nas.data.federated_data import FederatedData
+from federated_nas.search_space.network import count_parameters
+
+
+class SupervisedTraining(LocalModule):
+    """Plain local SGD on the client's train split."""
+
+    def local_step(self, batch) -> torch.Tensor:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss = self.loss(batch)
+        self.manual_backward(loss)
+        self.clip_weight_gradients(optimizer)
+        optimizer.step()
+        return loss
+
+
+class FedAvg(FederatedAlgorithm):
+    """Clients train all weights locally; the server averages them by sample count."""
+
+    name = "fedavg"
+
+    def __init__(self, model: Callable[..., nn.Module], optimizer: OptimizerFactory, lr: float = 0.025,
+                 lr_min: float = 0.001, grad_clip: float | None = 5.0):
+        self.model_factory, self.optimizer = model, optimizer
+        self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
+
+    def build_model(self, data: FederatedData) -> nn.Module:
+        return self.model_factory(in_channels=data.in_channels, num_classes=data.num_classes)
+
+    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> SupervisedTraining:
+        return SupervisedTraining(model, self.optimizer, cosine_lr(self.lr, self.lr_min, round_idx, rounds),
+                                  self.grad_clip)
+
+    def round_report(self, model: nn.Module) -> dict[str, Any]:
+        return {"params": count_parameters(model)}

@@ -1,0 +1,74 @@
+"""Server-side aggregation: sample-count weighted averages of client states.
+
+The weights are normalised over the clients that actually reported in this round (not over
+all clients, which is FedML's defect), and every entry of the state is averaged, including
+the architecture parameters (FedML keeps client 0's alphas) and BatchNorm statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from federated_nas.errors import DataError
+
+State = dict[str, torch.Tensor]
+
+
+class WeightedAverage:
+    """Streaming weighted mean of states: add each client's update as it arrives, read once.
+
+    Only one running sum is held, however many clients report. Integer buffers (BatchNorm's
+    ``num_batches_tracked``) are averaged in floating point and rounded back, so a counter
+    stays a counter.
+    """
+
+    def __init__(self, template: State):
+        self._keys = list(template)
+        self._template = {k: (v.shape, v.dtype) for k, v in template.items()}
+        self._sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in template.items()}
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, state: State, weight: float) -> None:
+        check_update(state, self._template)
+        if not weight > 0 or not math.isfinite(weight):
+            raise DataError(f"client weight must be a positive number, got {weight}")
+        for key in self._keys:
+            self._sums[key].add_(state[key].detach().to("cpu", torch.float64), alpha=float(weight))
+        self.total_weight += float(weight)
+        self.count += 1
+
+    def result(self) -> State:
+        if not self.count:
+            raise DataError("no client update to aggregate in this round")
+        averaged = {}
+        for key in self._keys:
+            shape, dtype = self._template[key]
+            mean = self._sums[key] / self.total_weight
+            averaged[key] = (mean.round() if not dtype.is_floating_point else mean).to(dtype)
+        return averaged
+
+
+def check_update(state: State, template: dict[str, tuple[torch.Size, torch.dtype]]) -> None:
+    """Reject an update whose keys, shapes or dtypes differ from the global model, or that is not finite."""
+    missing, extra = set(template) - set(state), set(state) - set(template)
+    if missing or extra:
+        raise DataError(f"client update keys differ from the global model: missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(extra)[:3]}")
+    for key, (shape, dtype) in template.items():
+        value = state[key]
+        if value.shape != shape or value.dtype != dtype:
+            raise DataError(f"client update {key!r} is {tuple(value.shape)} {value.dtype}, "
+                            f"expected {tuple(shape)} {dtype}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise DataError(f"client update {key!r} holds NaN or infinite values")
+
+
+def weighted_average(states: list[State], weights: list[float]) -> State:
+    """The weighted mean of whole states, weights normalised over the given clients."""
+    accumulator = WeightedAverage(states[0])
+    for state, weight in zip(states, weights):
+        accumulator.add(state, weight)
+    return accumulator.result()

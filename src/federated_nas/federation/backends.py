@@ -1,0 +1,90 @@
+"""Execution backends: where and how the sampled clients' local work runs.
+
+``LocalBackend`` runs the clients one after another in the server process, each on its
+assigned device (round-robin over the visible GPUs, the CPU otherwise), each through a
+Lightning ``Trainer``. One worker copy of the model is reused for every client: the global
+state is loaded into it, so no deep copy of the model is made per client.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import lightning as L
+import torch
+from torch import nn
+
+from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.data.federated_data import ClientData
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class ClientUpdate:
+    client_id: int
+    state: State
+    num_samples: int
+    compute_seconds: float  # the local training loop alone
+    seconds: float  # everything this client cost the round, Trainer set-up and state copies included
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def client_seed(seed: int, round_idx: int, client_id: int) -> int:
+    """One seed per (run, round, client): client work is reproducible whatever ran before it."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(
+        seed * 1_000_003 + round_idx * 10_007 + client_id)).item())
+
+
+def visible_gpus(accelerator: str) -> int:
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 0
+
+
+class LocalBackend:
+    """Clients run sequentially in this process, each through a fresh Lightning Trainer.
+
+    A Trainer cannot be reused for a second fit, so each client gets one; it is built with
+    logging, checkpointing, progress bars and sanity checks off, because per-client Trainers
+    would otherwise write files and banners on every fit.
+    """
+
+    def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str = "cpu"):
+        self.make_trainer = trainer
+        self.accelerator = accelerator
+        self._worker: nn.Module | None = None
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    def device_for(self, position: int) -> dict[str, Any]:
+        gpus = visible_gpus(self.accelerator)
+        if gpus:
+            return {"accelerator": "gpu", "devices": [position % gpus]}
+        return {"accelerator": "cpu", "devices": 1}
+
+    def run_round(self, algorithm: FederatedAlgorithm, global_model: nn.Module, clients: list[ClientData],
+                  round_idx: int, rounds: int, seed: int, local_epochs: int, local_batches: int | None,
+                  batch_size: int) -> Iterator[ClientUpdate]:
+        if self._worker is None:
+            self._worker = copy.deepcopy(global_model)
+        global_state = global_model.state_dict()
+        for position, client in enumerate(clients):
+            started = time.perf_counter()
+            this_seed = client_seed(seed, round_idx, client.client_id)
+            torch.manual_seed(this_seed)  # any randomness inside the local step (e.g. Gumbel noise)
+            self._worker.load_state_dict(global_state)
+            module = algorithm.local_module(self._worker, round_idx, rounds)
+            trainer = self.make_trainer(
+                **self.device_for(position), max_epochs=local_epochs, limit_train_batches=local_batches,
+                logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+            )
+            trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self._worker.state_dict().items()}
+            yield ClientUpdate(client.client_id, state, client.num_samples, module.compute_seconds,
+                               time.perf_counter() - started, metrics)

@@ -1,0 +1,162 @@
+"""Build a run from its composed Hydra config and drive it: the body of the entry points.
+
+Everything is built with ``hydra.utils.instantiate`` from the config groups; this module only
+decides the order, where the run lives (a new dir or the one being resumed) and what is
+logged about it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from federated_nas.data.federated_data import FederatedData, build_federated_data
+from federated_nas.errors import ConfigError, DataError
+from federated_nas.federation.backends import visible_gpus
+from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
+from federated_nas.federation.server import FederatedRun, FederationSettings
+from federated_nas.tracking.mlflow_tracker import RunTracker
+
+log = logging.getLogger(__name__)
+FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
+
+
+def build(node: DictConfig, keep_name: bool = False, **kwargs: Any) -> Any:
+    """Instantiate a config node, surfacing our own one-line errors from inside constructors.
+
+    A node's ``name`` labels runs and tags; it is passed on only where it is the target's own
+    argument (``keep_name``, e.g. a dataset's name).
+    """
+    spec = OmegaConf.to_container(node, resolve=True)
+    if not keep_name:
+        spec.pop("name", None)
+    try:
+        return instantiate(spec, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ConfigError, DataError)):
+            raise err.__cause__ from None
+        raise
+
+
+def build_data(cfg: DictConfig) -> FederatedData:
+    dataset = build(cfg.dataset, keep_name=True)
+    return build_federated_data(dataset, build(cfg.partition), int(cfg.federation.num_clients), int(cfg.seed),
+                                tuple(cfg.federation.split))
+
+
+def resolve_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, Any] | None]:
+    """(run dir, checkpoint to resume from or None) for ``resume`` = false, true or a run dir."""
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.resume in (False, None):
+        return output_dir, None
+    if cfg.resume is True:
+        candidates = sorted(output_dir.parent.glob(f"*/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime)
+        unfinished = [p.parent.parent for p in candidates
+                      if p.parent.parent != output_dir and not (p.parent.parent / "FINISHED").exists()]
+        if not unfinished:
+            raise ConfigError(f"resume=true but no unfinished run named {cfg.run_name!r} under {output_dir.parent}")
+        run_dir = unfinished[-1]
+    else:
+        run_dir = Path(str(cfg.resume))
+    checkpoint = load_latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise ConfigError(f"resume={cfg.resume}: {run_dir} has no checkpoint to resume from")
+    return run_dir, checkpoint
+
+
+def server_device(cfg: DictConfig) -> str:
+    return "cuda" if visible_gpus(cfg.trainer.accelerator) else "cpu"
+
+
+def run_tags(cfg: DictConfig, algorithm_name: str) -> dict[str, Any]:
+    partition = {k: v for k, v in cfg.partition.items() if not str(k).startswith("_")}
+    return {"algorithm": algorithm_name, "dataset": cfg.dataset.name, "num_clients": cfg.federation.num_clients,
+            "seed": cfg.seed, **{f"partition.{k}" if k != "name" else "partition": v for k, v in partition.items()}}
+
+
+def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
+    """Shared by search and train: data, tracker, loop, resume, artifacts."""
+    run_dir, checkpoint = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = FederationSettings(**{k: v for k, v in cfg.federation.items() if k not in FEDERATION_KEYS})
+    data = build_data(cfg)
+    run_id = (checkpoint or {}).get("mlflow_run_id") or None
+    logger = instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None
+    tracker = RunTracker(logger)
+    backend = instantiate(cfg.cluster.backend, trainer=instantiate(cfg.trainer))
+    run = FederatedRun(algorithm, data, backend, tracker, settings, run_dir, int(cfg.seed), server_device(cfg))
+    if checkpoint is not None:
+        run.restore(checkpoint)
+    else:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        tracker.log_config(cfg)
+        tracker.set_tags(run_tags(cfg, algorithm.name))
+        tracker.log_artifact(run_dir / "config.yaml")
+        for path in data.save_partition(run_dir / "partition"):
+            tracker.log_artifact(path, "partition")
+    try:
+        final = run.run()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    (run_dir / "FINISHED").touch()
+    tracker.finish()
+    final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id)
+    log.info(summary(final))
+    return final
+
+
+def summary(final: dict[str, Any]) -> str:
+    """The one screen a user reads when the run ends."""
+    lines = ["run finished"]
+    for key in ("global_test_acc", "client_test_acc_mean", "client_test_acc_std", "derived_params", "params",
+                "elapsed_seconds"):
+        if key in final:
+            lines.append(f"  {key}: {final[key]:.4g}" if isinstance(final[key], float) else f"  {key}: {final[key]}")
+    if "genotype" in final:
+        lines.append(f"  genotype: {final['genotype']}")
+    lines.append(f"  run dir: {final['run_dir']}")
+    if final.get("mlflow_run_id"):
+        lines.append(f"  MLflow run: {final['mlflow_run_id']} (make mlflow-ui)")
+    return "\n".join(lines)
+
+
+def run_search(cfg: DictConfig) -> dict[str, Any]:
+    return run_federated(cfg, build(cfg.algorithm))
+
+
+def genotype_of_search(search_run: str, tracking_uri: str | None) -> Path:
+    """The genotype.json a search saved: from its run dir (or the file itself), else by MLflow run id."""
+    candidate = Path(search_run)
+    for path in (candidate, candidate / "genotype.json"):
+        if path.is_file():
+            return path
+    if candidate.exists():
+        raise DataError(f"search_run={search_run}: no genotype.json there; was it a search run that finished a round?")
+    if tracking_uri is None:
+        raise DataError(f"search_run={search_run} is not a path, and no MLflow store is configured to look it up")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return Path(MlflowClient(tracking_uri).download_artifacts(search_run, "genotype.json"))
+    except MlflowException as err:
+        raise DataError(f"search_run={search_run}: not a run dir and not an MLflow run with a genotype.json "
+                        f"in {tracking_uri} ({str(err).splitlines()[0]})") from None
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """The FedNAS second stage: FedAvg on the network of the genotype a search found."""
+    if not cfg.get("search_run"):
+        raise ConfigError("search_run is required: the run dir or MLflow run id of a finished search")
+    tracking_uri = cfg.logger.tracking_uri if cfg.get("logger") else None
+    genotype_path = genotype_of_search(str(cfg.search_run), tracking_uri)
+    OmegaConf.update(cfg, "model.genotype", str(genotype_path), force_add=True)
+    log.info("training the genotype of %s", genotype_path)
+    return run_federated(cfg, build(cfg.algorithm))
+

@@ -1,0 +1,103 @@
+"""Genotypes: the discrete architecture a search derives, in DARTS' four-field format.
+
+The JSON written here has exactly DARTS' ``Genotype`` fields (normal, normal_concat,
+reduce, reduce_concat), so anyone's DARTS evaluation code can read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from federated_nas.errors import DataError
+from federated_nas.search_space.operations import PRIMITIVES
+
+Edge = tuple[str, int]  # (op name, input node index); inputs 0 and 1 are the cell inputs
+
+
+@dataclass(frozen=True)
+class Genotype:
+    normal: list[Edge]
+    normal_concat: list[int]
+    reduce: list[Edge]
+    reduce_concat: list[int]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Genotype":
+        try:
+            return cls(
+                normal=[(str(op), int(j)) for op, j in data["normal"]],
+                normal_concat=[int(i) for i in data["normal_concat"]],
+                reduce=[(str(op), int(j)) for op, j in data["reduce"]],
+                reduce_concat=[int(i) for i in data["reduce_concat"]],
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"not a genotype (need normal, normal_concat, reduce, reduce_concat): {err}") from err
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically, so a crash never leaves half a genotype on disk."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Genotype":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"cannot read genotype {path}: {err}") from err
+
+    def count(self, op: str) -> int:
+        return sum(name == op for name, _ in self.normal + self.reduce)
+
+
+def edge_index(steps: int) -> list[tuple[int, int]]:
+    """(target node, source node) for every edge, in DARTS' alpha row order."""
+    return [(node, source) for node in range(steps) for source in range(node + 2)]
+
+
+def derive_cell(weights: torch.Tensor, steps: int, primitives=PRIMITIVES, inputs_per_node: int = 2) -> list[Edge]:
+    """DARTS' rule: keep each node's strongest incoming edges, ranked by their best non-none op.
+
+    Ties break towards the lower source index and the earlier primitive, so the result is a
+    pure function of the weights.
+    """
+    weights = weights.detach().cpu().double()
+    none = primitives.index("none") if "none" in primitives else None
+    genes: list[Edge] = []
+    row = 0
+    for node in range(steps):
+        rows = weights[row : row + node + 2]
+        scored = []
+        for source, op_weights in enumerate(rows):
+            candidates = [(float(w), -k) for k, w in enumerate(op_weights) if k != none]
+            best_weight, neg_k = max(candidates)
+            scored.append((best_weight, -source, -neg_k))
+        for best_weight, neg_source, k in sorted(scored, reverse=True)[:inputs_per_node]:
+            genes.append((primitives[k], -neg_source))
+        row += node + 2
+    return genes
+
+
+def derive_genotype(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, steps: int = 4,
+                    multiplier: int = 4, primitives=PRIMITIVES) -> Genotype:
+    """The genotype of the supernet's architecture parameters (softmax of alpha)."""
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return Genotype(
+        normal=derive_cell(torch.softmax(alpha_normal, dim=-1), steps, primitives),
+        normal_concat=concat,
+        reduce=derive_cell(torch.softmax(alpha_reduce, dim=-1), steps, primitives),
+        reduce_concat=concat,
+    )

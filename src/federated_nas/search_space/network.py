@@ -1,0 +1,75 @@
+"""The discrete network a genotype describes: what the FedNAS train stage trains with FedAvg."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from federated_nas.search_space.genotypes import Genotype
+from federated_nas.search_space.operations import FactorizedReduce, ReLUConvBN, make_op
+
+
+class GenotypeCell(nn.Module):
+    """A cell with one op per genotype edge; each node sums the edges listed for it."""
+
+    def __init__(self, edges: list[tuple[str, int]], concat: list[int], c_prev_prev: int, c_prev: int, c: int,
+                 reduction: bool, reduction_prev: bool, inputs_per_node: int = 2):
+        super().__init__()
+        self.reduction, self.concat, self.inputs_per_node = reduction, list(concat), inputs_per_node
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(c_prev_prev, c, affine=True)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, c, 1, 1, 0, affine=True)
+        self.preprocess1 = ReLUConvBN(c_prev, c, 1, 1, 0, affine=True)
+        self.sources = [source for _, source in edges]
+        self.ops = nn.ModuleList(
+            make_op(name, c, 2 if reduction and source < 2 else 1, affine=True) for name, source in edges
+        )
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for first in range(0, len(self.ops), self.inputs_per_node):
+            edges = range(first, first + self.inputs_per_node)
+            states.append(sum(self.ops[k](states[self.sources[k]]) for k in edges))
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class GenotypeNetwork(nn.Module):
+    """DARTS' evaluation network: stem, genotype cells with reductions at 1/3 and 2/3 depth, classifier."""
+
+    def __init__(self, genotype: Genotype | dict | str | Path, in_channels: int = 3, num_classes: int = 10,
+                 C: int = 36, layers: int = 20, stem_multiplier: int = 3, stem_stride: int = 1):
+        super().__init__()
+        if isinstance(genotype, (str, Path)):
+            genotype = Genotype.load(genotype)
+        elif isinstance(genotype, dict) or not isinstance(genotype, Genotype):
+            genotype = Genotype.from_dict(dict(genotype))
+        self.genotype = genotype
+        c_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(c_curr))
+        c_prev_prev, c_prev, c_curr = c_curr, c_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for layer in range(layers):
+            reduction = layer in (layers // 3, 2 * layers // 3)
+            if reduction:
+                c_curr *= 2
+            edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            cell = GenotypeCell(edges, concat, c_prev_prev, c_prev, c_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            c_prev_prev, c_prev = c_prev, len(concat) * c_curr
+        self.classifier = nn.Linear(c_prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,62 @@
+"""Run-level tracking through Lightning's ``MLFlowLogger``: config, tags, per-round metrics, artifacts.
+
+Round metrics are logged by the server loop with ``step=round``; client Trainers log nothing
+(MLflow params are immutable, and per-client loggers would collide on them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+MAX_PARAM_LENGTH = 250  # MLflow rejects longer param values
+
+
+class RunTracker:
+    """Thin layer over an MLFlowLogger; with ``logger=None`` (``logger=none``) it records nothing."""
+
+    def __init__(self, logger: MLFlowLogger | None):
+        self.logger = logger
+        if logger is not None:
+            logger.experiment  # noqa: B018 -- creates the run now, so a bad tracking URI fails before any work
+
+    @property
+    def run_id(self) -> str | None:
+        return self.logger.run_id if self.logger is not None else None
+
+    def log_config(self, cfg: DictConfig) -> None:
+        if self.logger is None:
+            return
+        flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+        self.logger.log_hyperparams({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flat.items()})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.logger is None:
+            return
+        for key, value in tags.items():
+            self.logger.experiment.set_tag(self.run_id, key, str(value))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.logger is not None and metrics:
+            self.logger.log_metrics(metrics, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.logger is not None:
+            self.logger.experiment.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.logger is not None:
+            self.logger.finalize("success" if status == "FINISHED" else "failed")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"a.b.c": value}, MLflow's flat param namespace."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}

@@ -1,0 +1,21 @@
+"""FedNAS' train stage: `python src/train.py search_run=<search run dir or MLflow run id>`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from federated_nas.cli import one_line_errors, quiet_libraries, set_project_root
+
+set_project_root()
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@one_line_errors
+def main(cfg: DictConfig) -> float | None:
+    from federated_nas.runs import run_train
+
+    quiet_libraries()
+    return run_train(cfg).get("global_test_acc")
+
+
+if __name__ == "__main__":
+    main()

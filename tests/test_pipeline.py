@@ -1,0 +1,101 @@
+"""End to end through Hydra's compose API: search, train stage, resume, MLflow, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from federated_nas.errors import ConfigError, DataError
+from federated_nas.federation import server
+from federated_nas.federation.checkpoint import load_latest_checkpoint
+from federated_nas.runs import run_search, run_train
+
+
+def final_state(run_dir) -> dict[str, torch.Tensor]:
+    return load_latest_checkpoint(Path(run_dir) / "checkpoints")["model"]
+
+
+def test_two_round_fednas_then_train_stage(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("search")
+    result = run_search(cfg)
+    run_dir = Path(result["run_dir"])
+    genotype = json.loads((run_dir / "genotype.json").read_text())
+    assert set(genotype) == {"normal", "normal_concat", "reduce", "reduce_concat"}
+    assert 0.0 <= result["global_test_acc"] <= 1.0
+    for name in ("partition.json", "partition_counts.csv", "partition_heatmap.png"):
+        assert (run_dir / "partition" / name).is_file()
+
+    client = MlflowClient(cfg.logger.tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["algorithm"] == "fednas" and run.data.tags["partition"] == "dirichlet"
+    assert run.data.params["federation.num_clients"] == "3"
+    history = client.get_metric_history(run.info.run_id, "global_test_acc")
+    assert [m.step for m in history] == [0, 1]
+    for metric in ("alpha_entropy", "skip_connect_count", "derived_params", "bytes_sent", "client_test_acc_std"):
+        assert metric in run.data.metrics
+    assert "genotype.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    trained = run_train(tiny_cfg("train", [f"search_run={run_dir}"]))
+    trained_model = final_state(trained["run_dir"])
+    assert not any(k.startswith("alpha") for k in trained_model)
+    assert trained["params"] < sum(v.numel() for k, v in final_state(run_dir).items() if v.is_floating_point())
+
+    by_run_id = run_train(tiny_cfg("train", [f"search_run={result['mlflow_run_id']}", "federation.rounds=1"],
+                                   run="by_id"))
+    assert by_run_id["params"] == trained["params"]  # the same genotype, found through MLflow
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_cfg, monkeypatch):
+    overrides = ["logger=none", "federation.rounds=3", "federation.client_fraction=0.67"]
+    uninterrupted = run_search(tiny_cfg("search", overrides, run="whole"))
+
+    real_record = server.FederatedRun._record
+
+    def crash_after_first_round(self, round_idx, metrics):
+        real_record(self, round_idx, metrics)
+        if round_idx == 0:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(server.FederatedRun, "_record", crash_after_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny_cfg("search", overrides + ["run_name=crashy"], run="first"))
+    monkeypatch.setattr(server.FederatedRun, "_record", real_record)
+    resumed = run_search(tiny_cfg("search", overrides + ["run_name=crashy", "resume=true"], run="second"))
+
+    assert resumed["run_dir"].endswith("first")
+    a, b = final_state(uninterrupted["run_dir"]), final_state(resumed["run_dir"])
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("partition.alpha=0", "partition.alpha"),
+    ("federation.client_fraction=1.5", "federation.client_fraction"),
+    ("federation.num_clients=1000", "federation.num_clients"),
+    ("federation.rounds=0", "federation.rounds"),
+])
+def test_bad_config_is_one_clear_error(tiny_cfg, tmp_path, override, message):
+    cfg = tiny_cfg("search", ["logger=none", override])
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        run_search(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_unknown_dataset_and_missing_search_run(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("search", ["logger=none", "dataset=mnist", "dataset.name=imagenet"])
+    with pytest.raises(ConfigError, match="imagenet"):
+        run_search(cfg)
+    with pytest.raises(ConfigError, match="search_run"):
+        run_train(tiny_cfg("train", ["logger=none"]))
+    with pytest.raises(DataError, match="no genotype.json"):
+        run_train(tiny_cfg("train", ["logger=none", f"search_run={tmp_path}"]))
+
+
+def test_resume_without_a_run_says_so(tiny_cfg):
+    with pytest.raises(ConfigError, match="no unfinished run"):
+        run_search(tiny_cfg("search", ["logger=none", "resume=true"]))

@@ -1,0 +1,129 @@
+"""Ops, cells, the batched supernet against the op-by-op reference, genotypes, discrete networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from federated_nas.search_space.genotypes import Genotype, derive_cell, derive_genotype, edge_index
+from federated_nas.search_space.network import GenotypeNetwork
+from federated_nas.search_space.operations import PRIMITIVES, make_op
+from federated_nas.search_space.reference import ReferenceSearchNetwork
+from federated_nas.search_space.supernet import EdgeBundle, SearchNetwork
+
+
+@pytest.mark.parametrize("name", PRIMITIVES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_every_op_keeps_channels_and_strides(name, stride):
+    x = torch.randn(2, 4, 7, 7)
+    out = make_op(name, 4, stride, affine=False)(x)
+    side = (7 + stride - 1) // stride  # ceil: odd sizes reduce without losing the border
+    assert out.shape == (2, 4, side, side)
+
+
+@pytest.mark.parametrize("in_channels,size", [(1, 28), (3, 32), (1, 14)])
+def test_supernet_logits_shape_for_one_and_three_channels(in_channels, size):
+    net = SearchNetwork(in_channels, 10, C=4, layers=3)
+    assert net(torch.randn(2, in_channels, size, size)).shape == (2, 10)
+    assert [cell.reduction for cell in net.cells] == [False, True, True]
+    assert net.alpha_normal.shape == (14, len(PRIMITIVES))
+
+
+def test_arch_and_weight_parameters_partition_the_model():
+    net = SearchNetwork(1, 10, C=2, layers=2)
+    arch, weights = net.arch_parameters(), net.weight_parameters()
+    assert len(arch) == 2
+    assert len(arch) + len(weights) == len(list(net.parameters()))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bundle_equals_plain_mixed_ops_in_value_and_gradient(stride):
+    torch.manual_seed(0)
+    bundle = EdgeBundle(4, num_sources=2, num_edges=3, stride=stride).double()
+    x = torch.randn(5, 8, 9, 9, dtype=torch.float64, requires_grad=True)
+    weights = torch.softmax(torch.randn(2, 3, len(PRIMITIVES), dtype=torch.float64), -1).requires_grad_()
+    fast = bundle(x, weights)  # [N, H, W, E, C]
+    sources = x.view(5, 2, 4, 9, 9)
+    plain = []
+    for edge in range(3):
+        total = 0
+        for source in range(2):
+            for k, op in enumerate(bundle.edge_ops(source, edge).values()):
+                total = total + weights[source, edge, k] * op(sources[:, source])
+        plain.append(total)
+    plain = torch.stack(plain, 1).permute(0, 3, 4, 1, 2)
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
+    grads_fast = torch.autograd.grad((fast ** 2).sum(), [x, weights])
+    grads_plain = torch.autograd.grad((plain ** 2).sum(), [x, weights])
+    for a, b in zip(grads_fast, grads_plain):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_supernet_matches_op_by_op_reference_for_random_alphas():
+    torch.manual_seed(1)
+    net = SearchNetwork(3, 10, C=4, layers=3).double()  # float64: the comparison sees math, not rounding
+    with torch.no_grad():
+        net.alpha_normal.normal_(0, 2)
+        net.alpha_reduce.normal_(0, 2)
+    reference = ReferenceSearchNetwork(net)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    fast_out, ref_out = net(x), reference(x)
+    torch.testing.assert_close(fast_out, ref_out, rtol=1e-10, atol=1e-10)
+    fast_grad = torch.autograd.grad(fast_out.logsumexp(1).sum(), net.alpha_normal)[0]
+    ref_grad = torch.autograd.grad(ref_out.logsumexp(1).sum(), reference.alpha_normal)[0]
+    torch.testing.assert_close(fast_grad, ref_grad, rtol=1e-9, atol=1e-10)
+
+
+def test_edge_order_is_darts():
+    assert edge_index(4)[:5] == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+    assert len(edge_index(4)) == 14
+
+
+def test_derive_cell_known_answer():
+    """Hand-made weights: node 0 prefers sep3 from 1 and skip from 0; later nodes pick their two strongest."""
+    ops = {name: k for k, name in enumerate(PRIMITIVES)}
+    weights = torch.full((14, len(PRIMITIVES)), 0.01)
+    def put(row, op, value):
+        weights[row, ops[op]] = value
+    put(0, "skip_connect", 0.5); put(1, "sep_conv_3x3", 0.9)                       # node 0: edges 0,1
+    put(2, "max_pool_3x3", 0.2); put(3, "dil_conv_3x3", 0.3); put(4, "sep_conv_5x5", 0.8)  # node 1
+    put(5, "none", 0.99); put(5, "avg_pool_3x3", 0.1); put(6, "sep_conv_3x3", 0.6); put(8, "dil_conv_5x5", 0.7)
+    put(9, "sep_conv_3x3", 0.4); put(13, "skip_connect", 0.45)                        # node 3
+    genes = derive_cell(weights, steps=4)
+    assert genes == [
+        ("sep_conv_3x3", 1), ("skip_connect", 0),
+        ("sep_conv_5x5", 2), ("dil_conv_3x3", 1),
+        ("dil_conv_5x5", 3), ("sep_conv_3x3", 1),  # the strong `none` on edge (2, 0) is ignored
+        ("skip_connect", 4), ("sep_conv_3x3", 0),
+    ]
+
+
+def test_genotype_json_round_trip_has_darts_fields(tmp_path):
+    genotype = derive_genotype(torch.randn(14, 8), torch.randn(14, 8))
+    path = genotype.save(tmp_path / "genotype.json")
+    assert Genotype.load(path) == genotype
+    import json
+    assert set(json.loads(path.read_text())) == {"normal", "normal_concat", "reduce", "reduce_concat"}
+    assert genotype.normal_concat == [2, 3, 4, 5]
+
+
+def test_derivation_is_deterministic():
+    alpha = torch.zeros(14, 8)  # all ties
+    assert derive_genotype(alpha, alpha) == derive_genotype(alpha.clone(), alpha.clone())
+
+
+@pytest.mark.parametrize("in_channels,size", [(1, 28), (3, 32)])
+def test_network_from_genotype(in_channels, size):
+    genotype = derive_genotype(torch.randn(14, 8), torch.randn(14, 8))
+    net = GenotypeNetwork(genotype, in_channels, 10, C=4, layers=3)
+    assert net(torch.randn(2, in_channels, size, size)).shape == (2, 10)
+    assert sum(p.numel() for p in net.parameters()) < sum(
+        p.numel() for p in SearchNetwork(in_channels, 10, C=4, layers=3).parameters())
+
+
+def test_bad_genotype_file_is_one_clear_error(tmp_path):
+    from federated_nas.errors import DataError
+    path = tmp_path / "g.json"
+    path.write_text('{"normal": []}')
+    with pytest.raises(DataError, match="not a genotype"):
+        Genotype.load(path)
