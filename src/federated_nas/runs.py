@@ -15,10 +15,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import FederatedData, build_federated_data
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
+from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import RunTracker
 
@@ -81,6 +83,8 @@ def run_tags(cfg: DictConfig, algorithm_name: str) -> dict[str, Any]:
 
 def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     """Shared by search and train: data, tracker, loop, resume, artifacts."""
+    if cfg.get("personalize") and type(algorithm).adapt is FederatedAlgorithm.adapt:
+        raise ConfigError(f"personalize=true: algorithm {algorithm.name} defines no personal adaptation")
     run_dir, checkpoint = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = FederationSettings(**{k: v for k, v in cfg.federation.items() if k not in FEDERATION_KEYS})
@@ -101,6 +105,10 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
             tracker.log_artifact(path, "partition")
     try:
         final = run.run()
+        if cfg.get("personalize"):
+            final.update(personalize_clients(algorithm, run.model, data, settings.batch_size,
+                                             settings.eval_batch_size, run.device, int(cfg.seed),
+                                             settings.rounds, run_dir, tracker))
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -114,8 +122,9 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
 def summary(final: dict[str, Any]) -> str:
     """The one screen a user reads when the run ends."""
     lines = ["run finished"]
-    for key in ("global_test_acc", "client_test_acc_mean", "client_test_acc_std", "derived_params", "params",
-                "elapsed_seconds"):
+    for key in ("global_test_acc", "global_test_acc_discrete", "client_test_acc_mean", "client_test_acc_std",
+                "personalized_acc_before_mean", "personalized_acc_after_mean", "derived_params", "supernet_params",
+                "params", "elapsed_seconds"):
         if key in final:
             lines.append(f"  {key}: {final[key]:.4g}" if isinstance(final[key], float) else f"  {key}: {final[key]}")
     if "genotype" in final:

@@ -23,6 +23,11 @@ from federated_nas.data.loaders import batch_loader
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
+def classification_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
 def cosine_lr(base: float, minimum: float, round_idx: int, rounds: int) -> float:
     """Cosine annealing across rounds, so the schedule is a function of the round alone (resume-safe)."""
     progress = round_idx / max(rounds, 1)
@@ -61,8 +66,7 @@ class LocalModule(L.LightningModule):
         return self.w_optimizer(self.weight_parameters(), lr=self.lr)
 
     def loss(self, batch) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self.model(x), y)
+        return classification_loss(self.model, batch)
 
     def clip_weight_gradients(self, optimizer) -> None:
         if self.grad_clip:
@@ -95,6 +99,18 @@ class FederatedAlgorithm:
     def round_report(self, model: nn.Module) -> dict[str, Any]:
         """Per-round facts about the global model beyond accuracy (genotype, diagnostics)."""
         return {}
+
+    def after_aggregation(self, model: nn.Module, round_idx: int, rounds: int) -> dict[str, Any]:
+        """Server-side work on the new global model (schedules, pruning); returns facts to log."""
+        return {}
+
+    def discrete_model(self, model: nn.Module) -> nn.Module | None:
+        """The model made discrete with its trained weights, when the method has one (NAS)."""
+        return None
+
+    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int) -> nn.Module | None:
+        """A client's personalized copy of the global model, when the method defines personalization."""
+        return None
 
 
 def eval_loader(dataset, batch_size: int) -> DataLoader:

@@ -8,17 +8,14 @@ with L_val on the client's own validation split, and gradient clipping on w (not
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.utilities import CombinedLoader
-from torch import nn
 
-from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory, cosine_lr
-from federated_nas.data.federated_data import ClientData, FederatedData
-from federated_nas.data.loaders import batch_loader
-from federated_nas.search_space.network import count_parameters
+from federated_nas.algorithms.base import LocalModule, OptimizerFactory, cosine_lr
+from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.data.federated_data import ClientData
+from federated_nas.data.loaders import paired_loader
 from federated_nas.search_space.supernet import SearchNetwork
 
 
@@ -50,7 +47,7 @@ class MiLeNASSearch(LocalModule):
         return train_loss
 
 
-class FedNAS(FederatedAlgorithm):
+class FedNAS(SupernetAlgorithm):
     """Server-side view of FedNAS: a DARTS supernet whose w and alpha are both averaged."""
 
     name = "fednas"
@@ -58,38 +55,15 @@ class FedNAS(FederatedAlgorithm):
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
                  val_lambda: float = 1.0, grad_clip: float | None = 5.0):
-        self.search_space = search_space
+        super().__init__(search_space)
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.val_lambda, self.grad_clip = lr, lr_min, val_lambda, grad_clip
-
-    def build_model(self, data: FederatedData) -> SearchNetwork:
-        return self.search_space(in_channels=data.in_channels, num_classes=data.num_classes)
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MiLeNASSearch:
         lr = cosine_lr(self.lr, self.lr_min, round_idx, rounds)
         return MiLeNASSearch(model, self.w_optimizer, self.alpha_optimizer, lr, self.val_lambda, self.grad_clip)
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> CombinedLoader:
+    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
         """Train batches paired with val batches; the val loader cycles if it is the shorter one."""
-        loaders = {"train": batch_loader(client.train, batch_size, shuffle=True, seed=seed),
-                   "val": batch_loader(client.val, batch_size, shuffle=True, seed=seed + 1)}
-        return CombinedLoader(loaders, mode="max_size_cycle")
-
-    def round_report(self, model: SearchNetwork) -> dict[str, Any]:
-        genotype = model.genotype()
-        return {
-            "genotype": genotype,
-            "alpha_entropy": alpha_entropy(model),
-            "skip_connect_count": genotype.count("skip_connect"),
-            "derived_params": count_parameters(model.derived_network()),
-        }
-
-
-def alpha_entropy(model: SearchNetwork) -> float:
-    """Mean entropy (nats) of the op distribution per edge: falls as the search commits."""
-    entropies = []
-    for alpha in model.arch_parameters():
-        p = F.softmax(alpha.detach(), dim=-1)
-        entropies.append(-(p * p.clamp_min(1e-12).log()).sum(-1))
-    return float(torch.cat(entropies).mean())
+        return paired_loader(client.train, client.val, ("train", "val"), batch_size, seed)
 

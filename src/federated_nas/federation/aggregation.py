@@ -72,3 +72,11 @@ def weighted_average(states: list[State], weights: list[float]) -> State:
     for state, weight in zip(states, weights):
         accumulator.add(state, weight)
     return accumulator.result()
+
+
+def load_state(model: torch.nn.Module, state: State) -> None:
+    """Load a global state into a model, first adopting its structure if it was pruned since."""
+    match_structure = getattr(model, "match_structure", None)
+    if match_structure is not None:
+        match_structure(state)
+    model.load_state_dict(state)

@@ -20,6 +20,7 @@ from torch import nn
 
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import ClientData
+from federated_nas.federation.aggregation import load_state
 
 State = dict[str, torch.Tensor]
 
@@ -74,9 +75,9 @@ class LocalBackend:
         global_state = global_model.state_dict()
         for position, client in enumerate(clients):
             started = time.perf_counter()
+            load_state(self._worker, global_state)
             this_seed = client_seed(seed, round_idx, client.client_id)
             torch.manual_seed(this_seed)  # any randomness inside the local step (e.g. Gumbel noise)
-            self._worker.load_state_dict(global_state)
             module = algorithm.local_module(self._worker, round_idx, rounds)
             trainer = self.make_trainer(
                 **self.device_for(position), max_epochs=local_epochs, limit_train_batches=local_batches,

@@ -20,7 +20,7 @@ from torch import nn
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
-from federated_nas.federation.aggregation import WeightedAverage
+from federated_nas.federation.aggregation import WeightedAverage, load_state
 from federated_nas.federation.backends import LocalBackend
 from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate
@@ -79,7 +79,7 @@ class FederatedRun:
         self.elapsed_before = 0.0
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
-        self.model.load_state_dict(checkpoint["model"])
+        load_state(self.model, checkpoint["model"])
         self.history = list(checkpoint["history"])
         self.start_round = int(checkpoint["round"])
         self.elapsed_before = float(checkpoint["elapsed_seconds"])
@@ -112,7 +112,7 @@ class FederatedRun:
             if "train_loss" in update.metrics:
                 train_losses.append(update.metrics["train_loss"])
         self.model.load_state_dict(average.result())
-        payload = state_bytes(global_state)
+        payload = state_bytes(global_state)  # what each client received and sent back this round
         metrics: dict[str, Any] = {
             "clients": len(selected),
             "bytes_sent": payload * len(selected),
@@ -123,6 +123,8 @@ class FederatedRun:
         }
         if train_losses:
             metrics["client_train_loss"] = float(np.mean(train_losses))
+        metrics.update(self.algorithm.after_aggregation(self.model, round_idx, s.rounds))
+        metrics["model_bytes"] = state_bytes(self.model.state_dict())
         last = round_idx == s.rounds - 1
         if last or (round_idx + 1) % s.eval_every == 0:
             acc, loss = evaluate(self.model, self.data.global_test, s.eval_batch_size, self.device,
@@ -131,6 +133,10 @@ class FederatedRun:
         if last or (round_idx + 1) % s.client_eval_every == 0:
             accs = [evaluate(self.model, c.test, s.eval_batch_size, self.device)[0] for c in self.data.clients]
             metrics.update(client_test_acc_mean=float(np.mean(accs)), client_test_acc_std=float(np.std(accs)))
+            discrete = self.algorithm.discrete_model(self.model)
+            if discrete is not None:  # Table 3 of FedMetaNAS: the same round, relaxed vs made discrete
+                metrics["global_test_acc_discrete"] = evaluate(discrete, self.data.global_test, s.eval_batch_size,
+                                                               self.device, None if last else s.global_test_samples)[0]
         metrics.update(self.algorithm.round_report(self.model))
         return metrics
 

@@ -68,9 +68,11 @@ def edge_index(steps: int) -> list[tuple[int, int]]:
     return [(node, source) for node in range(steps) for source in range(node + 2)]
 
 
-def derive_cell(weights: torch.Tensor, steps: int, primitives=PRIMITIVES, inputs_per_node: int = 2) -> list[Edge]:
+def derive_cell(weights: torch.Tensor, steps: int, primitives=PRIMITIVES, inputs_per_node: int = 2,
+                chosen: list[tuple[int, ...]] | None = None) -> list[Edge]:
     """DARTS' rule: keep each node's strongest incoming edges, ranked by their best non-none op.
 
+    ``chosen`` fixes each node's input sources instead (FedMetaNAS' input combinations).
     Ties break towards the lower source index and the earlier primitive, so the result is a
     pure function of the weights.
     """
@@ -85,6 +87,8 @@ def derive_cell(weights: torch.Tensor, steps: int, primitives=PRIMITIVES, inputs
             candidates = [(float(w), -k) for k, w in enumerate(op_weights) if k != none]
             best_weight, neg_k = max(candidates)
             scored.append((best_weight, -source, -neg_k))
+        if chosen is not None:
+            scored = [entry for entry in scored if -entry[1] in chosen[node]]
         for best_weight, neg_source, k in sorted(scored, reverse=True)[:inputs_per_node]:
             genes.append((primitives[k], -neg_source))
         row += node + 2

@@ -59,7 +59,7 @@ class ReferenceSearchNetwork(nn.Module):
 
     def __init__(self, network: SearchNetwork):
         super().__init__()
-        self.relaxation = network.relaxation
+        self.relaxation = copy.deepcopy(network.relaxation)
         self.stem = copy.deepcopy(network.stem)
         self.cells = nn.ModuleList(ReferenceCell(cell) for cell in network.cells)
         self.classifier = copy.deepcopy(network.classifier)

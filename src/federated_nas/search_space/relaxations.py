@@ -15,7 +15,12 @@ from torch import nn
 class SoftmaxRelaxation(nn.Module):
     """DARTS: a plain softmax over the last axis."""
 
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The deterministic weights (what evaluation and genotype derivation use)."""
         return torch.softmax(logits, dim=-1)
 
 
@@ -32,9 +37,13 @@ class GumbelSoftmaxRelaxation(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
-            logits = logits - torch.log(-torch.log(uniform))
+        if not self.training:
+            return self.probabilities(logits)
+        uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
+        return torch.softmax((logits - torch.log(-torch.log(uniform))) / self.temperature, dim=-1)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """No noise: softmax(alpha / temperature)."""
         return torch.softmax(logits / self.temperature, dim=-1)
 
 

@@ -12,15 +12,16 @@ the plain per-edge modules with the same weights, which the tests compare agains
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated_nas.search_space.genotypes import Genotype, derive_genotype, edge_index
+from federated_nas.search_space.genotypes import Genotype, derive_cell, edge_index
 from federated_nas.search_space.network import GenotypeNetwork
+from federated_nas.search_space.relaxations import SoftmaxRelaxation
 from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op, shifted_by_one
 
 CONV_OPS = {  # name -> (kernel, dilation, stacked DilConv stages)
@@ -45,38 +46,98 @@ class EdgeBundle(nn.Module):
     Input ``[N, S*C, H, W]`` (sources stacked on channels) and op weights ``[S, E, ops]``;
     output ``[N, H', W', E, C]`` (channels-last): per target edge, the weighted op outputs
     summed over sources.
+
+    ``active[s, e, k]`` says whether op k of edge (s, e) exists. Pruning an op removes its
+    weights from the model for real: each op's grouped convolution holds only its active
+    edges, and an op active nowhere in the bundle is neither stored nor computed.
     """
 
     def __init__(self, c: int, num_sources: int, num_edges: int, stride: int, primitives=PRIMITIVES):
         super().__init__()
         self.c, self.num_sources, self.num_edges, self.stride = c, num_sources, num_edges, stride
         self.primitives = tuple(primitives)
-        groups = num_sources * num_edges
+        for name in self.primitives:
+            if name not in PRIMITIVES:
+                raise ValueError(f"unknown operation {name!r}; known: {', '.join(PRIMITIVES)}")
+        self.register_buffer("active", torch.ones(num_sources, num_edges, len(self.primitives), dtype=torch.bool))
         self.conv_params = nn.ParameterDict()
         self.bns = nn.ModuleDict()
-        for name in self.primitives:
+        self._build(kept={})
+
+    def _per_edge(self, name: str) -> bool:
+        """Ops with weights of their own on every edge (the rest see the same input on each edge)."""
+        return name in CONV_OPS or (name == "skip_connect" and self.stride == 2)
+
+    def _group_list(self, k: int) -> list[int]:
+        return [int(g) for g in self.active[:, :, k].flatten().nonzero().flatten()]
+
+    def _build(self, kept: dict[str, list[int]]) -> None:
+        """Create each op's weights for its active edges; ``kept[name]`` maps new group -> old group."""
+        old_params, old_bns = dict(self.conv_params), dict(self.bns)
+        self.conv_params, self.bns = nn.ParameterDict(), nn.ModuleDict()
+        groups_of = {}
+        c = self.c
+        for k, name in enumerate(self.primitives):
+            groups = self._group_list(k)
+            groups_of[name] = groups
+            if name == "none" or not groups:
+                continue
             if name in CONV_OPS:
                 kernel, _, stages = CONV_OPS[name]
                 for stage in range(stages):
-                    self.conv_params[f"{name}_dw{stage}"] = _conv_weight(groups * c, 1, kernel)
-                    self.conv_params[f"{name}_pw{stage}"] = _conv_weight(groups * c, c, 1)
-                    self.bns[f"{name}_bn{stage}"] = nn.BatchNorm2d(groups * c, affine=False)
+                    self._param(f"{name}_dw{stage}", len(groups) * c, 1, kernel, old_params, kept.get(name), c)
+                    self._param(f"{name}_pw{stage}", len(groups) * c, c, 1, old_params, kept.get(name), c)
+                    self._bn(f"{name}_bn{stage}", len(groups) * c, old_bns, kept.get(name))
+            elif self._per_edge(name):
+                self._param("skip_a", len(groups) * c // 2, c, 1, old_params, kept.get(name), c // 2)
+                self._param("skip_b", len(groups) * c // 2, c, 1, old_params, kept.get(name), c // 2)
+                self._bn("skip_bn", len(groups) * c, old_bns, kept.get(name))
             elif name in POOL_OPS:
-                self.bns[name] = nn.BatchNorm2d(num_sources * c, affine=False)
-            elif name == "skip_connect" and stride == 2:
-                self.conv_params["skip_a"] = _conv_weight(groups * c // 2, c, 1)
-                self.conv_params["skip_b"] = _conv_weight(groups * c // 2, c, 1)
-                self.bns["skip_bn"] = nn.BatchNorm2d(groups * c, affine=False)
-            elif name not in ("none", "skip_connect"):
-                raise ValueError(f"unknown operation {name!r}; known: {', '.join(PRIMITIVES)}")
+                self._bn(name, self.num_sources * c, old_bns, None)
+        for k, name in enumerate(self.primitives):
+            index = torch.tensor(groups_of[name], dtype=torch.long)
+            self.register_buffer(f"groups_{k}", index, persistent=False)
+        self._full = {k: len(groups_of[name]) == self.num_sources * self.num_edges
+                      for k, name in enumerate(self.primitives)}
+        self.bns.train(self.training)  # rebuilt BatchNorms follow the bundle's mode
 
-    @property
-    def groups(self) -> int:
-        return self.num_sources * self.num_edges
+    def _param(self, key, out_channels, in_per_group, kernel, old, kept, width) -> None:
+        if kept is not None and key in old:  # surviving groups keep their values; no RNG is drawn
+            self.conv_params[key] = nn.Parameter(_take_groups(old[key].detach(), kept, width).clone())
+        else:
+            self.conv_params[key] = _conv_weight(out_channels, in_per_group, kernel)
 
-    def _conv_op(self, name: str, replicated: torch.Tensor) -> torch.Tensor:
+    def _bn(self, key, channels, old, kept) -> None:
+        bn = nn.BatchNorm2d(channels, affine=False)
+        if key in old:
+            previous = old[key]
+            with torch.no_grad():
+                if kept is None:
+                    bn.load_state_dict(previous.state_dict())
+                else:
+                    bn.running_mean.copy_(_take_groups(previous.running_mean, kept, self.c))
+                    bn.running_var.copy_(_take_groups(previous.running_var, kept, self.c))
+                    bn.num_batches_tracked.copy_(previous.num_batches_tracked)
+        self.bns[key] = bn
+
+    def prune(self, active: torch.Tensor) -> None:
+        """Keep only the (source, edge, op) triples that are True in ``active`` (never revives one)."""
+        active = active.to(self.active.device) & self.active
+        if torch.equal(active, self.active):
+            return
+        old_groups = {name: self._group_list(k) for k, name in enumerate(self.primitives)}
+        self.active.copy_(active)
+        kept = {}
+        for k, name in enumerate(self.primitives):
+            position = {g: i for i, g in enumerate(old_groups[name])}
+            kept[name] = [position[g] for g in self._group_list(k)]
+        device = self.active.device
+        self._build(kept)
+        self.to(device)
+
+    def _conv_op(self, name: str, replicated: torch.Tensor, groups: int) -> torch.Tensor:
         kernel, dilation, stages = CONV_OPS[name]
-        groups, y = self.groups, replicated
+        y = replicated
         for stage in range(stages):
             if stage:
                 y = F.relu(y)
@@ -89,13 +150,13 @@ class EdgeBundle(nn.Module):
             y = self.bns[f"{name}_bn{stage}"](y)
         return y
 
-    def _reduce_skip(self, replicated: torch.Tensor) -> torch.Tensor:
-        a = F.conv2d(replicated, self.conv_params["skip_a"], None, 2, 0, 1, self.groups)
-        b = F.conv2d(shifted_by_one(replicated), self.conv_params["skip_b"], None, 2, 0, 1, self.groups)
+    def _reduce_skip(self, replicated: torch.Tensor, groups: int) -> torch.Tensor:
+        a = F.conv2d(replicated, self.conv_params["skip_a"], None, 2, 0, 1, groups)
+        b = F.conv2d(shifted_by_one(replicated), self.conv_params["skip_b"], None, 2, 0, 1, groups)
         n, _, h, w = a.shape
         half = self.c // 2
-        both = torch.stack([a.view(n, self.groups, half, h, w), b.view(n, self.groups, half, h, w)], dim=2)
-        return self.bns["skip_bn"](both.view(n, self.groups * self.c, h, w))
+        both = torch.stack([a.view(n, groups, half, h, w), b.view(n, groups, half, h, w)], dim=2)
+        return self.bns["skip_bn"](both.view(n, groups * self.c, h, w))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         # Channels-last throughout: CPU depthwise convolutions are several times faster in it,
@@ -103,52 +164,70 @@ class EdgeBundle(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         n, _, h, w = x.shape
         s, e, c = self.num_sources, self.num_edges, self.c
-        replicated = (F.relu(x).permute(0, 2, 3, 1).view(n, h, w, s, 1, c).expand(n, h, w, s, e, c)
-                      .reshape(n, h, w, s * e * c).permute(0, 3, 1, 2))
+        relu_sources = F.relu(x).permute(0, 2, 3, 1).view(n, h, w, s, c)
         total = None
         for k, name in enumerate(self.primitives):
-            if name == "none":
+            groups = getattr(self, f"groups_{k}")
+            if name == "none" or not len(groups):
                 continue
-            if name in CONV_OPS:
-                out = self._conv_op(name, replicated)
-            elif name == "skip_connect" and self.stride == 2:
-                out = self._reduce_skip(replicated)
-            elif name == "max_pool_3x3":  # pools and identity see the same input on every edge
-                out = self.bns[name](F.max_pool2d(x, 3, self.stride, 1))
-            elif name == "avg_pool_3x3":
-                out = self.bns[name](F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False))
-            else:
-                out = x
-            term = self._weighted(out, weights[:, :, k])
+            if self._per_edge(name):
+                term = self._per_edge_term(name, k, relu_sources, weights, groups)
+            else:  # pools and identity see the same input on every edge: computed once per source
+                if name == "max_pool_3x3":
+                    out = self.bns[name](F.max_pool2d(x, 3, self.stride, 1))
+                elif name == "avg_pool_3x3":
+                    out = self.bns[name](F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False))
+                else:
+                    out = x
+                shared = out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+                shared = shared.reshape(*shared.shape[:3], s, 1, c)
+                term = (shared * weights[:, :, k].reshape(s, e, 1)).sum(3)
             total = term if total is None else total + term
+        if total is None:  # every op of every edge pruned: the bundle contributes nothing
+            stride = self.stride
+            return x.new_zeros(n, (h + stride - 1) // stride, (w + stride - 1) // stride, e, c)
         return total
 
-    def _weighted(self, out: torch.Tensor, op_weights: torch.Tensor) -> torch.Tensor:
-        """``[N, (S*E or S)*C, H, W]`` op output -> ``[N, H, W, E, C]`` weighted and summed over sources."""
-        n, _, h, w = out.shape
-        s, e, c = self.num_sources, self.num_edges, self.c
-        per_edge = out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        per_edge = per_edge.reshape(n, h, w, s, -1, c)  # edge axis is 1 for shared ops: broadcast
-        weighted = per_edge * op_weights.view(s, e, 1)
-        return weighted.sum(3) if s > 1 else weighted.squeeze(3)
+    def _per_edge_term(self, name, k, relu_sources, weights, groups) -> torch.Tensor:
+        """Weighted output of one per-edge op on its active edges, as ``[N, H', W', E, C]``."""
+        n, h, w, s, c = relu_sources.shape
+        e, count = self.num_edges, len(groups)
+        sources, edges = groups // e, groups % e
+        if self._full[k]:
+            chosen = relu_sources.unsqueeze(4).expand(n, h, w, s, e, c)
+        else:
+            chosen = relu_sources.index_select(3, sources)
+        replicated = chosen.reshape(n, h, w, count * c).permute(0, 3, 1, 2)
+        if name in CONV_OPS:
+            out = self._conv_op(name, replicated, count)
+        else:
+            out = self._reduce_skip(replicated, count)
+        out = out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        out = out.reshape(*out.shape[:3], count, c) * weights[sources, edges, k].view(count, 1)
+        if self._full[k] and s == 1:
+            return out
+        return out.new_zeros(*out.shape[:3], e, c).index_add(3, edges, out)
 
     def edge_ops(self, source: int, edge: int) -> nn.ModuleDict:
-        """The plain per-op modules of one edge, carrying this bundle's weights and BN statistics."""
+        """The plain per-op modules of one edge (its active ops), carrying this bundle's weights and BN statistics."""
         g = source * self.num_edges + edge
         ops = nn.ModuleDict()
         dtype = next(iter(self.bns.values())).running_mean.dtype
-        for name in self.primitives:
+        for k, name in enumerate(self.primitives):
+            if not self.active[source, edge, k]:
+                continue
             ops[name] = op = make_op(name, self.c, self.stride, affine=False).to(dtype)
+            position = self._group_list(k).index(g) if self._per_edge(name) else None
             if name in CONV_OPS:
                 for stage, dil_conv in enumerate(op if name.startswith("sep") else [op]):
                     _, depthwise, pointwise, bn = dil_conv
-                    self._copy_slice(depthwise.weight, f"{name}_dw{stage}", g)
-                    self._copy_slice(pointwise.weight, f"{name}_pw{stage}", g)
-                    self._copy_bn(bn, self.bns[f"{name}_bn{stage}"], g)
-            elif name == "skip_connect" and self.stride == 2:
-                self._copy_slice(op.conv_a.weight, "skip_a", g, self.c // 2)
-                self._copy_slice(op.conv_b.weight, "skip_b", g, self.c // 2)
-                self._copy_bn(op.bn, self.bns["skip_bn"], g)
+                    self._copy_slice(depthwise.weight, f"{name}_dw{stage}", position)
+                    self._copy_slice(pointwise.weight, f"{name}_pw{stage}", position)
+                    self._copy_bn(bn, self.bns[f"{name}_bn{stage}"], position)
+            elif self._per_edge(name):
+                self._copy_slice(op.conv_a.weight, "skip_a", position, self.c // 2)
+                self._copy_slice(op.conv_b.weight, "skip_b", position, self.c // 2)
+                self._copy_bn(op.bn, self.bns["skip_bn"], position)
             elif name in POOL_OPS:
                 op = nn.Sequential(op, nn.BatchNorm2d(self.c, affine=False).to(dtype))
                 self._copy_bn(op[1], self.bns[name], source)
@@ -165,6 +244,14 @@ class EdgeBundle(nn.Module):
         target.running_mean.copy_(source.running_mean[part])
         target.running_var.copy_(source.running_var[part])
         target.num_batches_tracked.copy_(source.num_batches_tracked)
+
+
+def _take_groups(tensor: torch.Tensor, groups: list[int], width: int) -> torch.Tensor:
+    """The rows of ``tensor`` belonging to the listed groups of ``width`` rows each, in order."""
+    if not groups:
+        return tensor[:0]
+    index = torch.cat([torch.arange(g * width, (g + 1) * width) for g in groups]).to(tensor.device)
+    return tensor.index_select(0, index)
 
 
 class SearchCell(nn.Module):
@@ -191,6 +278,15 @@ class SearchCell(nn.Module):
             index = torch.tensor([[rows[(t, source)] for t in range(node + 1, steps)]])
             self.register_buffer(f"rows_node{node}", index, persistent=False)
 
+    def bundle_rows(self) -> list[torch.Tensor]:
+        """Per bundle, the ``[S, E]`` alpha rows of its edges."""
+        return [self.rows_inputs] + [getattr(self, f"rows_node{node}") for node in range(self.steps - 1)]
+
+    def prune(self, op_active: torch.Tensor) -> None:
+        """Remove every op that ``op_active`` (``[edges, ops]``, alpha row order) marks False."""
+        for bundle, rows in zip(self.bundles, self.bundle_rows()):
+            bundle.prune(op_active[rows])
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         inputs = torch.cat([self.preprocess0(s0), self.preprocess1(s1)], dim=1)
         partial = list(self.bundles[0](inputs, weights[self.rows_inputs]).unbind(3))
@@ -205,26 +301,35 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
-def softmax_relaxation(alpha: torch.Tensor) -> torch.Tensor:
-    """DARTS' continuous relaxation: a softmax over each edge's ops."""
-    return torch.softmax(alpha, dim=-1)
+def node_input_combinations(steps: int, k: int) -> list[tuple[int, tuple[int, ...]]]:
+    """(node, sources) for every k-combination of every intermediate node's predecessors."""
+    return [(node, combo) for node in range(steps) for combo in itertools.combinations(range(node + 2), k)]
+
+
+CELL_KINDS = ("normal", "reduce")
+MASKED = -1e9  # logit of a removed choice: exactly zero weight after any softmax that has a live choice
 
 
 class SearchNetwork(nn.Module):
     """The DARTS search network: stem, cells (reductions at 1/3 and 2/3 depth), classifier.
 
-    ``alpha_normal`` and ``alpha_reduce`` are the architecture parameters (one row per edge,
-    one column per primitive); everything else is the weights w.
+    Architecture parameters: ``alpha_<kind>`` (one row per edge, one column per primitive)
+    and, with ``input_combinations=k`` (FedMetaNAS' input-node soft pruning, its Eq. 8),
+    ``beta_<kind>`` over the k-combinations of each node's predecessors; an edge's op weights
+    are then scaled by the total weight of the combinations that contain it. Everything else
+    is the weights w. Removed choices are recorded in the ``*_mask_*`` buffers, so a pruned
+    state dict carries its own structure (see ``match_structure``).
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, C: int = 16, layers: int = 8,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, stem_stride: int = 1,
-                 primitives=PRIMITIVES, relaxation: Callable[[torch.Tensor], torch.Tensor] = softmax_relaxation):
+                 primitives=PRIMITIVES, relaxation: nn.Module | None = None,
+                 input_combinations: int | None = None):
         super().__init__()
         if layers < 1 or C < 2 or C % 2:
             raise ValueError(f"search_space needs layers >= 1 and an even C >= 2, got C={C}, layers={layers}")
         self.steps, self.multiplier, self.primitives = steps, multiplier, tuple(primitives)
-        self.relaxation = relaxation
+        self.relaxation = relaxation if relaxation is not None else SoftmaxRelaxation()
         # what a discrete network derived from this supernet needs to have the same shape
         self.network_shape = dict(in_channels=in_channels, num_classes=num_classes, C=C, layers=layers,
                                   stem_multiplier=stem_multiplier, stem_stride=stem_stride)
@@ -245,25 +350,141 @@ class SearchNetwork(nn.Module):
         num_edges = len(edge_index(steps))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
+        for kind in CELL_KINDS:
+            self.register_buffer(f"op_mask_{kind}", torch.ones(num_edges, len(self.primitives), dtype=torch.bool))
+        self.combinations = node_input_combinations(steps, input_combinations) if input_combinations else None
+        if self.combinations is not None:
+            rows = {pair: k for k, pair in enumerate(edge_index(steps))}
+            incidence = torch.zeros(num_edges, len(self.combinations))
+            for c, (node, sources) in enumerate(self.combinations):
+                for source in sources:
+                    incidence[rows[(node, source)], c] = 1.0
+            self.register_buffer("combo_incidence", incidence, persistent=False)
+            self.combo_slices = [[c for c, (n, _) in enumerate(self.combinations) if n == node] for node in range(steps)]
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(len(self.combinations)))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(len(self.combinations)))
+            for kind in CELL_KINDS:
+                self.register_buffer(f"combo_mask_{kind}", torch.ones(len(self.combinations), dtype=torch.bool))
 
+    # --- parameters -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [self.alpha_normal, self.alpha_reduce]
+        params = [self.alpha_normal, self.alpha_reduce]
+        if self.combinations is not None:
+            params += [self.beta_normal, self.beta_reduce]
+        return params
 
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
+    # --- relaxed weights ----------------------------------------------------------------------
+    def _relax(self, logits: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        masked = logits.masked_fill(~mask, MASKED)
+        weights = self.relaxation.probabilities(masked) if deterministic else self.relaxation(masked)
+        return weights * mask
+
+    def combination_weights(self, kind: str, deterministic: bool = False) -> torch.Tensor:
+        """Relaxed weight of every input combination, normalised within each node."""
+        beta, mask = getattr(self, f"beta_{kind}"), getattr(self, f"combo_mask_{kind}")
+        parts = [self._relax(beta[index], mask[index], deterministic) for index in self.combo_slices]
+        order = [c for index in self.combo_slices for c in index]
+        weights = torch.cat(parts)
+        return weights[torch.argsort(torch.tensor(order, device=weights.device))]
+
+    def op_weights(self, kind: str, deterministic: bool = False) -> torch.Tensor:
+        """``[edges, ops]`` weights the cells use: relaxed alpha, times the edge's combination weight."""
+        weights = self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), deterministic)
+        if self.combinations is not None:
+            weights = weights * (self.combo_incidence @ self.combination_weights(kind, deterministic)).unsqueeze(1)
+        return weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normal = self.relaxation(self.alpha_normal)
-        reduce = self.relaxation(self.alpha_reduce)
+        normal, reduce = self.op_weights("normal"), self.op_weights("reduce")
         s0 = s1 = self.stem(x.contiguous(memory_format=torch.channels_last))
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
+    # --- architecture ------------------------------------------------------------------------
+    def chosen_sources(self, kind: str) -> list[tuple[int, ...]] | None:
+        """With input combinations: each node's strongest live combination of inputs."""
+        if self.combinations is None:
+            return None
+        weights = self.combination_weights(kind, deterministic=True).detach()
+        return [self.combinations[max(index, key=lambda c: (float(weights[c]), -c))][1] for index in self.combo_slices]
+
     def genotype(self) -> Genotype:
-        return derive_genotype(self.alpha_normal, self.alpha_reduce, self.steps, self.multiplier, self.primitives)
+        cells = {}
+        for kind in CELL_KINDS:
+            weights = self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), True).detach()
+            cells[kind] = derive_cell(weights, self.steps, self.primitives, chosen=self.chosen_sources(kind))
+        concat = list(range(2 + self.steps - self.multiplier, self.steps + 2))
+        return Genotype(cells["normal"], concat, cells["reduce"], concat)
 
     def derived_network(self) -> "GenotypeNetwork":
         """The discrete network of the current genotype at this supernet's size (fresh weights)."""
         return GenotypeNetwork(self.genotype(), **self.network_shape)
+
+    # --- pruning -----------------------------------------------------------------------------
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {name: buf.clone() for name, buf in self.named_buffers() if "_mask_" in name and "." not in name}
+
+    def prune_to(self, masks: dict[str, torch.Tensor]) -> None:
+        """Adopt the given masks (never reviving a removed choice) and drop the removed ops' modules."""
+        for name, mask in masks.items():
+            buffer = getattr(self, name)
+            buffer.copy_(buffer & mask.to(buffer.device, torch.bool))
+        for kind in CELL_KINDS:
+            active = getattr(self, f"op_mask_{kind}").clone()
+            if self.combinations is not None:  # an edge in no live combination is gone entirely
+                live = getattr(self, f"combo_mask_{kind}").float()
+                active &= (self.combo_incidence @ live > 0).unsqueeze(1)
+            for cell in self.cells:
+                if (kind == "reduce") == cell.reduction:
+                    cell.prune(active)
+
+    def match_structure(self, state: dict[str, torch.Tensor]) -> None:
+        """Prune this network to the structure a (pruned) state dict was saved from, before loading it."""
+        self.prune_to({name: state[name] for name in self.masks() if name in state})
+
+    def prune(self, threshold: float) -> dict[str, int]:
+        """Remove every op and input combination whose deterministic weight is under ``threshold``.
+
+        An edge's strongest non-none op and a node's strongest combination always stay, so the
+        genotype is unchanged by pruning and every node keeps its inputs.
+        """
+        masks, removed = self.masks(), {"ops": 0, "combinations": 0}
+        for kind in CELL_KINDS:
+            op_mask = masks[f"op_mask_{kind}"]
+            weights = self._relax(getattr(self, f"alpha_{kind}"), op_mask, True).detach()
+            keep = weights >= threshold
+            not_none = torch.tensor([name != "none" for name in self.primitives], device=weights.device)
+            best = weights.masked_fill(~not_none, -1.0).argmax(1)
+            keep[torch.arange(len(keep)), best] = True
+            removed["ops"] += int((op_mask & ~keep).sum())
+            masks[f"op_mask_{kind}"] = op_mask & keep
+            if self.combinations is not None:
+                combo_mask = masks[f"combo_mask_{kind}"]
+                weights = self.combination_weights(kind, deterministic=True).detach()
+                keep = weights >= threshold
+                for index in self.combo_slices:
+                    keep[max(index, key=lambda c: (float(weights[c]), -c))] = True
+                removed["combinations"] += int((combo_mask & ~keep).sum())
+                masks[f"combo_mask_{kind}"] = combo_mask & keep
+        self.prune_to(masks)
+        return removed
+
+    def discretized(self) -> "SearchNetwork":
+        """A copy keeping only the genotype's ops, with this network's trained weights (no retraining)."""
+        genotype, discrete = self.genotype(), copy.deepcopy(self)
+        masks = {name: torch.zeros_like(mask) for name, mask in self.masks().items()}
+        rows = {pair: k for k, pair in enumerate(edge_index(self.steps))}
+        for kind, genes in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+            per_node = len(genes) // self.steps
+            for position, (op, source) in enumerate(genes):
+                masks[f"op_mask_{kind}"][rows[(position // per_node, source)], self.primitives.index(op)] = True
+            if self.combinations is not None:
+                for node, sources in enumerate(self.chosen_sources(kind)):
+                    masks[f"combo_mask_{kind}"][self.combinations.index((node, sources))] = True
+        discrete.prune_to(masks)
+        return discrete

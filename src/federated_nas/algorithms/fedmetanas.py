@@ -1,0 +1,136 @@
+"""FedMetaNAS (Huang, Gao): Gumbel-softmax relaxation, first-order MAML over (w, alpha), soft pruning.
+
+Local search (the paper's Algorithm 1): each local step takes a support task (a batch of the
+client's train split) and a query task (a batch of its val split); M inner SGD steps adapt a task
+copy of (w, alpha) on the support task; the meta step moves the client's (w, alpha) along the
+query-loss gradient taken at the adapted point (first-order MAML, Eq. 9-10). The op choice and
+each node's choice among k-combinations of its inputs (Eq. 8) are both relaxed with Gumbel-softmax
+at an annealed temperature. Pruning is decided on the server's aggregated architecture, so every
+client receives the same smaller model; the pruned supernet is the final model (no retraining).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Callable, Iterable
+
+import torch
+
+from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.data.federated_data import ClientData
+from federated_nas.data.loaders import batch_loader, paired_loader
+from federated_nas.errors import ConfigError
+from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation, anneal
+from federated_nas.search_space.supernet import SearchNetwork
+
+
+def inner_steps(model: SearchNetwork, params: list[torch.nn.Parameter], rates: list[float],
+                batches: Iterable, loss_fn: Callable) -> None:
+    """Plain SGD on ``params`` in place, one step per batch: MAML's inner loop and personal adaptation."""
+    for batch in batches:
+        grads = torch.autograd.grad(loss_fn(batch), params, allow_unused=True)
+        with torch.no_grad():
+            for param, grad, rate in zip(params, grads, rates):
+                if grad is not None:
+                    param.sub_(rate * grad)
+
+
+def meta_parameters(model: SearchNetwork, lr_w: float, lr_alpha: float) -> tuple[list[torch.nn.Parameter], list[float]]:
+    """(w and alpha together, each one's inner learning rate): what MAML adapts jointly (Eq. 9-10)."""
+    weights, arch = model.weight_parameters(), model.arch_parameters()
+    return weights + arch, [lr_w] * len(weights) + [lr_alpha] * len(arch)
+
+
+class MetaSearch(LocalModule):
+    """One client's FedMetaNAS local search: first-order MAML over weights and architecture jointly."""
+
+    def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
+                 lr: float, inner_steps: int, inner_lr_w: float, inner_lr_alpha: float, grad_clip: float | None):
+        super().__init__(model, w_optimizer, lr, grad_clip)
+        self.alpha_optimizer = alpha_optimizer
+        self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
+
+    def configure_optimizers(self):
+        return [self.w_optimizer(self.weight_parameters(), lr=self.lr),
+                self.alpha_optimizer(self.model.arch_parameters())]
+
+    def local_step(self, batch) -> torch.Tensor:
+        params, rates = meta_parameters(self.model, self.inner_lr_w, self.inner_lr_alpha)
+        meta_point = [p.detach().clone() for p in params]
+        inner_steps(self.model, params, rates, [batch["support"]] * self.inner_steps, self.loss)  # task copy
+        w_opt, alpha_opt = self.optimizers()
+        w_opt.zero_grad()
+        alpha_opt.zero_grad()
+        query_loss = self.loss(batch["query"])
+        self.manual_backward(query_loss)  # gradient at the adapted point: the first-order MAML meta-gradient
+        with torch.no_grad():
+            for param, start in zip(params, meta_point):
+                param.copy_(start)  # back to the meta point, where the meta step applies
+        self.clip_weight_gradients(w_opt)
+        w_opt.step()
+        alpha_opt.step()
+        return query_loss
+
+
+class FedMetaNAS(SupernetAlgorithm):
+    """Server-side view of FedMetaNAS: temperature schedule, pruning on the aggregate, personal adaptation."""
+
+    name = "fedmetanas"
+
+    def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
+                 alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
+                 inner_steps: int = 1, inner_lr_w: float = 0.025, inner_lr_alpha: float = 0.003,
+                 task_size: int | None = None, temperature: dict | None = None, input_combinations: int = 2,
+                 prune_at: Iterable[float] = (0.5, 0.75), prune_threshold: float = 0.01,
+                 adapt_steps: int = 5, grad_clip: float | None = 5.0):
+        super().__init__(search_space)
+        if inner_steps < 0:
+            raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
+        if any(not 0 < f <= 1 for f in prune_at):
+            raise ConfigError(f"algorithm.prune_at holds fractions of the rounds in (0, 1], got {list(prune_at)}")
+        self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
+        self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
+        self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
+        self.task_size, self.input_combinations = task_size, input_combinations
+        self.temperature = {"start": 1.0, "end": 0.1, "shape": "linear", **(temperature or {})}
+        self.prune_at, self.prune_threshold, self.adapt_steps = list(prune_at), prune_threshold, adapt_steps
+
+    def supernet_options(self) -> dict[str, Any]:
+        return {"relaxation": GumbelSoftmaxRelaxation(self.temperature["start"]),
+                "input_combinations": self.input_combinations}
+
+    def temperature_at(self, round_idx: int, rounds: int) -> float:
+        t = self.temperature
+        return anneal(t["start"], t["end"], round_idx, rounds, t["shape"])
+
+    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MetaSearch:
+        model.relaxation.temperature = self.temperature_at(round_idx, rounds)
+        return MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
+                          cosine_lr(self.lr, self.lr_min, round_idx, rounds), self.inner_steps,
+                          self.inner_lr_w, self.inner_lr_alpha, self.grad_clip)
+
+    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
+        return paired_loader(client.train, client.val, ("support", "query"), self.task_size or batch_size, seed)
+
+    def prune_rounds(self, rounds: int) -> set[int]:
+        return {max(int(round(f * rounds)) - 1, 0) for f in self.prune_at}
+
+    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
+        """Anneal the server's temperature and, at the scheduled rounds, prune on the aggregated architecture."""
+        model.relaxation.temperature = self.temperature_at(round_idx, rounds)
+        facts: dict[str, Any] = {"temperature": model.relaxation.temperature}
+        if round_idx in self.prune_rounds(rounds):
+            removed = model.prune(self.prune_threshold)
+            facts.update(pruned_ops=removed["ops"], pruned_combinations=removed["combinations"])
+        return facts
+
+    def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int) -> SearchNetwork:
+        """Personalization: a few inner-loop steps on the client's own train split, from the meta-learned start."""
+        personal = copy.deepcopy(model).train()
+        batches = list(batch_loader(client.train, self.task_size or batch_size, shuffle=True, seed=seed))
+        batches = (batches * self.adapt_steps)[: self.adapt_steps]
+        params, rates = meta_parameters(personal, self.inner_lr_w, self.inner_lr_alpha)
+        inner_steps(personal, params, rates, batches, functools.partial(classification_loss, personal))
+        return personal.eval()

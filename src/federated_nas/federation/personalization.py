@@ -1,0 +1,39 @@
+"""After the federated search: each client adapts the global model on its own data.
+
+Reported as mean and std of local-test accuracy before and after adaptation, and each
+client's own genotype is saved (the simplest form of the meta-FedPNAS idea).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.data.federated_data import FederatedData
+from federated_nas.federation.backends import client_seed
+from federated_nas.federation.evaluation import evaluate
+from federated_nas.tracking.mlflow_tracker import RunTracker
+
+
+def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: FederatedData, batch_size: int,
+                        eval_batch_size: int, device, seed: int, after_round: int, run_dir: Path,
+                        tracker: RunTracker) -> dict[str, Any]:
+    before, after = [], []
+    for client in data.clients:
+        before.append(evaluate(model, client.test, eval_batch_size, device)[0])
+        personal = algorithm.adapt(model, client, batch_size, client_seed(seed, after_round, client.client_id))
+        after.append(evaluate(personal, client.test, eval_batch_size, device)[0])
+        genotype = getattr(personal, "genotype", None)
+        if genotype is not None:
+            path = genotype().save(Path(run_dir) / "personalized" / f"client_{client.client_id}.json")
+            tracker.log_artifact(path, "personalized")
+    metrics = {
+        "personalized_acc_before_mean": float(np.mean(before)), "personalized_acc_before_std": float(np.std(before)),
+        "personalized_acc_after_mean": float(np.mean(after)), "personalized_acc_after_std": float(np.std(after)),
+    }
+    tracker.log_metrics(metrics, step=after_round)
+    return metrics

@@ -1,0 +1,183 @@
+"""FedMetaNAS: Gumbel-softmax, input combinations, real pruning, first-order MAML, a tiny run."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from federated_nas.algorithms.fedmetanas import MetaSearch
+from federated_nas.federation import server
+from federated_nas.federation.checkpoint import load_latest_checkpoint
+from federated_nas.runs import run_search
+from federated_nas.search_space.network import count_parameters
+from federated_nas.search_space.operations import PRIMITIVES
+from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation, SoftmaxRelaxation, anneal
+from federated_nas.search_space.supernet import MASKED, SearchNetwork, node_input_combinations
+from test_update_rules import grads, run_one_step, tiny_batch
+
+OPS = {name: k for k, name in enumerate(PRIMITIVES)}
+
+
+def test_gumbel_softmax_limits():
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.0]])
+    relax = GumbelSoftmaxRelaxation(temperature=1e-4).train()
+    for _ in range(20):  # temperature -> 0: every sample is one-hot
+        sample = relax(logits)
+        assert torch.allclose(sample.max(), torch.tensor(1.0)) and torch.isclose(sample.sum(), torch.tensor(1.0))
+    relax = GumbelSoftmaxRelaxation(temperature=1.0).eval()  # noise off: exactly the softmax
+    torch.testing.assert_close(relax(logits), torch.softmax(logits, -1))
+    relax.temperature = 0.5
+    torch.testing.assert_close(relax(logits), torch.softmax(logits / 0.5, -1))
+
+
+def test_gumbel_noise_is_reproducible_by_seed():
+    relax = GumbelSoftmaxRelaxation(1.0).train()
+    torch.manual_seed(3)
+    first = relax(torch.zeros(5, 8))
+    torch.manual_seed(3)
+    assert torch.equal(first, relax(torch.zeros(5, 8)))
+
+
+def test_temperature_schedules():
+    assert anneal(1.0, 0.1, 0, 10) == pytest.approx(1.0)
+    assert anneal(1.0, 0.1, 9, 10) == pytest.approx(0.1)
+    assert anneal(1.0, 0.1, 9, 10, "exponential") == pytest.approx(0.1)
+    assert anneal(1.0, 0.1, 0, 10, "cosine") == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        anneal(1.0, 0.1, 0, 10, "zigzag")
+
+
+def test_input_combinations_of_every_node():
+    combos = node_input_combinations(steps=4, k=2)
+    per_node = [[sources for node, sources in combos if node == n] for n in range(4)]
+    assert [len(c) for c in per_node] == [math.comb(n + 2, 2) for n in range(4)] == [1, 3, 6, 10]
+    assert per_node[1] == [(0, 1), (0, 2), (1, 2)]
+    net = SearchNetwork(1, 3, C=2, layers=1, input_combinations=2)
+    # an edge's scale is the total weight of the combinations holding it: each node's scales sum to k
+    scales = net.combo_incidence @ net.combination_weights("normal", deterministic=True)
+    row = 0
+    for node in range(4):
+        assert float(scales[row : row + node + 2].sum()) == pytest.approx(2.0)
+        row += node + 2
+
+
+def hand_set_network():
+    torch.manual_seed(0)
+    net = SearchNetwork(1, 3, C=4, layers=2, relaxation=GumbelSoftmaxRelaxation(0.5), input_combinations=2)
+    with torch.no_grad():
+        for kind in ("normal", "reduce"):
+            alpha = getattr(net, f"alpha_{kind}")
+            alpha.normal_(0.0, 0.1)  # every live op keeps a weight far above the threshold
+            alpha[:, OPS["sep_conv_5x5"]] = MASKED       # weight exactly zero on every edge
+            alpha[3, OPS["dil_conv_3x3"]] = MASKED
+            beta = getattr(net, f"beta_{kind}")
+            beta.fill_(MASKED)
+            for index in net.combo_slices:               # node n keeps only its combination (0, 1)
+                beta[index[0]] = 0.0
+    return net
+
+
+def test_pruning_removes_known_ops_and_edges_and_keeps_the_function():
+    net = hand_set_network().eval()
+    x = torch.randn(3, 1, 8, 8)
+    before, params_before = net(x), count_parameters(net)
+    removed = net.prune(threshold=0.01)
+    assert not net.op_mask_normal[:, OPS["sep_conv_5x5"]].any()
+    assert not net.op_mask_normal[3, OPS["dil_conv_3x3"]]
+    assert removed["combinations"] == 2 * (20 - 4)
+    # edges from intermediate nodes belong to no live combination: all their modules are gone
+    for cell in net.cells:
+        assert all(not bundle.active.any() for bundle in cell.bundles[1:])
+        assert "sep_conv_5x5_dw0" not in cell.bundles[0].conv_params
+    torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-6)
+    assert count_parameters(net) < params_before / 2
+
+
+def test_pruned_state_loads_into_a_fresh_network():
+    pruned = hand_set_network()
+    pruned.prune(0.01)
+    fresh = SearchNetwork(1, 3, C=4, layers=2, relaxation=GumbelSoftmaxRelaxation(0.5), input_combinations=2)
+    fresh.match_structure(pruned.state_dict())
+    fresh.load_state_dict(pruned.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(fresh.eval()(x), pruned.eval()(x))
+
+
+def test_discretized_network_keeps_exactly_the_genotype():
+    net = hand_set_network()
+    genotype = net.genotype()
+    discrete = net.discretized()
+    per_node = lambda genes: [sorted(genes[i : i + 2]) for i in range(0, len(genes), 2)]  # order: by strength
+    assert per_node(discrete.genotype().normal) == per_node(genotype.normal)
+    assert per_node(discrete.genotype().reduce) == per_node(genotype.reduce)
+    assert int(discrete.op_mask_normal.sum()) == len(genotype.normal)
+    weights = discrete.op_weights("normal", deterministic=True)
+    assert sorted(weights[weights > 0].tolist()) == [1.0] * len(genotype.normal)
+
+
+@pytest.mark.parametrize("inner", [1, 2])
+def test_first_order_maml_step(inner):
+    """theta' = theta - eta * grad L_s (M times); theta <- theta - beta * grad L_q(theta')."""
+    torch.manual_seed(0)
+    model = SearchNetwork(1, 3, C=2, layers=1, relaxation=SoftmaxRelaxation(), input_combinations=2)
+    support, query = tiny_batch(4), tiny_batch(5)
+    adapted = copy.deepcopy(model)
+    params = adapted.weight_parameters() + adapted.arch_parameters()
+    eta_w, eta_a, beta_w, beta_a = 0.05, 0.2, 0.1, 0.3
+    rates = [eta_w] * len(adapted.weight_parameters()) + [eta_a] * len(adapted.arch_parameters())
+    for _ in range(inner):
+        g = grads(adapted, support, params)
+        with torch.no_grad():
+            for p, gp, rate in zip(params, g, rates):
+                p.sub_(rate * gp)
+    meta_grad = grads(adapted, query, params)
+    start = [p.detach().clone() for p in model.weight_parameters() + model.arch_parameters()]
+    module = MetaSearch(model, torch.optim.SGD, functools.partial(torch.optim.SGD, lr=beta_a), lr=beta_w,
+                        inner_steps=inner, inner_lr_w=eta_w, inner_lr_alpha=eta_a, grad_clip=None)
+    run_one_step(module, {"support": support, "query": query})
+    meta_rates = [beta_w] * len(model.weight_parameters()) + [beta_a] * len(model.arch_parameters())
+    for new, old, g, rate in zip(model.weight_parameters() + model.arch_parameters(), start, meta_grad, meta_rates):
+        torch.testing.assert_close(new, old - rate * g, rtol=1e-4, atol=1e-6)
+
+
+def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
+    cfg = tiny_cfg("search", ["algorithm=fedmetanas", "personalize=true", "algorithm.prune_threshold=0.2"])
+    result = run_search(cfg)
+    run_dir = Path(result["run_dir"])
+    history = load_latest_checkpoint(run_dir / "checkpoints")["history"]
+    assert sum(h.get("pruned_ops", 0) for h in history) > 0
+    assert "global_test_acc_discrete" in result
+    # bytes_sent counts 3 clients' downloads of the round-0 model; the pruned model is smaller
+    assert result["model_bytes"] < history[0]["bytes_sent"] / 3
+    assert len(list((run_dir / "personalized").glob("client_*.json"))) == 3
+    for key in ("personalized_acc_before_mean", "personalized_acc_after_std"):
+        assert 0.0 <= result[key] <= 1.0
+
+
+def test_resume_across_a_pruning_round_equals_uninterrupted(tiny_cfg, monkeypatch):
+    overrides = ["logger=none", "algorithm=fedmetanas", "federation.rounds=3", "algorithm.prune_at=[0.34]",
+                 "algorithm.prune_threshold=0.2"]
+    whole = run_search(tiny_cfg("search", overrides, run="whole"))
+    real_record = server.FederatedRun._record
+
+    def crash_after_first_round(self, round_idx, metrics):
+        real_record(self, round_idx, metrics)
+        if round_idx == 0:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(server.FederatedRun, "_record", crash_after_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny_cfg("search", overrides + ["run_name=meta"], run="first"))
+    monkeypatch.setattr(server.FederatedRun, "_record", real_record)
+    resumed = run_search(tiny_cfg("search", overrides + ["run_name=meta", "resume=true"], run="second"))
+    a = load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")["model"]
+    b = load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
