@@ -54,3 +54,28 @@ def tiny_cfg(tmp_path):
         return compose_config(config_name, tmp_path, list(overrides), run)
 
     return make
+
+
+def crash_then_resume(make_cfg, overrides: list[str], monkeypatch) -> dict:
+    """Run a search that dies right after round 0 is checkpointed, then ``resume=true`` it."""
+    from federated_nas.federation import server
+    from federated_nas.runs import run_search
+
+    real_record = server.FederatedRun._record
+
+    def crash_after_first_round(self, round_idx, metrics):
+        real_record(self, round_idx, metrics)
+        if round_idx == 0:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(server.FederatedRun, "_record", crash_after_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(make_cfg("search", overrides + ["run_name=crashy"], run="first"))
+    monkeypatch.setattr(server.FederatedRun, "_record", real_record)
+    return run_search(make_cfg("search", overrides + ["run_name=crashy", "resume=true"], run="second"))
+
+
+def assert_same_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from federated_nas.algorithms.fedmetanas import MetaSearch
-from federated_nas.federation import server
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.network import count_parameters
 from federated_nas.search_space.operations import PRIMITIVES
 from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation, SoftmaxRelaxation, anneal
 from federated_nas.search_space.supernet import MASKED, SearchNetwork, node_input_combinations
+from conftest import assert_same_states, crash_then_resume
 from test_update_rules import grads, run_one_step, tiny_batch
 
 OPS = {name: k for k, name in enumerate(PRIMITIVES)}
@@ -164,20 +164,6 @@ def test_resume_across_a_pruning_round_equals_uninterrupted(tiny_cfg, monkeypatc
     overrides = ["logger=none", "algorithm=fedmetanas", "federation.rounds=3", "algorithm.prune_at=[0.34]",
                  "algorithm.prune_threshold=0.2"]
     whole = run_search(tiny_cfg("search", overrides, run="whole"))
-    real_record = server.FederatedRun._record
-
-    def crash_after_first_round(self, round_idx, metrics):
-        real_record(self, round_idx, metrics)
-        if round_idx == 0:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(server.FederatedRun, "_record", crash_after_first_round)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(tiny_cfg("search", overrides + ["run_name=meta"], run="first"))
-    monkeypatch.setattr(server.FederatedRun, "_record", real_record)
-    resumed = run_search(tiny_cfg("search", overrides + ["run_name=meta", "resume=true"], run="second"))
-    a = load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")["model"]
-    b = load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")["model"]
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)
+    assert_same_states(load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")["model"],
+                       load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")["model"])

@@ -10,9 +10,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.federation import server
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search, run_train
+from conftest import assert_same_states, crash_then_resume
 
 
 def final_state(run_dir) -> dict[str, torch.Tensor]:
@@ -53,24 +53,9 @@ def test_resumed_run_equals_uninterrupted_run(tiny_cfg, monkeypatch):
     overrides = ["logger=none", "federation.rounds=3", "federation.client_fraction=0.67"]
     uninterrupted = run_search(tiny_cfg("search", overrides, run="whole"))
 
-    real_record = server.FederatedRun._record
-
-    def crash_after_first_round(self, round_idx, metrics):
-        real_record(self, round_idx, metrics)
-        if round_idx == 0:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(server.FederatedRun, "_record", crash_after_first_round)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(tiny_cfg("search", overrides + ["run_name=crashy"], run="first"))
-    monkeypatch.setattr(server.FederatedRun, "_record", real_record)
-    resumed = run_search(tiny_cfg("search", overrides + ["run_name=crashy", "resume=true"], run="second"))
-
+    resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)
     assert resumed["run_dir"].endswith("first")
-    a, b = final_state(uninterrupted["run_dir"]), final_state(resumed["run_dir"])
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert_same_states(final_state(uninterrupted["run_dir"]), final_state(resumed["run_dir"]))
 
 
 @pytest.mark.parametrize("override, message", [

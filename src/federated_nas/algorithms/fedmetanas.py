@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.nas import ArchitectureSearch, SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
@@ -43,34 +43,25 @@ def meta_parameters(model: SearchNetwork, lr_w: float, lr_alpha: float) -> tuple
     return weights + arch, [lr_w] * len(weights) + [lr_alpha] * len(arch)
 
 
-class MetaSearch(LocalModule):
+class MetaSearch(ArchitectureSearch):
     """One client's FedMetaNAS local search: first-order MAML over weights and architecture jointly."""
 
     def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
                  lr: float, inner_steps: int, inner_lr_w: float, inner_lr_alpha: float, grad_clip: float | None):
-        super().__init__(model, w_optimizer, lr, grad_clip)
-        self.alpha_optimizer = alpha_optimizer
+        super().__init__(model, w_optimizer, alpha_optimizer, lr, grad_clip)
         self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
-
-    def configure_optimizers(self):
-        return [self.w_optimizer(self.weight_parameters(), lr=self.lr),
-                self.alpha_optimizer(self.model.arch_parameters())]
 
     def local_step(self, batch) -> torch.Tensor:
         params, rates = meta_parameters(self.model, self.inner_lr_w, self.inner_lr_alpha)
         meta_point = [p.detach().clone() for p in params]
         inner_steps(self.model, params, rates, [batch["support"]] * self.inner_steps, self.loss)  # task copy
-        w_opt, alpha_opt = self.optimizers()
-        w_opt.zero_grad()
-        alpha_opt.zero_grad()
+        self.zero_grads()
         query_loss = self.loss(batch["query"])
         self.manual_backward(query_loss)  # gradient at the adapted point: the first-order MAML meta-gradient
         with torch.no_grad():
             for param, start in zip(params, meta_point):
                 param.copy_(start)  # back to the meta point, where the meta step applies
-        self.clip_weight_gradients(w_opt)
-        w_opt.step()
-        alpha_opt.step()
+        self.step()
         return query_loss
 
 

@@ -12,38 +12,29 @@ from typing import Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import LocalModule, OptimizerFactory, cosine_lr
-from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
+from federated_nas.algorithms.nas import ArchitectureSearch, SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.search_space.supernet import SearchNetwork
 
 
-class MiLeNASSearch(LocalModule):
+class MiLeNASSearch(ArchitectureSearch):
     """One client's local search: a w step and an alpha step per (train, val) batch pair."""
 
     def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
                  lr: float, val_lambda: float, grad_clip: float | None):
-        super().__init__(model, w_optimizer, lr, grad_clip)
-        self.alpha_optimizer = alpha_optimizer
+        super().__init__(model, w_optimizer, alpha_optimizer, lr, grad_clip)
         self.val_lambda = val_lambda
 
-    def configure_optimizers(self):
-        return [self.w_optimizer(self.weight_parameters(), lr=self.lr),
-                self.alpha_optimizer(self.model.arch_parameters())]
-
     def local_step(self, batch) -> torch.Tensor:
-        w_opt, alpha_opt = self.optimizers()
-        w_opt.zero_grad()
-        alpha_opt.zero_grad()
+        self.zero_grads()
         train_loss = self.loss(batch["train"])
         self.manual_backward(train_loss)  # grad_w L_tr and grad_a L_tr
         if self.val_lambda:
             val_loss = self.loss(batch["val"])  # at the same (w, alpha): nothing has stepped yet
             self.manual_backward(self.val_lambda * val_loss, inputs=self.model.arch_parameters())
-        self.clip_weight_gradients(w_opt)
-        w_opt.step()
-        alpha_opt.step()
+        self.step()
         return train_loss
 
 

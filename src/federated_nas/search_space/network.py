@@ -37,6 +37,31 @@ class GenotypeCell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+def make_stem(in_channels: int, channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False), nn.BatchNorm2d(channels))
+
+
+def stack_cells(layers: int, C: int, stem_channels: int, make_cell) -> tuple[nn.ModuleList, int]:
+    """DARTS' macro-architecture: channels double at the reductions (1/3 and 2/3 depth), and each
+    cell reads the outputs of the two cells before it.
+
+    ``make_cell(c_prev_prev, c_prev, c, reduction, reduction_prev)`` returns the cell and how many
+    node outputs it concatenates; returns the cells and the last cell's output channels.
+    """
+    cells = nn.ModuleList()
+    c_prev_prev = c_prev = stem_channels
+    c, reduction_prev = C, False
+    for layer in range(layers):
+        reduction = layer in (layers // 3, 2 * layers // 3)
+        if reduction:
+            c *= 2
+        cell, width = make_cell(c_prev_prev, c_prev, c, reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        c_prev_prev, c_prev = c_prev, width * c
+    return cells, c_prev
+
+
 class GenotypeNetwork(nn.Module):
     """DARTS' evaluation network: stem, genotype cells with reductions at 1/3 and 2/3 depth, classifier."""
 
@@ -48,20 +73,14 @@ class GenotypeNetwork(nn.Module):
         elif isinstance(genotype, dict) or not isinstance(genotype, Genotype):
             genotype = Genotype.from_dict(dict(genotype))
         self.genotype = genotype
-        c_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(c_curr))
-        c_prev_prev, c_prev, c_curr = c_curr, c_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for layer in range(layers):
-            reduction = layer in (layers // 3, 2 * layers // 3)
-            if reduction:
-                c_curr *= 2
-            edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
-            cell = GenotypeCell(edges, concat, c_prev_prev, c_prev, c_curr, reduction, reduction_prev)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            c_prev_prev, c_prev = c_prev, len(concat) * c_curr
+        self.stem = make_stem(in_channels, stem_multiplier * C, stem_stride)
+
+        def make_cell(c_prev_prev, c_prev, c, reduction, reduction_prev):
+            edges, concat = ((genotype.reduce, genotype.reduce_concat) if reduction
+                             else (genotype.normal, genotype.normal_concat))
+            return GenotypeCell(edges, concat, c_prev_prev, c_prev, c, reduction, reduction_prev), len(concat)
+
+        self.cells, c_prev = stack_cells(layers, C, stem_multiplier * C, make_cell)
         self.classifier = nn.Linear(c_prev, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from federated_nas.search_space.genotypes import Genotype, derive_cell, edge_index
-from federated_nas.search_space.network import GenotypeNetwork
+from federated_nas.search_space.network import GenotypeNetwork, make_stem, stack_cells
 from federated_nas.search_space.relaxations import SoftmaxRelaxation
 from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op, shifted_by_one
 
@@ -333,19 +333,13 @@ class SearchNetwork(nn.Module):
         # what a discrete network derived from this supernet needs to have the same shape
         self.network_shape = dict(in_channels=in_channels, num_classes=num_classes, C=C, layers=layers,
                                   stem_multiplier=stem_multiplier, stem_stride=stem_stride)
-        c_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, c_curr, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(c_curr))
-        c_prev_prev, c_prev, c_curr = c_curr, c_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for layer in range(layers):
-            reduction = layer in (layers // 3, 2 * layers // 3)
-            if reduction:
-                c_curr *= 2
-            self.cells.append(SearchCell(steps, multiplier, c_prev_prev, c_prev, c_curr, reduction,
-                                         reduction_prev, primitives))
-            reduction_prev = reduction
-            c_prev_prev, c_prev = c_prev, multiplier * c_curr
+        self.stem = make_stem(in_channels, stem_multiplier * C, stem_stride)
+
+        def make_cell(c_prev_prev, c_prev, c, reduction, reduction_prev):
+            return SearchCell(steps, multiplier, c_prev_prev, c_prev, c, reduction, reduction_prev,
+                              primitives), multiplier
+
+        self.cells, c_prev = stack_cells(layers, C, stem_multiplier * C, make_cell)
         self.classifier = nn.Linear(c_prev, num_classes)
         num_edges = len(edge_index(steps))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
@@ -386,10 +380,8 @@ class SearchNetwork(nn.Module):
     def combination_weights(self, kind: str, deterministic: bool = False) -> torch.Tensor:
         """Relaxed weight of every input combination, normalised within each node."""
         beta, mask = getattr(self, f"beta_{kind}"), getattr(self, f"combo_mask_{kind}")
-        parts = [self._relax(beta[index], mask[index], deterministic) for index in self.combo_slices]
-        order = [c for index in self.combo_slices for c in index]
-        weights = torch.cat(parts)
-        return weights[torch.argsort(torch.tensor(order, device=weights.device))]
+        # combinations are listed node by node, so the per-node pieces concatenate in order
+        return torch.cat([self._relax(beta[index], mask[index], deterministic) for index in self.combo_slices])
 
     def op_weights(self, kind: str, deterministic: bool = False) -> torch.Tensor:
         """``[edges, ops]`` weights the cells use: relaxed alpha, times the edge's combination weight."""
