@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -30,8 +29,7 @@ class ClientUpdate:
     client_id: int
     state: State
     num_samples: int
-    compute_seconds: float  # the local training loop alone
-    seconds: float  # everything this client cost the round, Trainer set-up and state copies included
+    compute_seconds: float  # the local training loop alone, without Trainer set-up
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -74,7 +72,6 @@ class LocalBackend:
             self._worker = copy.deepcopy(global_model)
         global_state = global_model.state_dict()
         for position, client in enumerate(clients):
-            started = time.perf_counter()
             load_state(self._worker, global_state)
             this_seed = client_seed(seed, round_idx, client.client_id)
             torch.manual_seed(this_seed)  # any randomness inside the local step (e.g. Gumbel noise)
@@ -87,5 +84,4 @@ class LocalBackend:
             trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             state = {k: v.detach().to("cpu", copy=True) for k, v in self._worker.state_dict().items()}
-            yield ClientUpdate(client.client_id, state, client.num_samples, module.compute_seconds,
-                               time.perf_counter() - started, metrics)
+            yield ClientUpdate(client.client_id, state, client.num_samples, module.compute_seconds, metrics)

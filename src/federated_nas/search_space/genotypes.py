@@ -96,12 +96,14 @@ def derive_cell(weights: torch.Tensor, steps: int, primitives=PRIMITIVES, inputs
 
 
 def derive_genotype(alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor, steps: int = 4,
-                    multiplier: int = 4, primitives=PRIMITIVES) -> Genotype:
-    """The genotype of the supernet's architecture parameters (softmax of alpha)."""
+                    multiplier: int = 4, primitives=PRIMITIVES,
+                    chosen: dict[str, list[tuple[int, ...]] | None] | None = None) -> Genotype:
+    """The genotype of architecture logits (softmax of alpha); ``chosen`` fixes each cell's node inputs."""
+    chosen = chosen or {}
     concat = list(range(2 + steps - multiplier, steps + 2))
     return Genotype(
-        normal=derive_cell(torch.softmax(alpha_normal, dim=-1), steps, primitives),
+        normal=derive_cell(torch.softmax(alpha_normal, dim=-1), steps, primitives, chosen=chosen.get("normal")),
         normal_concat=concat,
-        reduce=derive_cell(torch.softmax(alpha_reduce, dim=-1), steps, primitives),
+        reduce=derive_cell(torch.softmax(alpha_reduce, dim=-1), steps, primitives, chosen=chosen.get("reduce")),
         reduce_concat=concat,
     )

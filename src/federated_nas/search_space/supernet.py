@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated_nas.search_space.genotypes import Genotype, derive_cell, edge_index
+from federated_nas.search_space.genotypes import Genotype, derive_genotype, edge_index
 from federated_nas.search_space.network import GenotypeNetwork, make_stem, stack_cells
 from federated_nas.search_space.relaxations import SoftmaxRelaxation
 from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op, shifted_by_one
@@ -406,12 +406,11 @@ class SearchNetwork(nn.Module):
         return [self.combinations[max(index, key=lambda c: (float(weights[c]), -c))][1] for index in self.combo_slices]
 
     def genotype(self) -> Genotype:
-        cells = {}
-        for kind in CELL_KINDS:
-            weights = self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), True).detach()
-            cells[kind] = derive_cell(weights, self.steps, self.primitives, chosen=self.chosen_sources(kind))
-        concat = list(range(2 + self.steps - self.multiplier, self.steps + 2))
-        return Genotype(cells["normal"], concat, cells["reduce"], concat)
+        """DARTS' derivation over the live ops (removed ones have masked logits)."""
+        live = {kind: getattr(self, f"alpha_{kind}").masked_fill(~getattr(self, f"op_mask_{kind}"), MASKED)
+                for kind in CELL_KINDS}
+        return derive_genotype(live["normal"], live["reduce"], self.steps, self.multiplier, self.primitives,
+                               chosen={kind: self.chosen_sources(kind) for kind in CELL_KINDS})
 
     def derived_network(self) -> "GenotypeNetwork":
         """The discrete network of the current genotype at this supernet's size (fresh weights)."""
