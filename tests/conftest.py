@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 # The suite's models are tiny: one thread is as fast, and immune to a busy machine's oversubscription.
 torch.set_num_threads(1)

@@ -15,7 +15,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
@@ -111,7 +110,3 @@ class FederatedAlgorithm:
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int) -> nn.Module | None:
         """A client's personalized copy of the global model, when the method defines personalization."""
         return None
-
-
-def eval_loader(dataset, batch_size: int) -> DataLoader:
-    return batch_loader(dataset, batch_size, shuffle=False)

@@ -288,14 +288,15 @@ class SearchCell(nn.Module):
             bundle.prune(op_active[rows])
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        rows = self.bundle_rows()
         inputs = torch.cat([self.preprocess0(s0), self.preprocess1(s1)], dim=1)
-        partial = list(self.bundles[0](inputs, weights[self.rows_inputs]).unbind(3))
+        partial = list(self.bundles[0](inputs, weights[rows[0]]).unbind(3))
         states = []
         for node in range(self.steps):
             states.append(partial[node].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
             if node == self.steps - 1:
                 break
-            contributions = self.bundles[node + 1](states[-1], weights[getattr(self, f"rows_node{node}")])
+            contributions = self.bundles[node + 1](states[-1], weights[rows[node + 1]])
             for offset, contribution in enumerate(contributions.unbind(3)):
                 partial[node + 1 + offset] = partial[node + 1 + offset] + contribution
         return torch.cat(states[-self.multiplier:], dim=1)
@@ -402,8 +403,12 @@ class SearchNetwork(nn.Module):
         """With input combinations: each node's strongest live combination of inputs."""
         if self.combinations is None:
             return None
+        return [self.combinations[c][1] for c in self._strongest_combinations(kind)]
+
+    def _strongest_combinations(self, kind: str) -> list[int]:
+        """Per node, the index of its heaviest live combination (ties: the first)."""
         weights = self.combination_weights(kind, deterministic=True).detach()
-        return [self.combinations[max(index, key=lambda c: (float(weights[c]), -c))][1] for index in self.combo_slices]
+        return [max(index, key=lambda c: (float(weights[c]), -c)) for index in self.combo_slices]
 
     def genotype(self) -> Genotype:
         """DARTS' derivation over the live ops (removed ones have masked logits)."""
@@ -458,8 +463,7 @@ class SearchNetwork(nn.Module):
                 combo_mask = masks[f"combo_mask_{kind}"]
                 weights = self.combination_weights(kind, deterministic=True).detach()
                 keep = weights >= threshold
-                for index in self.combo_slices:
-                    keep[max(index, key=lambda c: (float(weights[c]), -c))] = True
+                keep[self._strongest_combinations(kind)] = True
                 removed["combinations"] += int((combo_mask & ~keep).sum())
                 masks[f"combo_mask_{kind}"] = combo_mask & keep
         self.prune_to(masks)
