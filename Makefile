@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install data test search train mlflow-ui bench clean-logs
+.PHONY: install data test search train mlflow-ui compare bench clean-logs
 
 install: data  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
 	$(PIP) install -e ".[dev]"
@@ -27,8 +27,14 @@ train:  ## the FedNAS train stage: make train SEARCH_RUN=<run dir or MLflow run 
 mlflow-ui:  ## MLflow UI on the project's tracking store
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/logs/mlflow.db --default-artifact-root $(CURDIR)/logs/mlartifacts
 
-bench:  ## supernet step throughput, fast path against the op-by-op reference (not part of `make test`)
+EXPERIMENT ?= search
+FILTER ?=
+compare:  ## markdown table and cell pictures of the runs of an MLflow experiment: make compare EXPERIMENT=search FILTER="tags.dataset = 'fashion_mnist'"
+	$(PYTHON) scripts/compare_runs.py --experiment $(EXPERIMENT) --filter "$(FILTER)"
+
+bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead and pruned traffic (not part of `make test`)
 	$(PYTHON) scripts/bench_supernet.py
+	$(PYTHON) scripts/bench_rounds.py
 
 clean-logs:
 	rm -rf logs/search logs/train logs/mlflow.db logs/mlartifacts

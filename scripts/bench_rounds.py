@@ -2,7 +2,8 @@
 
 Runs FedNAS rounds on Fashion-MNIST (the CPU preset's supernet) with evaluation off, and reports
 round_train_seconds / client_compute_seconds (the loop's overhead: Trainer set-up, state copies,
-aggregation) and the round time for 5, 10 and 20 clients. Appends to benchmarks/results.json.
+aggregation) and the round time for 5, 10 and 20 clients; then FedMetaNAS' bytes per round before and after
+pruning. Appends to benchmarks/results.json and benchmarks/README.md.
 
     python scripts/bench_rounds.py [--clients 5 10 20] [--rounds 2] [--local-batches 5]
 """
@@ -21,22 +22,43 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks"
 
 
-def measure(num_clients: int, rounds: int, local_batches: int, tmp: Path) -> dict:
+def run_history(name: str, overrides: list[str], tmp: Path) -> list[dict]:
+    """The per-round history of a search run with evaluation off."""
     from federated_nas.cli import quiet_libraries
+    from federated_nas.federation.checkpoint import load_latest_checkpoint
     from federated_nas.runs import run_search
 
     quiet_libraries()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("search", overrides=[
-            "logger=none", f"federation.num_clients={num_clients}", f"federation.rounds={rounds}",
-            "federation.client_fraction=1.0", f"federation.local_batches={local_batches}",
-            "federation.eval_every=1000", "federation.client_eval_every=1000",
-            f"paths.output_dir={tmp}/bench_rounds/{num_clients}", f"paths.log_dir={tmp}",
+            "logger=none", "federation.client_fraction=1.0", "federation.eval_every=1000",
+            "federation.client_eval_every=1000", "plots_every=0",
+            f"paths.output_dir={tmp}/bench_rounds/{name}", f"paths.log_dir={tmp}", *overrides,
         ])
     run_search(cfg)
-    from federated_nas.federation.checkpoint import load_latest_checkpoint
+    return load_latest_checkpoint(Path(tmp) / "bench_rounds" / name / "checkpoints")["history"]
 
-    history = load_latest_checkpoint(Path(tmp) / "bench_rounds" / str(num_clients) / "checkpoints")["history"]
+
+def measure_pruning(tmp: Path, clients: int = 5, rounds: int = 4) -> dict:
+    """FedMetaNAS bytes per client and round before and after its pruning (half-way through the rounds).
+
+    The threshold is the uniform weight 1/8, so every op the short search has pushed below
+    uniform goes (about half): the point is the traffic of a pruned supernet, not search quality.
+    """
+    history = run_history("pruning", ["algorithm=fedmetanas", f"federation.num_clients={clients}",
+                                      f"federation.rounds={rounds}", "federation.local_batches=2",
+                                      "algorithm.prune_at=[0.5]", "algorithm.prune_threshold=0.125"], tmp)
+    first, last = history[0], history[-1]
+    return {"clients": clients, "rounds": rounds, "prune_threshold": 0.125,
+            "pruned_ops": int(sum(h.get("pruned_ops", 0) for h in history)),
+            "bytes_per_client_before": first["bytes_sent"] / first["clients"],
+            "bytes_per_client_after": last["bytes_sent"] / last["clients"],
+            "supernet_params_before": first["supernet_params"], "supernet_params_after": last["supernet_params"]}
+
+
+def measure(num_clients: int, rounds: int, local_batches: int, tmp: Path) -> dict:
+    history = run_history(str(num_clients), [f"federation.num_clients={num_clients}", f"federation.rounds={rounds}",
+                                             f"federation.local_batches={local_batches}"], tmp)
     train = sum(h["round_train_seconds"] for h in history)
     compute = sum(h["client_compute_seconds"] for h in history)
     return {"clients": num_clients, "rounds": rounds, "local_batches": local_batches,
@@ -54,14 +76,21 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(k, args.rounds, args.local_batches, Path(tmp)) for k in args.clients]
+        pruning = measure_pruning(Path(tmp))
     results_path = OUT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["rounds"] = {"command": "python " + " ".join(sys.argv), "cores": os.cpu_count(), "rows": rows}
+    results["pruning"] = pruning
     OUT.mkdir(exist_ok=True)
     results_path.write_text(json.dumps(results, indent=2))
     lines = ["| clients | round client work (s) | sum of client compute (s) | overhead ratio |", "|---|---|---|---|"]
     lines += [f"| {r['clients']} | {r['round_train_seconds_mean']:.2f} | {r['client_compute_seconds_mean']:.2f} | "
               f"{r['overhead_ratio']:.3f} |" for r in rows]
+    lines += ["", f"FedMetaNAS traffic, {pruning['clients']} clients, {pruning['rounds']} rounds, pruning half-way at "
+              f"threshold {pruning['prune_threshold']} ({pruning['pruned_ops']} ops removed):", "",
+              "| | supernet parameters | bytes sent per client per round |", "|---|---|---|",
+              f"| before pruning | {pruning['supernet_params_before']:,} | {pruning['bytes_per_client_before']:,.0f} |",
+              f"| after pruning | {pruning['supernet_params_after']:,} | {pruning['bytes_per_client_after']:,.0f} |"]
     print("\n".join(lines))
     readme = OUT / "README.md"
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"

@@ -1,10 +1,14 @@
-"""Supernet search-step throughput: the batched supernet against the op-by-op DARTS reference.
+"""Local search-step throughput and peak memory: the batched supernet against the op-by-op DARTS reference.
 
-Both are timed in the same process, alternating, on the same weights and batch, so the ratio
-is meaningful on a shared, noisy machine even when the absolute numbers drift.
-Writes benchmarks/results.json and benchmarks/README.md.
+Each method's real local step (FedNAS' MiLeNAS step on a train and a val batch, FedMetaNAS'
+first-order MAML step on a support and a query task) runs through a Lightning Trainer on the
+batched supernet and on the op-by-op reference built from it (same weights, same relaxation).
+Steps are timed one by one with a callback, so Trainer start-up is not counted; the two paths
+alternate in one process, so the ratio holds on a shared, noisy machine even when absolute
+numbers drift. Peak memory is measured in a fresh process per path: the growth of the peak
+resident set (VmHWM) over one local step. Writes benchmarks/results.json and the table in benchmarks/README.md.
 
-    python scripts/bench_supernet.py [--repeats 3] [--settings small paper]
+    python scripts/bench_supernet.py [--repeats 3] [--settings small paper] [--methods fednas fedmetanas]
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
-import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from torch.utils.data import TensorDataset
 
+from federated_nas.cli import quiet_libraries
+from federated_nas.data.federated_data import ClientData
+from federated_nas.runs import build
 from federated_nas.search_space.reference import ReferenceSearchNetwork
 from federated_nas.search_space.supernet import SearchNetwork
 
@@ -27,61 +37,139 @@ SETTINGS = {  # name -> (C, layers, image size, channels, batch)
     "small": (8, 5, 28, 3, 64),
     "paper": (16, 8, 32, 3, 64),
 }
-OUT = Path(__file__).resolve().parents[1] / "benchmarks"
+METHODS = ("fednas", "fedmetanas")
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks"
 
 
-def step_seconds(model, x, y, optimizer) -> float:
-    started = time.perf_counter()
-    optimizer.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
-    return time.perf_counter() - started
+class StepTimer(L.Callback):
+    """Seconds of each training step, without the Trainer's start-up and tear-down."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.seconds.append(time.perf_counter() - self._started)
 
 
-def measure(setting: str, repeats: int) -> dict:
+def setup(setting: str, method: str):
+    """(algorithm, fast supernet, a client whose splits are one batch each) for a setting."""
     C, layers, size, channels, batch = SETTINGS[setting]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("search", overrides=[f"algorithm={method}", "logger=none"])
+    algorithm = build(cfg.algorithm)
     torch.manual_seed(0)
-    fast = SearchNetwork(channels, 10, C=C, layers=layers)
-    reference = ReferenceSearchNetwork(fast)
-    x, y = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
-    models = {"fast": fast, "reference": reference}
-    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
-    times = {k: [] for k in models}
-    for name in models:  # warm-up: first steps allocate and pick kernels
-        step_seconds(models[name], x, y, optimizers[name])
+    fast = SearchNetwork(channels, 10, C=C, layers=layers, **algorithm.supernet_options())
+
+    def split() -> TensorDataset:
+        return TensorDataset(torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,)))
+
+    return algorithm, fast, ClientData(0, split(), split(), split()), batch
+
+
+def local_steps(algorithm, model, client, batch: int, steps: int) -> list[float]:
+    timer = StepTimer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[timer])
+    trainer.fit(algorithm.local_module(model, 0, 10), train_dataloaders=algorithm.client_loader(client, batch, 0))
+    return timer.seconds
+
+
+def models_for(setting: str, method: str):
+    algorithm, fast, client, batch = setup(setting, method)
+    return algorithm, {"fast": fast, "reference": ReferenceSearchNetwork(fast)}, client, batch
+
+
+def measure(setting: str, method: str, repeats: int) -> dict:
+    algorithm, models, client, batch = models_for(setting, method)
+    times = {name: [] for name in models}
+    for name, model in models.items():  # warm-up: first steps allocate and pick kernels
+        local_steps(algorithm, model, client, batch, 1)
     for _ in range(repeats):
-        for name in models:  # alternate, so drift on a shared machine hits both alike
-            times[name].append(step_seconds(models[name], x, y, optimizers[name]))
-    best = {k: min(v) for k, v in times.items()}
+        for name, model in models.items():  # alternate, so drift on a shared machine hits both alike
+            times[name] += local_steps(algorithm, model, client, batch, 1)
+    best = {name: min(seconds) for name, seconds in times.items()}
+    C, layers, size, channels, _ = SETTINGS[setting]
+    memory = {name: peak_memory_mib(setting, method, name) for name in models}
     return {
-        "setting": setting, "C": C, "layers": layers, "image_size": size, "batch": batch,
+        "setting": setting, "method": method, "C": C, "layers": layers, "image_size": size, "batch": batch,
         "fast_seconds_per_step": best["fast"], "reference_seconds_per_step": best["reference"],
         "fast_samples_per_second": batch / best["fast"], "reference_samples_per_second": batch / best["reference"],
         "speedup": best["reference"] / best["fast"], "repeats": repeats,
+        "fast_peak_mib": memory["fast"], "reference_peak_mib": memory["reference"],
     }
+
+
+def peak_memory_mib(setting: str, method: str, path: str) -> float:
+    """Growth of the peak resident memory over one local step, in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--memory-of", setting, method, path],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_child(setting: str, method: str, path: str) -> None:
+    """Peak RSS during model set-up and one local step, above the RSS after imports (Linux)."""
+    quiet_libraries()
+    algorithm, models, client, batch = models_for(setting, method)
+    other = "reference" if path == "fast" else "fast"
+    models.pop(other)  # only the measured path's model stays alive
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    before = memory_kib("VmRSS")
+    local_steps(algorithm, models[path], client, batch, 1)
+    print((memory_kib("VmHWM") - before) / 1024)
+
+
+def write_report(results: list[dict], machine: str, command: str) -> None:
+    results_path = OUT / "results.json"
+    stored = json.loads(results_path.read_text()) if results_path.exists() else {}
+    stored.update(machine=machine, command=command, results=results)
+    OUT.mkdir(exist_ok=True)
+    results_path.write_text(json.dumps(stored, indent=2))
+    lines = ["# Benchmarks", "", f"Machine: {machine}. Command: `{command}` (also `make bench`).", "",
+             "One local search step of each method through its Lightning module (FedNAS: MiLeNAS step on a train "
+             "and a val batch; FedMetaNAS: first-order MAML step on a support and a query task, Gumbel-softmax, "
+             "input combinations), best of the repeats, both paths alternating in one process on the same weights "
+             "and batch. Peak memory: growth of the peak resident set over one local step (model built, other path freed), fresh process per path.", "",
+             "| setting | method | C | layers | input | batch | reference (samples/s) | fast (samples/s) | speedup "
+             "| reference peak (MiB) | fast peak (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['setting']} | {r['method']} | {r['C']} | {r['layers']} | "
+                     f"{r['image_size']}x{r['image_size']}x3 | {r['batch']} | {r['reference_samples_per_second']:.1f} "
+                     f"| {r['fast_samples_per_second']:.1f} | {r['speedup']:.2f}x | {r['reference_peak_mib']:.0f} "
+                     f"| {r['fast_peak_mib']:.0f} |")
+    readme = OUT / "README.md"
+    rest = readme.read_text().split("\n## ", 1) if readme.exists() else []
+    tail = "\n## " + rest[1] if len(rest) == 2 else ""
+    readme.write_text("\n".join(lines) + "\n" + tail)
+    print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--memory-of", nargs=3, metavar=("SETTING", "METHOD", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_of:
+        memory_child(*args.memory_of)
+        return
+    quiet_libraries()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    command = "python " + " ".join(sys.argv)
-    results = [measure(s, args.repeats) for s in args.settings]
-    OUT.mkdir(exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps({"machine": machine, "command": command, "results": results}, indent=2))
-    lines = ["# Benchmarks", "", f"Machine: {machine}. Command: `{command}` (also `make bench`).", "",
-             "Forward + backward + SGD step of the whole search network, best of the repeats, both paths "
-             "alternating in one process on the same weights and batch.", "",
-             "| setting | C | layers | input | batch | reference (samples/s) | fast (samples/s) | speedup |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(f"| {r['setting']} | {r['C']} | {r['layers']} | {r['image_size']}x{r['image_size']}x3 | "
-                     f"{r['batch']} | {r['reference_samples_per_second']:.1f} | {r['fast_samples_per_second']:.1f} | "
-                     f"{r['speedup']:.2f}x |")
-    (OUT / "README.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results = [measure(s, m, args.repeats) for s in args.settings for m in args.methods]
+    write_report(results, machine, "python " + " ".join(sys.argv))
 
 
 if __name__ == "__main__":

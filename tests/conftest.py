@@ -27,6 +27,7 @@ TINY = [
     "federation.client_eval_every=1",
     "federation.eval_batch_size=64",
     "partition.min_client_size=5",
+    "plots_every=null",  # drawing costs seconds; the tests that check figures turn it on
 ]
 
 

@@ -147,7 +147,8 @@ def test_first_order_maml_step(inner):
 
 
 def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
-    cfg = tiny_cfg("search", ["algorithm=fedmetanas", "personalize=true", "algorithm.prune_threshold=0.2"])
+    cfg = tiny_cfg("search", ["algorithm=fedmetanas", "personalize=true", "algorithm.prune_threshold=0.2",
+                              "plots_every=0"])
     result = run_search(cfg)
     run_dir = Path(result["run_dir"])
     history = load_latest_checkpoint(run_dir / "checkpoints")["history"]
@@ -156,6 +157,8 @@ def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
     # bytes_sent counts 3 clients' downloads of the round-0 model; the pruned model is smaller
     assert result["model_bytes"] < history[0]["bytes_sent"] / 3
     assert len(list((run_dir / "personalized").glob("client_*.json"))) == 3
+    assert (run_dir / "personalized" / "client_accuracy_after.png").is_file()
+    assert (run_dir / "figures" / "normal.png").is_file()  # the pruned cell, drawn
     for key in ("personalized_acc_before_mean", "personalized_acc_after_std"):
         assert 0.0 <= result[key] <= 1.0
 

@@ -9,6 +9,7 @@ from federated_nas.search_space.genotypes import Genotype, derive_cell, derive_g
 from federated_nas.search_space.network import GenotypeNetwork
 from federated_nas.search_space.operations import PRIMITIVES, make_op
 from federated_nas.search_space.reference import ReferenceSearchNetwork
+from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
 from federated_nas.search_space.supernet import EdgeBundle, SearchNetwork
 
 
@@ -59,19 +60,31 @@ def test_bundle_equals_plain_mixed_ops_in_value_and_gradient(stride):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-def test_supernet_matches_op_by_op_reference_for_random_alphas():
+@pytest.mark.parametrize("relaxation, combinations, prune", [
+    ("softmax", None, None), ("gumbel", 2, None), ("softmax", None, 0.12), ("gumbel", 2, 0.1),
+])
+def test_supernet_matches_op_by_op_reference_for_random_alphas(relaxation, combinations, prune):
+    """Plain, Gumbel with input combinations, and pruned supernets against the op-by-op reference."""
     torch.manual_seed(1)
-    net = SearchNetwork(3, 10, C=4, layers=3).double()  # float64: the comparison sees math, not rounding
-    with torch.no_grad():
-        net.alpha_normal.normal_(0, 2)
-        net.alpha_reduce.normal_(0, 2)
+    relax = GumbelSoftmaxRelaxation(0.7) if relaxation == "gumbel" else None
+    net = SearchNetwork(3, 10, C=4, layers=3, relaxation=relax, input_combinations=combinations).double()
+    with torch.no_grad():  # float64: the comparison sees math, not rounding
+        for alpha in net.arch_parameters():
+            alpha.normal_(0, 2)
+    if prune is not None:
+        removed = net.prune(prune)
+        assert removed["ops"] > 0
     reference = ReferenceSearchNetwork(net)
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
-    fast_out, ref_out = net(x), reference(x)
+    torch.manual_seed(5)  # the same Gumbel noise for both
+    fast_out = net(x)
+    torch.manual_seed(5)
+    ref_out = reference(x)
     torch.testing.assert_close(fast_out, ref_out, rtol=1e-10, atol=1e-10)
-    fast_grad = torch.autograd.grad(fast_out.logsumexp(1).sum(), net.alpha_normal)[0]
-    ref_grad = torch.autograd.grad(ref_out.logsumexp(1).sum(), reference.alpha_normal)[0]
-    torch.testing.assert_close(fast_grad, ref_grad, rtol=1e-9, atol=1e-10)
+    fast_grads = torch.autograd.grad(fast_out.logsumexp(1).sum(), net.arch_parameters())
+    ref_grads = torch.autograd.grad(ref_out.logsumexp(1).sum(), reference.arch_parameters())
+    for fast_grad, ref_grad in zip(fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(fast_grad, ref_grad, rtol=1e-9, atol=1e-10)
 
 
 def test_edge_order_is_darts():

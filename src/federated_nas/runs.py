@@ -22,7 +22,8 @@ from federated_nas.federation.backends import visible_gpus
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
-from federated_nas.tracking.mlflow_tracker import RunTracker
+from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri
+from federated_nas.tracking.run_figures import RunFigures
 
 log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
@@ -85,15 +86,21 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     """Shared by search and train: data, tracker, loop, resume, artifacts."""
     if cfg.get("personalize") and type(algorithm).adapt is FederatedAlgorithm.adapt:
         raise ConfigError(f"personalize=true: algorithm {algorithm.name} defines no personal adaptation")
+    if cfg.get("logger"):
+        check_tracking_uri(cfg.logger.get("tracking_uri"))  # before hours of search, not after
     run_dir, checkpoint = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     settings = FederationSettings(**{k: v for k, v in cfg.federation.items() if k not in FEDERATION_KEYS})
+    plots_every = cfg.get("plots_every")
+    if plots_every is not None and (not isinstance(plots_every, int) or plots_every < 0):
+        raise ConfigError(f"plots_every must be an integer >= 0 or null (no figures), got {plots_every}")
     data = build_data(cfg)
-    run_id = (checkpoint or {}).get("mlflow_run_id") or None
-    logger = instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None
-    tracker = RunTracker(logger)
     backend = instantiate(cfg.cluster.backend, trainer=instantiate(cfg.trainer))
-    run = FederatedRun(algorithm, data, backend, tracker, settings, run_dir, int(cfg.seed), server_device(cfg))
+    # the model is built before anything is written: bad input leaves no run dir and no MLflow run
+    run = FederatedRun(algorithm, data, backend, settings, run_dir, int(cfg.seed), server_device(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = (checkpoint or {}).get("mlflow_run_id") or None
+    tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
+    run.attach(tracker, RunFigures(run_dir, tracker, plots_every) if plots_every is not None else None)
     if checkpoint is not None:
         run.restore(checkpoint)
     else:
@@ -114,7 +121,7 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
         raise
     (run_dir / "FINISHED").touch()
     tracker.finish()
-    final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id)
+    final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri)
     log.info(summary(final))
     return final
 
@@ -129,9 +136,10 @@ def summary(final: dict[str, Any]) -> str:
             lines.append(f"  {key}: {final[key]:.4g}" if isinstance(final[key], float) else f"  {key}: {final[key]}")
     if "genotype" in final:
         lines.append(f"  genotype: {final['genotype']}")
-    lines.append(f"  run dir: {final['run_dir']}")
+    lines.append(f"  run dir: {final['run_dir']} (config, partition, genotype, figures, checkpoints)")
     if final.get("mlflow_run_id"):
         lines.append(f"  MLflow run: {final['mlflow_run_id']} (make mlflow-ui)")
+        lines.append(f"  MLflow artifacts: {final['mlflow_artifacts']}")
     return "\n".join(lines)
 
 

@@ -16,8 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from federated_nas.compat import use_torch_leaf_factory_in_lightning
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
+
+use_torch_leaf_factory_in_lightning()  # before any client fit
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 

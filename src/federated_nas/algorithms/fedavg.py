@@ -9,6 +9,7 @@ from torch import nn
 
 from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory, cosine_lr
 from federated_nas.data.federated_data import FederatedData
+from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
 
 
@@ -30,17 +31,22 @@ class FedAvg(FederatedAlgorithm):
 
     name = "fedavg"
 
-    def __init__(self, model: Callable[..., nn.Module], optimizer: OptimizerFactory, lr: float = 0.025,
+    def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
                  lr_min: float = 0.001, grad_clip: float | None = 5.0):
+        if model is None:  # search.yaml's default: search methods build their own supernet
+            raise ConfigError(f"algorithm={self.name} needs a fixed network: "
+                              "model=cnn|resnet18|mobilenet_v3|densenet|genotype")
         self.model_factory, self.optimizer = model, optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
 
     def build_model(self, data: FederatedData) -> nn.Module:
         return self.model_factory(in_channels=data.in_channels, num_classes=data.num_classes)
 
+    def local_lr(self, round_idx: int, rounds: int) -> float:
+        return cosine_lr(self.lr, self.lr_min, round_idx, rounds)
+
     def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> SupervisedTraining:
-        return SupervisedTraining(model, self.optimizer, cosine_lr(self.lr, self.lr_min, round_idx, rounds),
-                                  self.grad_clip)
+        return SupervisedTraining(model, self.optimizer, self.local_lr(round_idx, rounds), self.grad_clip)
 
     def round_report(self, model: nn.Module) -> dict[str, Any]:
         return {"params": count_parameters(model)}

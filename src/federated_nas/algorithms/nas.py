@@ -66,6 +66,10 @@ class SupernetAlgorithm(FederatedAlgorithm):
             "skip_connect_count": genotype.count("skip_connect"),
             "derived_params": count_parameters(model.derived_network()),
             "supernet_params": count_parameters(model),
+            # per edge and op, for the heatmap of the architecture over rounds (kept in the history)
+            "alpha_probabilities": {"primitives": list(model.primitives),
+                                    **{kind: model.op_probabilities(kind).cpu().tolist()
+                                       for kind in ("normal", "reduce")}},
         }
         if self.input_shape:
             report["supernet_flops"] = forward_flops(model, self.input_shape)

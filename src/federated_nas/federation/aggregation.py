@@ -19,15 +19,16 @@ State = dict[str, torch.Tensor]
 class WeightedAverage:
     """Streaming weighted mean of states: add each client's update as it arrives, read once.
 
-    Only one running sum is held, however many clients report. Integer buffers (BatchNorm's
-    ``num_batches_tracked``) are averaged in floating point and rounded back, so a counter
-    stays a counter.
+    One flat float64 buffer holds the running sum of every entry; each client's tensors are
+    added in place into their slice of it (type promotion happens inside ``add_``, so no
+    temporary copy of an update is made). Integer buffers (BatchNorm's ``num_batches_tracked``)
+    are averaged in floating point and rounded back, so a counter stays a counter.
     """
 
     def __init__(self, template: State):
-        self._keys = list(template)
         self._template = {k: (v.shape, v.dtype) for k, v in template.items()}
-        self._sums = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in template.items()}
+        self._sum = torch.zeros(sum(v.numel() for v in template.values()), dtype=torch.float64)
+        self._slices = dict(zip(self._template, self._sum.split([v.numel() for v in template.values()])))
         self.total_weight = 0.0
         self.count = 0
 
@@ -35,19 +36,19 @@ class WeightedAverage:
         check_update(state, self._template)
         if not weight > 0 or not math.isfinite(weight):
             raise DataError(f"client weight must be a positive number, got {weight}")
-        for key in self._keys:
-            self._sums[key].add_(state[key].detach().to("cpu", torch.float64), alpha=float(weight))
+        for key, running in self._slices.items():
+            running.add_(state[key].detach().reshape(-1).cpu(), alpha=float(weight))
         self.total_weight += float(weight)
         self.count += 1
 
     def result(self) -> State:
         if not self.count:
             raise DataError("no client update to aggregate in this round")
+        mean = self._sum / self.total_weight
         averaged = {}
-        for key in self._keys:
-            shape, dtype = self._template[key]
-            mean = self._sums[key] / self.total_weight
-            averaged[key] = (mean.round() if not dtype.is_floating_point else mean).to(dtype)
+        for (key, (shape, dtype)), flat in zip(self._template.items(), mean.split([s.numel() for s in
+                                                                                   self._slices.values()])):
+            averaged[key] = (flat if dtype.is_floating_point else flat.round()).to(dtype).reshape(shape)
         return averaged
 
 

@@ -1,7 +1,8 @@
 """After the federated search: each client adapts the global model on its own data.
 
-Reported as mean and std of local-test accuracy before and after adaptation, and each
-client's own genotype is saved (the simplest form of the meta-FedPNAS idea).
+Reported as mean and std of local-test accuracy before and after adaptation, with a histogram
+of the clients' accuracies (the FedNAS paper's Figure 5), and each client's own genotype is
+saved (the simplest form of the meta-FedPNAS idea).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from federated_nas.data.federated_data import FederatedData
 from federated_nas.federation.backends import client_seed
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
+from federated_nas.tracking.plots import plot_client_histogram
 
 
 def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: FederatedData, batch_size: int,
@@ -36,4 +38,8 @@ def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: F
         "personalized_acc_after_mean": float(np.mean(after)), "personalized_acc_after_std": float(np.std(after)),
     }
     tracker.log_metrics(metrics, step=after_round)
+    for name, accuracies in (("before", before), ("after", after)):
+        path = plot_client_histogram(accuracies, Path(run_dir) / "personalized" / f"client_accuracy_{name}.png",
+                                     f"Local test accuracy per client, {name} personalization")
+        tracker.log_artifact(path, "personalized")
     return metrics

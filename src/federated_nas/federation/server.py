@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import FederatedData
@@ -26,6 +29,7 @@ from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.search_space.genotypes import Genotype
 from federated_nas.tracking.mlflow_tracker import RunTracker
+from federated_nas.tracking.run_figures import RunFigures
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +71,12 @@ class FederatedRun:
     """Drives one federated run of any ``FederatedAlgorithm`` through an execution backend."""
 
     def __init__(self, algorithm: FederatedAlgorithm, data: FederatedData, backend: LocalBackend,
-                 tracker: RunTracker, settings: FederationSettings, run_dir: str | Path, seed: int,
-                 device: str = "cpu"):
-        self.algorithm, self.data, self.backend, self.tracker = algorithm, data, backend, tracker
+                 settings: FederationSettings, run_dir: str | Path, seed: int, device: str = "cpu",
+                 progress: bool | None = None):
+        self.algorithm, self.data, self.backend = algorithm, data, backend
+        self.tracker, self.figures = RunTracker(None), None  # see attach
+        self.progress = progress  # None: a bar when stderr is a terminal (not in SLURM logs)
+        self._bar: tqdm | None = None
         self.settings, self.run_dir, self.seed = settings, Path(run_dir), seed
         self.device = torch.device(device)
         torch.manual_seed(seed)  # the initial weights and alphas
@@ -77,6 +84,10 @@ class FederatedRun:
         self.history: list[dict[str, Any]] = []
         self.start_round = 0
         self.elapsed_before = 0.0
+
+    def attach(self, tracker: RunTracker, figures: RunFigures | None = None) -> None:
+        """Where rounds are recorded; set once the run is known to be valid (see ``runs.run_federated``)."""
+        self.tracker, self.figures = tracker, figures
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         load_state(self.model, checkpoint["model"])
@@ -88,14 +99,31 @@ class FederatedRun:
     def run(self) -> dict[str, Any]:
         settings = self.settings
         started = time.perf_counter()
-        for round_idx in range(self.start_round, settings.rounds):
-            round_started = time.perf_counter()
-            metrics = self._run_round(round_idx)
-            metrics["round_seconds"] = time.perf_counter() - round_started
-            metrics["elapsed_seconds"] = self.elapsed_before + time.perf_counter() - started
-            self._record(round_idx, metrics)
+        bar = tqdm(total=settings.rounds, initial=self.start_round, desc="rounds", unit="round",
+                   disable=None if self.progress is None else not self.progress, dynamic_ncols=True)
+        with bar, (logging_redirect_tqdm() if not bar.disable else nullcontext()):
+            self._bar = bar
+            for round_idx in range(self.start_round, settings.rounds):
+                round_started = time.perf_counter()
+                metrics = self._run_round(round_idx)
+                metrics["round_seconds"] = time.perf_counter() - round_started
+                metrics["elapsed_seconds"] = self.elapsed_before + time.perf_counter() - started
+                self._record(round_idx, metrics)
+                bar.update(1)
+        self._bar = None
         final = dict(self.history[-1]) if self.history else {}
         return final
+
+    def _show_progress(self, clients_done: int, clients: int) -> None:
+        if self._bar is None or self._bar.disable:
+            return
+        last = self.history[-1] if self.history else {}
+        shown = f"clients {clients_done}/{clients}"
+        if "global_test_acc" in last:
+            shown += f", acc {last['global_test_acc']:.3f}"
+        if "round_seconds" in last:
+            shown += f", {last['round_seconds']:.1f} s/round"
+        self._bar.set_postfix_str(shown, refresh=True)
 
     def _run_round(self, round_idx: int) -> dict[str, Any]:
         s = self.settings
@@ -104,10 +132,12 @@ class FederatedRun:
         average = WeightedAverage(global_state)
         compute_seconds, train_losses = [], []
         started = time.perf_counter()
+        self._show_progress(0, len(selected))
         for update in self.backend.run_round(self.algorithm, self.model, [self.data.clients[k] for k in selected],
                                              round_idx, s.rounds, self.seed, s.local_epochs, s.local_batches,
                                              s.batch_size):
             average.add(update.state, update.num_samples)
+            self._show_progress(average.count, len(selected))
             compute_seconds.append(update.compute_seconds)
             if "train_loss" in update.metrics:
                 train_losses.append(update.metrics["train_loss"])
@@ -157,6 +187,8 @@ class FederatedRun:
             "elapsed_seconds": metrics["elapsed_seconds"],
             "mlflow_run_id": self.tracker.run_id or "",
         })
+        if self.figures is not None:
+            self.figures.after_round(round_idx, self.settings.rounds, self.history)
         shown = {k: round(v, 4) for k, v in numeric.items() if k in
                  ("global_test_acc", "client_test_acc_mean", "alpha_entropy", "round_seconds")}
         log.info("round %d/%d %s", round_idx + 1, self.settings.rounds, shown)

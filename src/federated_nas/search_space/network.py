@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from federated_nas.errors import ConfigError
 from federated_nas.search_space.genotypes import Genotype
 from federated_nas.search_space.operations import FactorizedReduce, ReLUConvBN, make_op
 
@@ -68,6 +69,8 @@ class GenotypeNetwork(nn.Module):
     def __init__(self, genotype: Genotype | dict | str | Path, in_channels: int = 3, num_classes: int = 10,
                  C: int = 36, layers: int = 20, stem_multiplier: int = 3, stem_stride: int = 1):
         super().__init__()
+        if genotype is None:
+            raise ConfigError("model=genotype needs model.genotype=<genotype.json> (train.py fills it from search_run)")
         if isinstance(genotype, (str, Path)):
             genotype = Genotype.load(genotype)
         elif isinstance(genotype, dict) or not isinstance(genotype, Genotype):

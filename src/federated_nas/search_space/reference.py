@@ -2,8 +2,10 @@
 
 It computes every op of every edge as its own module and takes the weighted sum op by op,
 including the ``none`` op as a tensor of zeros, as DARTS, MiLeNAS and FedML do. It is built
-from a ``SearchNetwork`` so both hold the same weights; tests compare outputs and gradients
-and the benchmark compares throughput.
+from a ``SearchNetwork`` so both hold the same weights, relaxation, input combinations and
+pruning masks; the architecture weights come from the very same ``op_weights`` code, so the
+comparison isolates the cell computation. Tests compare outputs and gradients and the
+benchmark compares throughput.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from federated_nas.search_space.supernet import SearchCell, SearchNetwork
 
 
 class MixedOp(nn.Module):
-    """Weighted sum of all candidate ops on one edge, one module per op."""
+    """Weighted sum of the candidate ops on one edge, one module per op (pruned ops are absent)."""
 
-    def __init__(self, ops: nn.ModuleDict):
+    def __init__(self, ops: nn.ModuleDict, primitives: tuple[str, ...]):
         super().__init__()
         self.ops = ops
+        self.columns = [primitives.index(name) for name in ops]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(w * op(x) for w, op in zip(weights, self.ops.values()))
+        return sum(weights[k] * op(x) for k, op in zip(self.columns, self.ops.values()))
 
 
 class ReferenceCell(nn.Module):
@@ -43,7 +46,7 @@ class ReferenceCell(nn.Module):
                 ops = cell.bundles[0].edge_ops(source, node)
             else:
                 ops = cell.bundles[source - 1].edge_ops(0, node - (source - 1))
-            self.edges.append(MixedOp(ops))
+            self.edges.append(MixedOp(ops, cell.bundles[0].primitives))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -57,17 +60,27 @@ class ReferenceCell(nn.Module):
 class ReferenceSearchNetwork(nn.Module):
     """The same network as a given ``SearchNetwork``, computed op by op."""
 
+    # the architecture weights are computed by the supernet's own code, not a second copy of it
+    _relax = SearchNetwork._relax
+    combination_weights = SearchNetwork.combination_weights
+    op_weights = SearchNetwork.op_weights
+    arch_parameters = SearchNetwork.arch_parameters
+    weight_parameters = SearchNetwork.weight_parameters
+
     def __init__(self, network: SearchNetwork):
         super().__init__()
         self.relaxation = copy.deepcopy(network.relaxation)
         self.stem = copy.deepcopy(network.stem)
         self.cells = nn.ModuleList(ReferenceCell(cell) for cell in network.cells)
         self.classifier = copy.deepcopy(network.classifier)
-        self.alpha_normal = nn.Parameter(network.alpha_normal.detach().clone())
-        self.alpha_reduce = nn.Parameter(network.alpha_reduce.detach().clone())
+        self.combinations, self.combo_slices = network.combinations, getattr(network, "combo_slices", None)
+        for name, value in network.named_parameters(recurse=False):
+            setattr(self, name, nn.Parameter(value.detach().clone()))
+        for name, value in network.named_buffers(recurse=False):
+            self.register_buffer(name, value.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normal, reduce = self.relaxation(self.alpha_normal), self.relaxation(self.alpha_reduce)
+        normal, reduce = self.op_weights("normal"), self.op_weights("reduce")
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)

@@ -15,7 +15,6 @@ from torch import nn
 class SoftmaxRelaxation(nn.Module):
     """DARTS: a plain softmax over the last axis."""
 
-
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=-1)
 

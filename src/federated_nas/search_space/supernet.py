@@ -120,6 +120,10 @@ class EdgeBundle(nn.Module):
                     bn.num_batches_tracked.copy_(previous.num_batches_tracked)
         self.bns[key] = bn
 
+    def _float_dtype(self) -> torch.dtype:
+        floats = (t.dtype for t in (*self.parameters(), *self.buffers()) if t.is_floating_point())
+        return next(floats, torch.get_default_dtype())  # a bundle pruned to identity ops holds no tensors
+
     def prune(self, active: torch.Tensor) -> None:
         """Keep only the (source, edge, op) triples that are True in ``active`` (never revives one)."""
         active = active.to(self.active.device) & self.active
@@ -131,9 +135,9 @@ class EdgeBundle(nn.Module):
         for k, name in enumerate(self.primitives):
             position = {g: i for i, g in enumerate(old_groups[name])}
             kept[name] = [position[g] for g in self._group_list(k)]
-        device = self.active.device
+        device, dtype = self.active.device, self._float_dtype()
         self._build(kept)
-        self.to(device)
+        self.to(device=device, dtype=dtype)  # rebuilt modules follow the bundle's device and precision
 
     def _conv_op(self, name: str, replicated: torch.Tensor, groups: int) -> torch.Tensor:
         kernel, dilation, stages = CONV_OPS[name]
@@ -212,7 +216,7 @@ class EdgeBundle(nn.Module):
         """The plain per-op modules of one edge (its active ops), carrying this bundle's weights and BN statistics."""
         g = source * self.num_edges + edge
         ops = nn.ModuleDict()
-        dtype = next(iter(self.bns.values())).running_mean.dtype
+        dtype = self._float_dtype()
         for k, name in enumerate(self.primitives):
             if not self.active[source, edge, k]:
                 continue
@@ -378,6 +382,10 @@ class SearchNetwork(nn.Module):
         weights = self.relaxation.probabilities(masked) if deterministic else self.relaxation(masked)
         return weights * mask
 
+    def op_probabilities(self, kind: str) -> torch.Tensor:
+        """``[edges, ops]`` deterministic op distribution of each edge, without the input-combination factor."""
+        return self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), True).detach()
+
     def combination_weights(self, kind: str, deterministic: bool = False) -> torch.Tensor:
         """Relaxed weight of every input combination, normalised within each node."""
         beta, mask = getattr(self, f"beta_{kind}"), getattr(self, f"combo_mask_{kind}")
@@ -433,7 +441,7 @@ class SearchNetwork(nn.Module):
         for kind in CELL_KINDS:
             active = getattr(self, f"op_mask_{kind}").clone()
             if self.combinations is not None:  # an edge in no live combination is gone entirely
-                live = getattr(self, f"combo_mask_{kind}").float()
+                live = getattr(self, f"combo_mask_{kind}").to(self.combo_incidence.dtype)
                 active &= (self.combo_incidence @ live > 0).unsqueeze(1)
             for cell in self.cells:
                 if (kind == "reduce") == cell.reduction:

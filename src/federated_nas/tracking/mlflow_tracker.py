@@ -6,13 +6,47 @@ Round metrics are logged by the server loop with ``step=round``; client Trainers
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from federated_nas.errors import ConfigError
+
 MAX_PARAM_LENGTH = 250  # MLflow rejects longer param values
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def check_tracking_uri(uri: str | None, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Fail in seconds when the tracking store cannot be reached or created.
+
+    MLflow's own client retries an unreachable server for minutes, and a local store whose
+    directory cannot be created only fails at the first write; both are checked up front.
+    """
+    if not uri:
+        return
+    parsed = urlparse(str(uri))
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+        except OSError as err:
+            raise ConfigError(f"logger.tracking_uri={uri}: MLflow tracking server unreachable ({err}); start it, "
+                              "or drop the override to use the local store under logs/") from None
+        return
+    if parsed.scheme == "sqlite":
+        local = Path(str(uri).removeprefix("sqlite:///")).parent
+    elif parsed.scheme in ("file", ""):
+        local = Path(parsed.path)
+    else:
+        return  # other stores (databricks, ...) are checked by MLflow itself
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"logger.tracking_uri={uri}: cannot create the local store ({err})") from None
 
 
 class RunTracker:
@@ -26,6 +60,10 @@ class RunTracker:
     @property
     def run_id(self) -> str | None:
         return self.logger.run_id if self.logger is not None else None
+
+    @property
+    def artifact_uri(self) -> str | None:
+        return self.logger.experiment.get_run(self.run_id).info.artifact_uri if self.logger is not None else None
 
     def log_config(self, cfg: DictConfig) -> None:
         if self.logger is None:

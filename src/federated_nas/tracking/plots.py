@@ -1,4 +1,4 @@
-"""Figures logged as run artifacts.
+"""Figures logged as run artifacts: the partition, the architecture weights, the per-round curves.
 
 The "Agg" backend is selected before pyplot is imported because runs execute on
 headless cluster nodes where no display exists.
@@ -6,8 +6,10 @@ headless cluster nodes where no display exists.
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,14 +17,38 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from federated_nas.errors import DataError  # noqa: E402
+from federated_nas.search_space.genotypes import edge_index  # noqa: E402
+
+NOT_RECORDED = "not recorded"
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` atomically and close it: a reader (MLflow, a browser) never sees half an image."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # plain open keeps umask permissions
+        try:
+            fig.savefig(temp_path, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+            os.replace(temp_path, path)
+        except BaseException:
+            temp_path.unlink(missing_ok=True)
+            raise
+    finally:
+        plt.close(fig)
+    return path
 
 
 def plot_partition_heatmap(
-    counts: np.ndarray, path, title: str = "Samples per class and client"
+    counts: np.ndarray, path: str | Path, title: str = "Samples per class and client"
 ) -> Path:
     """Heatmap of a [classes, clients] count table, to see at a glance how non-IID a split is."""
     counts = np.asarray(counts)
-    path = Path(path)
     num_classes, num_clients = counts.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * num_clients + 2), max(3.0, 0.4 * num_classes + 1.5)))
     try:
@@ -39,14 +65,146 @@ def plot_partition_heatmap(
                 color = "black" if value > threshold else "white"
                 ax.text(column, row, str(int(value)), ha="center", va="center", fontsize=7, color=color)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # plain open keeps umask permissions
-        try:
-            fig.savefig(temp_path, format=path.suffix.lstrip(".") or "png", dpi=120)
-            os.replace(temp_path, path)
-        except BaseException:
-            temp_path.unlink(missing_ok=True)
-            raise
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
-    return path
+
+
+def plot_alpha_evolution(probabilities: np.ndarray, primitives: Sequence[str], path: str | Path,
+                         title: str = "Architecture weights over rounds") -> Path:
+    """One heatmap per op of softmax(alpha) [rounds, edges, ops]: shows which ops each edge commits to, and when."""
+    try:
+        probabilities = np.asarray(probabilities, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"alpha probabilities are not a numeric [rounds, edges, ops] array: {err}") from None
+    if probabilities.ndim != 3 or probabilities.shape[2] != len(primitives) or 0 in probabilities.shape:
+        raise DataError(f"alpha probabilities must be [rounds, edges, ops] with ops = {len(primitives)} primitives "
+                        f"and no empty axis, got shape {probabilities.shape}")
+    num_rounds, num_edges, num_ops = probabilities.shape
+    columns = min(4, num_ops)
+    rows = math.ceil(num_ops / columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, sharex=True, sharey=True, layout="constrained",
+                             figsize=(2.3 * columns + 0.8, 0.12 * num_edges * rows + 1.2 * rows + 0.4))
+    try:
+        edge_labels = _edge_labels(num_edges)
+        for k, ax in enumerate(axes.flat):
+            if k >= num_ops:
+                ax.axis("off")
+                continue
+            image = ax.imshow(probabilities[:, :, k].T, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+                              interpolation="nearest")
+            ax.set_title(primitives[k], fontsize=8)
+            ax.tick_params(labelsize=6)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            if k % columns == 0:
+                ax.set_ylabel("edge", fontsize=7)
+                if edge_labels is not None:
+                    ax.set_yticks(range(num_edges), edge_labels, fontsize=5)
+            if k // columns == rows - 1 or k + columns >= num_ops:
+                ax.set_xlabel("round", fontsize=7)
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="softmax(alpha)", shrink=0.9)
+        fig.suptitle(title, fontsize=10)
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_round_curves(history: Sequence[Mapping[str, object]], path: str | Path) -> Path:
+    """Accuracy, client spread, alpha entropy and skip count against rounds, from a run's history.
+
+    Metrics are sparse (evaluation runs every few rounds; fixed-architecture runs have no alpha),
+    so each series keeps only the rounds that recorded it, and an absent series says so.
+    """
+    fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.0), sharex=True)
+    try:
+        global_ax, client_ax, entropy_ax, skip_ax = axes.flat
+        _plot_series(global_ax, history, "global_test_acc", "global test accuracy", "relaxed")
+        if _series(history, "global_test_acc_discrete")[0]:
+            _plot_series(global_ax, history, "global_test_acc_discrete", "global test accuracy", "discrete",
+                         linestyle="--")
+            global_ax.legend(fontsize=7)
+        _plot_series(client_ax, history, "client_test_acc_mean", "client test accuracy (mean ± std)")
+        rounds, means, stds = _banded_series(history, "client_test_acc_mean", "client_test_acc_std")
+        if rounds:
+            client_ax.fill_between(rounds, means - stds, means + stds, alpha=0.25)
+        _plot_series(entropy_ax, history, "alpha_entropy", "alpha entropy (nats)")
+        _plot_series(skip_ax, history, "skip_connect_count", "skip_connect count")
+        skip_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in (entropy_ax, skip_ax):
+            ax.set_xlabel("round")
+        for ax in axes.flat:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelbottom=True)
+            if not ax.lines:
+                ax.set_yticks([])
+                ax.text(0.5, 0.5, NOT_RECORDED, transform=ax.transAxes, ha="center", va="center", color="#6b7280")
+        fig.tight_layout()
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_client_histogram(accuracies: Sequence[float], path: str | Path,
+                          title: str = "Test accuracy per client") -> Path:
+    """How the global model's accuracy spreads over clients; the mean alone hides clients left behind."""
+    try:
+        accuracies = np.asarray(accuracies, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"client accuracies are not numbers: {err}") from None
+    if accuracies.ndim != 1 or accuracies.size == 0 or not np.isfinite(accuracies).all():
+        raise DataError(f"client accuracies must be a non-empty list of finite numbers, got shape {accuracies.shape}")
+    fig, ax = plt.subplots(figsize=(5.0, 3.5))
+    try:
+        ax.hist(accuracies, bins=min(20, max(5, accuracies.size // 2)), color="#60a5fa", edgecolor="#1e3a8a")
+        mean = float(accuracies.mean())
+        ax.axvline(mean, color="#dc2626", linestyle="--", label=f"mean {mean:.3f}")
+        ax.set_xlabel("test accuracy")
+        ax.set_ylabel("clients")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _series(history: Sequence[Mapping[str, object]], key: str) -> tuple[list[float], list[float]]:
+    """(rounds, values) of the rounds that recorded ``key`` as a finite number."""
+    rounds, values = [], []
+    for position, record in enumerate(history):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if "round" not in record:
+                raise DataError(f"round history entry {position} has {key} but no 'round'")
+            rounds.append(float(record["round"]))
+            values.append(float(value))
+    return rounds, values
+
+
+def _banded_series(history: Sequence[Mapping[str, object]], mean_key: str,
+                   spread_key: str) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """The rounds that recorded both a mean and its spread, for a ± band."""
+    means = dict(zip(*_series(history, mean_key)))
+    spreads = dict(zip(*_series(history, spread_key)))
+    rounds = sorted(set(means) & set(spreads))
+    return rounds, np.array([means[r] for r in rounds]), np.array([spreads[r] for r in rounds])
+
+
+def _plot_series(ax: Axes, history: Sequence[Mapping[str, object]], key: str, title: str,
+                 label: str | None = None, linestyle: str = "-") -> None:
+    rounds, values = _series(history, key)
+    ax.set_title(title, fontsize=9)
+    if rounds:
+        ax.plot(rounds, values, marker="o", markersize=3, linestyle=linestyle, label=label)
+
+
+def _edge_labels(num_edges: int) -> list[str] | None:
+    """``node←input`` names in DARTS' alpha row order when the edge count is a DARTS cell's, else None."""
+    steps = 1
+    while len(edge_index(steps)) < num_edges:
+        steps += 1
+    if len(edge_index(steps)) != num_edges:
+        return None
+    input_names = ("k-2", "k-1")
+    return [f"{node}←{input_names[source] if source < 2 else source - 2}" for node, source in edge_index(steps)]

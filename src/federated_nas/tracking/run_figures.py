@@ -1,0 +1,57 @@
+"""A run's pictures, redrawn as it goes so the MLflow UI shows a long search while it runs.
+
+Every ``every`` rounds and at the last round: the derived cells (kept per round, so the
+architecture's history can be browsed), the alpha heatmap over rounds and the round curves
+(overwritten, they always cover the whole history so far).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from federated_nas.search_space.genotypes import Genotype
+from federated_nas.tracking.cell_drawing import draw_genotype
+from federated_nas.tracking.mlflow_tracker import RunTracker
+from federated_nas.tracking.plots import plot_alpha_evolution, plot_round_curves
+
+CELL_KINDS = ("normal", "reduce")
+
+
+class RunFigures:
+    """Draws from the loop's history after a round; ``every=0`` draws at the last round only."""
+
+    def __init__(self, run_dir: str | Path, tracker: RunTracker, every: int = 5):
+        self.directory = Path(run_dir) / "figures"
+        self.tracker, self.every = tracker, every
+
+    def due(self, round_idx: int, rounds: int) -> bool:
+        return round_idx == rounds - 1 or (self.every > 0 and (round_idx + 1) % self.every == 0)
+
+    def after_round(self, round_idx: int, rounds: int, history: list[dict[str, Any]]) -> list[Path]:
+        if not history or not self.due(round_idx, rounds):
+            return []
+        paths = [plot_round_curves(history, self.directory / "round_curves.png")]
+        latest = history[-1]
+        if latest.get("genotype"):
+            genotype = Genotype.from_dict(json.loads(latest["genotype"]))
+            paths += draw_genotype(genotype, self.directory / "cells", stem=f"round_{round_idx + 1:03d}_")
+            if round_idx == rounds - 1:
+                paths += draw_genotype(genotype, self.directory)
+        paths += self._alpha_heatmaps(history)
+        for path in paths:
+            self.tracker.log_artifact(path, str(path.parent.relative_to(self.directory.parent)))
+        return paths
+
+    def _alpha_heatmaps(self, history: list[dict[str, Any]]) -> list[Path]:
+        recorded = [entry["alpha_probabilities"] for entry in history if entry.get("alpha_probabilities")]
+        if not recorded:
+            return []
+        primitives = recorded[-1]["primitives"]
+        return [plot_alpha_evolution(np.asarray([entry[kind] for entry in recorded]), primitives,
+                                     self.directory / f"alpha_{kind}.png",
+                                     f"{kind} cell: op probabilities per edge over rounds")
+                for kind in CELL_KINDS]

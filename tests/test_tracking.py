@@ -1,0 +1,197 @@
+"""Figures and the run comparison: cell drawings, alpha and round plots, the MLflow table and grid."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from federated_nas.errors import DataError
+from federated_nas.search_space.genotypes import Genotype
+from federated_nas.search_space.operations import PRIMITIVES
+from federated_nas.tracking.cell_drawing import cell_graph, draw_cell, draw_genotype
+from federated_nas.tracking.plots import (
+    plot_alpha_evolution,
+    plot_client_histogram,
+    plot_partition_heatmap,
+    plot_round_curves,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# DARTS V2's cells (Liu et al., 2019): two edges per node, four nodes.
+DARTS_V2 = Genotype(
+    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+    reduce_concat=[2, 3, 4, 5],
+)
+# A pruned FedMetaNAS-style cell: one edge per node, nodes fed by the cell inputs only.
+PRUNED = ([("sep_conv_5x5", 1), ("skip_connect", 0), ("dil_conv_5x5", 1), ("avg_pool_3x3", 0)], [2, 3, 4, 5])
+# Node 2 only feeds node 3 and is not concatenated; node 3 has both edges from node 2.
+OUTSIDE_CONCAT = ([("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("dil_conv_3x3", 2), ("none", 2),
+                   ("sep_conv_5x5", 3), ("skip_connect", 1)], [3, 4])
+
+
+def assert_real_image(path: Path) -> None:
+    assert path.is_file()
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert np.ptp(pixels[..., :3]) > 0.5  # drawn content, not one flat colour
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic save left no temp file
+
+
+@pytest.mark.parametrize("edges, concat", [(DARTS_V2.normal, DARTS_V2.normal_concat), PRUNED, OUTSIDE_CONCAT],
+                         ids=["darts_v2", "one_edge_per_node", "node_outside_concat"])
+def test_draw_cell_writes_an_image(tmp_path, edges, concat):
+    assert_real_image(draw_cell(edges, concat, tmp_path / "cell.png", title="cell"))
+
+
+def test_cell_graph_infers_nodes_from_concat():
+    graph = cell_graph(*OUTSIDE_CONCAT)
+    assert graph.steps == 3
+    assert [edge.target for edge in graph.edges] == [2, 2, 3, 3, 4, 4]
+    assert len(cell_graph(*PRUNED).edges) == cell_graph(*PRUNED).steps == 4
+
+
+def test_draw_genotype_names_files_by_stem(tmp_path):
+    paths = draw_genotype(DARTS_V2, tmp_path, stem="round_005")
+    assert [p.name for p in paths] == ["round_005_normal.png", "round_005_reduce.png"]
+    assert draw_genotype(DARTS_V2, tmp_path, stem="round_005_") == paths  # a trailing underscore is not doubled
+    for path in paths:
+        assert_real_image(path)
+
+
+@pytest.mark.parametrize("edges, concat, message", [
+    ([("sep_conv_3x3", 0), ("skip_connect", 2)], [2], "feeds node 2: its input must be one of nodes 0..1"),
+    ([("sep_conv_3x3", 0), ("skip_connect", 1), ("none", 0)], [2, 3], "not a positive multiple"),
+    ([("sep_conv_3x3", 0)], [], "empty concat"),
+])
+def test_invalid_cell_is_one_clear_error(tmp_path, edges, concat, message):
+    with pytest.raises(DataError, match=message) as raised:
+        draw_cell(edges, concat, tmp_path / "bad.png")
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_alpha_evolution_one_panel_per_op(tmp_path):
+    logits = np.random.default_rng(0).normal(size=(5, 14, len(PRIMITIVES)))
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert_real_image(plot_alpha_evolution(probabilities, PRIMITIVES, tmp_path / "alpha.png", "normal"))
+    with pytest.raises(DataError, match=r"\[rounds, edges, ops\].*\(5, 14\)"):
+        plot_alpha_evolution(probabilities[:, :, 0], PRIMITIVES, tmp_path / "bad.png")
+    with pytest.raises(DataError, match="8 primitives"):
+        plot_alpha_evolution(probabilities[:, :, :3], PRIMITIVES, tmp_path / "bad.png")
+
+
+def test_round_curves_with_and_without_alpha(tmp_path):
+    search = [{"round": r, "global_test_acc": 0.5 + 0.1 * r, "global_test_acc_discrete": 0.45 + 0.1 * r,
+               "client_test_acc_mean": 0.5 + 0.05 * r, "client_test_acc_std": 0.05,
+               "alpha_entropy": 2.0 - 0.2 * r, "skip_connect_count": r % 3} for r in range(4)]
+    del search[1]["global_test_acc"], search[2]["client_test_acc_std"]  # sparse evaluation rounds
+    assert_real_image(plot_round_curves(search, tmp_path / "search.png"))
+    fixed = [{"round": r, "global_test_acc": 0.6 + 0.05 * r, "genotype": "{}"} for r in range(3)]
+    assert_real_image(plot_round_curves(fixed, tmp_path / "fixed.png"))
+
+
+def test_client_histogram_and_partition_heatmap(tmp_path):
+    assert_real_image(plot_client_histogram([0.61, 0.7, 0.72, 0.8, 0.93], tmp_path / "clients.png"))
+    with pytest.raises(DataError, match="client accuracies"):
+        plot_client_histogram([], tmp_path / "empty.png")
+    assert_real_image(plot_partition_heatmap(np.arange(12).reshape(4, 3), tmp_path / "partition.png"))
+
+
+# --- comparing the runs of an MLflow experiment -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    """A SQLite store with two finished search runs and one run that never evaluated (one per module:
+    creating the store's schema is the slowest step of these tests)."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("search", artifact_location=str(tmp_path / "artifacts"))
+    pruned = Genotype(normal=PRUNED[0], normal_concat=PRUNED[1], reduce=PRUNED[0], reduce_concat=PRUNED[1])
+    runs = [("fednas-weaker", "fednas", 0.71, DARTS_V2), ("fedmetanas-better", "fedmetanas", 0.84, pruned),
+            ("fedavg-unevaluated", "fedavg", None, None)]
+    for name, algorithm, accuracy, genotype in runs:
+        run_id = client.create_run(experiment_id, run_name=name).info.run_id
+        tags = {"algorithm": algorithm, "dataset": "fashion_mnist", "partition": "dirichlet",
+                "partition.alpha": "0.5", "num_clients": "10", "seed": "0"}
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        if accuracy is not None:
+            for step, value in enumerate((accuracy - 0.2, accuracy)):  # the table shows the last round's value
+                client.log_metric(run_id, "global_test_acc", value, step=step)
+            client.log_metric(run_id, "client_test_acc_mean", accuracy - 0.02)
+            client.log_metric(run_id, "client_test_acc_std", 0.031)
+            client.log_metric(run_id, "derived_params", 123_456)
+            client.log_metric(run_id, "elapsed_seconds", 754.0)
+        if genotype is not None:
+            client.log_artifact(run_id, str(genotype.save(tmp_path / name / "genotype.json")))
+        client.set_terminated(run_id)
+    return uri
+
+
+def test_compare_table_sorted_by_accuracy_and_cell_grid(mlflow_store, tmp_path):
+    from federated_nas.tracking.compare import collect_rows, compare_runs, write_cell_grid, write_table
+
+    rows = collect_rows(mlflow_store, "search", "")
+    assert [row.name for row in rows] == ["fedmetanas-better", "fednas-weaker", "fedavg-unevaluated"]
+    assert rows[0].genotype is not None and rows[2].genotype is None
+    table = write_table(rows, tmp_path / "out" / "comparison.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| fed")]
+    assert [line.split(" | ")[0] for line in lines] == ["| fedmetanas-better", "| fednas-weaker",
+                                                        "| fedavg-unevaluated"]
+    assert "| 84.0 | 82.0 ± 3.1 | 123.5k | 12m 34s |" in lines[0]
+    assert "dirichlet(alpha=0.5)" in lines[0]
+    assert_real_image(write_cell_grid(rows, tmp_path / "out" / "comparison.png"))
+
+    table_path, image_path = compare_runs(mlflow_store, "search", tmp_path / "filtered",
+                                          "tags.algorithm = 'fednas'")
+    assert "fednas-weaker" in table_path.read_text() and "fedmetanas" not in table_path.read_text()
+    assert_real_image(image_path)
+
+
+def test_compare_grid_without_genotypes_says_so(mlflow_store, tmp_path):
+    from federated_nas.tracking.compare import collect_rows, write_cell_grid
+
+    rows = collect_rows(mlflow_store, "search", "tags.algorithm = 'fedavg'")
+    assert len(rows) == 1
+    assert_real_image(write_cell_grid(rows, tmp_path / "none.png"))
+
+
+def test_compare_unknown_experiment_lists_known_ones(mlflow_store, tmp_path):
+    from federated_nas.tracking.compare import collect_rows
+
+    with pytest.raises(DataError, match="no MLflow experiment named 'serch'.*known experiments: .*search"):
+        collect_rows(mlflow_store, "serch")
+    with pytest.raises(DataError, match="no MLflow store at"):
+        collect_rows(f"sqlite:///{tmp_path}/missing.db", "search")
+
+
+def test_compare_script(mlflow_store, tmp_path, capsys):
+    script = load_script("compare_runs")
+    script.main(["--tracking-uri", mlflow_store, "--filter", "", "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "out" / "comparison.md"),
+                                               str(tmp_path / "out" / "comparison.png")]
+    with pytest.raises(SystemExit) as exited:
+        script.main(["--tracking-uri", mlflow_store, "--experiment", "nope", "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: no MLflow experiment named 'nope'") and error.count("\n") == 1
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module, so its main() runs in-process (a subprocess re-imports torch)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
