@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install data test search train mlflow-ui compare bench clean-logs
+.PHONY: install data test search train mlflow-ui compare compare-personal bench clean-logs
 
 install: data  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
 	$(PIP) install -e ".[dev]"
@@ -31,6 +31,10 @@ EXPERIMENT ?= search
 FILTER ?=
 compare:  ## markdown table and cell pictures of the runs of an MLflow experiment: make compare EXPERIMENT=search FILTER="tags.dataset = 'fashion_mnist'"
 	$(PYTHON) scripts/compare_runs.py --experiment $(EXPERIMENT) --filter "$(FILTER)"
+
+compare-personal: EXPERIMENT = compare_cpu
+compare-personal:  ## personalization table and client-accuracy histograms: make compare-personal [EXPERIMENT=compare_cpu]
+	$(PYTHON) scripts/compare_runs.py --kind personalization --experiment $(EXPERIMENT) --filter "$(FILTER)"
 
 bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead and pruned traffic (not part of `make test`)
 	$(PYTHON) scripts/bench_supernet.py

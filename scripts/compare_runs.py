@@ -1,9 +1,16 @@
-"""Markdown table and normal-cell pictures of the runs of an MLflow experiment.
+"""Markdown table and pictures of the runs of an MLflow experiment.
 
     python scripts/compare_runs.py [--experiment search] [--filter "tags.dataset = 'fashion_mnist'"]
                                    [--tracking-uri sqlite:///logs/mlflow.db] [--out logs/compare]
+                                   [--kind search|personalization]
 
-Writes <out>/comparison.md and <out>/comparison.png and prints their paths.
+--kind search (default, `make compare`): <out>/comparison.md, one line per run sorted by global
+accuracy, and <out>/comparison.png, a grid of the runs' normal cells.
+--kind personalization (`make compare-personal`, experiment compare_cpu by default there):
+<out>/personalization.md, one line per run with algorithm, data setting, global accuracy, local
+accuracy mean ± std over clients (after personalization), parameters, wall time and bytes
+communicated, and <out>/personalization.png, each run's histogram of per-client local accuracy.
+Prints the two paths.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 from federated_nas.cli import one_line_errors
 
 ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("search", "personalization")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--filter", default="", help="MLflow search filter, e.g. \"tags.dataset = 'mnist'\"; "
                                                      "empty for all runs")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "compare", help="output folder")
+    parser.add_argument("--kind", choices=KINDS, default="search",
+                        help="search: accuracy and cells; personalization: local accuracy, cost, client histograms")
     return parser.parse_args(argv)
 
 
@@ -32,9 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per one-file download is noise
-    from federated_nas.tracking.compare import compare_runs  # deferred: mlflow and torch are slow to import
+    # deferred: mlflow and torch are slow to import
+    from federated_nas.tracking.compare import compare_personalization, compare_runs
 
-    for path in compare_runs(args.tracking_uri, args.experiment, args.out, args.filter):
+    compare = compare_personalization if args.kind == "personalization" else compare_runs
+    for path in compare(args.tracking_uri, args.experiment, args.out, args.filter):
         print(path)
 
 

@@ -156,7 +156,7 @@ def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
     assert "global_test_acc_discrete" in result
     # bytes_sent counts 3 clients' downloads of the round-0 model; the pruned model is smaller
     assert result["model_bytes"] < history[0]["bytes_sent"] / 3
-    assert len(list((run_dir / "personalized").glob("client_*.json"))) == 3
+    assert len(list((run_dir / "personalized").glob("client_[0-9]*.json"))) == 3
     assert (run_dir / "personalized" / "client_accuracy_after.png").is_file()
     assert (run_dir / "figures" / "normal.png").is_file()  # the pruned cell, drawn
     for key in ("personalized_acc_before_mean", "personalized_acc_after_std"):

@@ -20,6 +20,7 @@ from federated_nas.data.federated_data import FederatedData, build_federated_dat
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
+from federated_nas.federation.distributed import DistributedBackend
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri
@@ -82,8 +83,20 @@ def run_tags(cfg: DictConfig, algorithm_name: str) -> dict[str, Any]:
             "seed": cfg.seed, **{f"partition.{k}" if k != "name" else "partition": v for k, v in partition.items()}}
 
 
+def build_backend(cfg: DictConfig) -> Any:
+    """The execution backend; a distributed one keeps the run config its workers rebuild data and method from."""
+    backend = instantiate(cfg.cluster.backend, trainer=instantiate(cfg.trainer))
+    if isinstance(backend, DistributedBackend):
+        backend.configure(cfg)
+    return backend
+
+
 def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     """Shared by search and train: data, tracker, loop, resume, artifacts."""
+    backend = build_backend(cfg)
+    if isinstance(backend, DistributedBackend) and backend.is_worker:
+        backend.serve(algorithm)  # a torchrun / SLURM rank other than 0: runs clients for rank 0, writes nothing
+        return {}
     if cfg.get("personalize") and type(algorithm).adapt is FederatedAlgorithm.adapt:
         raise ConfigError(f"personalize=true: algorithm {algorithm.name} defines no personal adaptation")
     if cfg.get("logger"):
@@ -94,7 +107,6 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     if plots_every is not None and (not isinstance(plots_every, int) or plots_every < 0):
         raise ConfigError(f"plots_every must be an integer >= 0 or null (no figures), got {plots_every}")
     data = build_data(cfg)
-    backend = instantiate(cfg.cluster.backend, trainer=instantiate(cfg.trainer))
     # the model is built before anything is written: bad input leaves no run dir and no MLflow run
     run = FederatedRun(algorithm, data, backend, settings, run_dir, int(cfg.seed), server_device(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,10 +127,13 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
         if cfg.get("personalize"):
             final.update(personalize_clients(algorithm, run.model, data, settings.batch_size,
                                              settings.eval_batch_size, run.device, int(cfg.seed),
-                                             settings.rounds, run_dir, tracker))
+                                             settings.rounds, run_dir, tracker, run.personal))
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        if isinstance(backend, DistributedBackend):
+            backend.close()  # stops the worker processes, after a failure too
     (run_dir / "FINISHED").touch()
     tracker.finish()
     final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri)

@@ -52,6 +52,9 @@ class LocalModule(L.LightningModule):
         self.lr = lr
         self.grad_clip = grad_clip
         self.compute_seconds = 0.0
+        # state this client keeps across rounds (a personal model, a head); the backend fills it
+        # before the fit and sends it back after; the server checkpoints it per client
+        self.personal: dict[str, torch.Tensor] = {}
 
     def on_train_start(self) -> None:
         self._train_started = time.perf_counter()
@@ -110,6 +113,10 @@ class FederatedAlgorithm:
         """The model made discrete with its trained weights, when the method has one (NAS)."""
         return None
 
-    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int) -> nn.Module | None:
-        """A client's personalized copy of the global model, when the method defines personalization."""
+    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
+              personal: dict[str, torch.Tensor]) -> nn.Module | None:
+        """A client's personalized copy of the global model, when the method defines personalization.
+
+        ``personal`` is what the client's local modules kept across rounds (empty if nothing).
+        """
         return None

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory, cosine_lr
-from federated_nas.data.federated_data import FederatedData
+from federated_nas.algorithms.personal import finetune
+from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
 
@@ -27,17 +28,25 @@ class SupervisedTraining(LocalModule):
 
 
 class FedAvg(FederatedAlgorithm):
-    """Clients train all weights locally; the server averages them by sample count."""
+    """Clients train all weights locally; the server averages them by sample count.
+
+    With ``personalize=true`` each client fine-tunes the final global model on its own train
+    split (FedAvg + local adaptation): ``adapt_steps`` plain SGD steps at ``adapt_lr``.
+    """
 
     name = "fedavg"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
-                 lr_min: float = 0.001, grad_clip: float | None = 5.0):
+                 lr_min: float = 0.001, grad_clip: float | None = 5.0, adapt_steps: int = 5,
+                 adapt_lr: float = 0.025):
         if model is None:  # search.yaml's default: search methods build their own supernet
             raise ConfigError(f"algorithm={self.name} needs a fixed network: "
                               "model=cnn|resnet18|mobilenet_v3|densenet|genotype")
+        if adapt_steps < 0:
+            raise ConfigError(f"algorithm.adapt_steps must be >= 0, got {adapt_steps}")
         self.model_factory, self.optimizer = model, optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
+        self.adapt_steps, self.adapt_lr = adapt_steps, adapt_lr
 
     def build_model(self, data: FederatedData) -> nn.Module:
         return self.model_factory(in_channels=data.in_channels, num_classes=data.num_classes)
@@ -50,3 +59,7 @@ class FedAvg(FederatedAlgorithm):
 
     def round_report(self, model: nn.Module) -> dict[str, Any]:
         return {"params": count_parameters(model)}
+
+    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
+              personal: dict[str, torch.Tensor]) -> nn.Module:
+        return finetune(model, client, batch_size, seed, self.adapt_steps, self.adapt_lr)

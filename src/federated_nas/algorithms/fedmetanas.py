@@ -117,7 +117,8 @@ class FedMetaNAS(SupernetAlgorithm):
             facts.update(pruned_ops=removed["ops"], pruned_combinations=removed["combinations"])
         return facts
 
-    def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int) -> SearchNetwork:
+    def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
+              personal: dict[str, torch.Tensor]) -> SearchNetwork:
         """Personalization: a few inner-loop steps on the client's own train split, from the meta-learned start."""
         personal = copy.deepcopy(model).train()
         batches = list(batch_loader(client.train, self.task_size or batch_size, shuffle=True, seed=seed))

@@ -4,19 +4,43 @@ Local update, as the paper writes it (and as neither FedNAS code base implements
     w     <- w     - lr_w * grad_w L_tr(w, alpha)
     alpha <- alpha - lr_a * (grad_a L_tr(w, alpha) + lambda * grad_a L_val(w, alpha))
 with L_val on the client's own validation split, and gradient clipping on w (not alpha).
+
+Personalization (``personalize=true``) keeps searching on each client alone after the federated
+search, with the same update and plain SGD, so every client ends with its own (w, alpha) and so
+its own genotype.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
+from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
 from federated_nas.algorithms.nas import ArchitectureSearch, SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
+from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork
+
+Backward = Callable[..., None]
+
+
+def milenas_backward(model: SearchNetwork, batch: dict, val_lambda: float,
+                     backward: Backward = torch.Tensor.backward) -> torch.Tensor:
+    """Accumulate one MiLeNAS step's gradients into ``.grad``: grad_w L_tr and grad_a (L_tr + lambda L_val).
+
+    Both losses are taken at the same (w, alpha): nothing steps in between. ``backward`` is
+    Lightning's ``manual_backward`` inside a fit, plain autograd outside one. Returns L_tr.
+    """
+    train_loss = classification_loss(model, batch["train"])
+    backward(train_loss)
+    if val_lambda:
+        val_loss = classification_loss(model, batch["val"])
+        backward(val_lambda * val_loss, inputs=model.arch_parameters())
+    return train_loss
 
 
 class MiLeNASSearch(ArchitectureSearch):
@@ -29,11 +53,7 @@ class MiLeNASSearch(ArchitectureSearch):
 
     def local_step(self, batch) -> torch.Tensor:
         self.zero_grads()
-        train_loss = self.loss(batch["train"])
-        self.manual_backward(train_loss)  # grad_w L_tr and grad_a L_tr
-        if self.val_lambda:
-            val_loss = self.loss(batch["val"])  # at the same (w, alpha): nothing has stepped yet
-            self.manual_backward(self.val_lambda * val_loss, inputs=self.model.arch_parameters())
+        train_loss = milenas_backward(self.model, batch, self.val_lambda, self.manual_backward)
         self.step()
         return train_loss
 
@@ -45,10 +65,14 @@ class FedNAS(SupernetAlgorithm):
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
-                 val_lambda: float = 1.0, grad_clip: float | None = 5.0):
+                 val_lambda: float = 1.0, grad_clip: float | None = 5.0, adapt_steps: int = 5,
+                 adapt_lr_w: float = 0.025, adapt_lr_alpha: float = 0.003):
         super().__init__(search_space)
+        if adapt_steps < 0:
+            raise ConfigError(f"algorithm.adapt_steps must be >= 0, got {adapt_steps}")
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.val_lambda, self.grad_clip = lr, lr_min, val_lambda, grad_clip
+        self.adapt_steps, self.adapt_lr_w, self.adapt_lr_alpha = adapt_steps, adapt_lr_w, adapt_lr_alpha
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MiLeNASSearch:
         lr = cosine_lr(self.lr, self.lr_min, round_idx, rounds)
@@ -58,3 +82,26 @@ class FedNAS(SupernetAlgorithm):
         """Train batches paired with val batches; the val loader cycles if it is the shorter one."""
         return paired_loader(client.train, client.val, ("train", "val"), batch_size, seed)
 
+    def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
+              personal: dict[str, torch.Tensor]) -> SearchNetwork:
+        """The client's own continuation of the search: ``adapt_steps`` MiLeNAS steps with plain SGD.
+
+        Runs on a copy of the global supernet, so each client's alpha (its genotype) moves toward
+        its own data; the batch pairs cycle when the client has fewer than ``adapt_steps``.
+        """
+        adapted = copy.deepcopy(model).train()
+        device = next(adapted.parameters()).device
+        w_sgd = torch.optim.SGD(adapted.weight_parameters(), lr=self.adapt_lr_w)
+        alpha_sgd = torch.optim.SGD(adapted.arch_parameters(), lr=self.adapt_lr_alpha)
+        pairs = (pair for pair, _, _ in self.client_loader(client, batch_size, seed))  # (batch, index, loader)
+        with torch.enable_grad():  # personalization may be called from evaluation code under no_grad
+            for pair in itertools.islice(itertools.cycle(pairs), self.adapt_steps):
+                w_sgd.zero_grad()
+                alpha_sgd.zero_grad()
+                milenas_backward(adapted, {role: [t.to(device) for t in batch] for role, batch in pair.items()},
+                                 self.val_lambda)
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(adapted.weight_parameters(), self.grad_clip)
+                w_sgd.step()
+                alpha_sgd.step()
+        return adapted.eval()

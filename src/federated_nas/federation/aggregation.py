@@ -67,6 +67,25 @@ def check_update(state: State, template: dict[str, tuple[torch.Size, torch.dtype
             raise DataError(f"client update {key!r} holds NaN or infinite values")
 
 
+def clip_update(state: State, reference: State, keys: list[str], max_norm: float) -> State:
+    """Scale a client's update (state - reference, over the trained entries ``keys``) to L2 norm <= max_norm.
+
+    Bounds what one client (faulty or malicious) can move the aggregate; buffers such as BatchNorm
+    statistics are passed through unchanged.
+    """
+    deltas = {k: state[k].detach().cpu().double() - reference[k].detach().cpu().double() for k in keys}
+    norm = math.sqrt(sum(float(d.pow(2).sum()) for d in deltas.values()))
+    if not math.isfinite(norm):
+        raise DataError("client update holds NaN or infinite values")
+    if norm <= max_norm:
+        return state
+    scale = max_norm / norm
+    clipped = dict(state)
+    for key, delta in deltas.items():
+        clipped[key] = (reference[key].detach().cpu().double() + scale * delta).to(state[key].dtype)
+    return clipped
+
+
 def weighted_average(states: list[State], weights: list[float]) -> State:
     """The weighted mean of whole states, weights normalised over the given clients."""
     accumulator = WeightedAverage(states[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -22,6 +23,7 @@ from federated_nas.data.federated_data import ClientData
 from federated_nas.federation.aggregation import load_state
 
 State = dict[str, torch.Tensor]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +33,15 @@ class ClientUpdate:
     num_samples: int
     compute_seconds: float  # the local training loop alone, without Trainer set-up
     metrics: dict[str, float] = field(default_factory=dict)
+    personal: State = field(default_factory=dict)  # what the client keeps across rounds (never averaged)
+
+
+@dataclass
+class ClientFailure:
+    """A sampled client that sent nothing usable this round: it failed, missed the deadline or died."""
+
+    client_id: int
+    reason: str
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
@@ -67,21 +78,45 @@ class LocalBackend:
 
     def run_round(self, algorithm: FederatedAlgorithm, global_model: nn.Module, clients: list[ClientData],
                   round_idx: int, rounds: int, seed: int, local_epochs: int, local_batches: int | None,
-                  batch_size: int) -> Iterator[ClientUpdate]:
+                  batch_size: int, personal: dict[int, State] | None = None,
+                  deadline: float | None = None) -> Iterator[ClientUpdate | ClientFailure]:
+        """Run each client in turn; past ``deadline`` seconds the clients not yet run are reported late.
+
+        A client whose local work raises is reported as a failure (with the error) and the round
+        goes on; interrupts still stop the run.
+        """
         if self._worker is None:
             self._worker = copy.deepcopy(global_model)
         global_state = global_model.state_dict()
+        started = time.perf_counter()
         for position, client in enumerate(clients):
-            load_state(self._worker, global_state)
-            this_seed = client_seed(seed, round_idx, client.client_id)
-            torch.manual_seed(this_seed)  # any randomness inside the local step (e.g. Gumbel noise)
-            module = algorithm.local_module(self._worker, round_idx, rounds)
-            trainer = self.make_trainer(
-                **self.device_for(position), max_epochs=local_epochs, limit_train_batches=local_batches,
-                logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-            )
-            trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            state = {k: v.detach().to("cpu", copy=True) for k, v in self._worker.state_dict().items()}
-            yield ClientUpdate(client.client_id, state, client.num_samples, module.compute_seconds, metrics)
+            if deadline is not None and time.perf_counter() - started > deadline:
+                yield ClientFailure(client.client_id, f"not started before the {deadline:g} s deadline")
+                continue
+            try:
+                outcome = self._run_client(algorithm, global_state, client, position, round_idx, rounds, seed,
+                                           local_epochs, local_batches, batch_size, personal or {})
+            except Exception as err:  # noqa: BLE001 -- one client's failure must not end the run
+                log.warning("client %d failed in round %d: %s", client.client_id, round_idx + 1, err)
+                outcome = ClientFailure(client.client_id, f"{type(err).__name__}: {err}")
+            yield outcome
+
+    def _run_client(self, algorithm: FederatedAlgorithm, global_state: State, client: ClientData, position: int,
+                    round_idx: int, rounds: int, seed: int, local_epochs: int, local_batches: int | None,
+                    batch_size: int, personal: dict[int, State]) -> ClientUpdate:
+        """One client's local work on the reused worker model, through a fresh Trainer."""
+        load_state(self._worker, global_state)
+        this_seed = client_seed(seed, round_idx, client.client_id)
+        torch.manual_seed(this_seed)  # any randomness inside the local step (e.g. Gumbel noise)
+        module = algorithm.local_module(self._worker, round_idx, rounds)
+        module.personal = dict(personal.get(client.client_id, {}))
+        trainer = self.make_trainer(
+            **self.device_for(position), max_epochs=local_epochs, limit_train_batches=local_batches,
+            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        )
+        trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self._worker.state_dict().items()}
+        kept = {k: v.detach().to("cpu", copy=True) for k, v in module.personal.items()}
+        return ClientUpdate(client.client_id, state, client.num_samples, module.compute_seconds, metrics, kept)

@@ -2,11 +2,13 @@
 
 Reported as mean and std of local-test accuracy before and after adaptation, with a histogram
 of the clients' accuracies (the FedNAS paper's Figure 5), and each client's own genotype is
-saved (the simplest form of the meta-FedPNAS idea).
+saved (the simplest form of the meta-FedPNAS idea). The per-client accuracies are also saved as
+``personalized/client_accuracy.json``, so runs can be compared afterwards without re-running.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,19 @@ from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.plots import plot_client_histogram
 
+CLIENT_ACCURACY = "client_accuracy.json"  # read back by tracking/compare.py
+
 
 def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: FederatedData, batch_size: int,
                         eval_batch_size: int, device, seed: int, after_round: int, run_dir: Path,
-                        tracker: RunTracker) -> dict[str, Any]:
+                        tracker: RunTracker, personal: dict[int, dict] | None = None) -> dict[str, Any]:
     before, after = [], []
     for client in data.clients:
         before.append(evaluate(model, client.test, eval_batch_size, device)[0])
-        personal = algorithm.adapt(model, client, batch_size, client_seed(seed, after_round, client.client_id))
-        after.append(evaluate(personal, client.test, eval_batch_size, device)[0])
-        genotype = getattr(personal, "genotype", None)
+        kept = (personal or {}).get(client.client_id, {})
+        adapted = algorithm.adapt(model, client, batch_size, client_seed(seed, after_round, client.client_id), kept)
+        after.append(evaluate(adapted, client.test, eval_batch_size, device)[0])
+        genotype = getattr(adapted, "genotype", None)
         if genotype is not None:
             path = genotype().save(Path(run_dir) / "personalized" / f"client_{client.client_id}.json")
             tracker.log_artifact(path, "personalized")
@@ -38,8 +43,19 @@ def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: F
         "personalized_acc_after_mean": float(np.mean(after)), "personalized_acc_after_std": float(np.std(after)),
     }
     tracker.log_metrics(metrics, step=after_round)
+    path = save_client_accuracy(Path(run_dir) / "personalized" / CLIENT_ACCURACY, before, after,
+                                [client.client_id for client in data.clients])
+    tracker.log_artifact(path, "personalized")
     for name, accuracies in (("before", before), ("after", after)):
         path = plot_client_histogram(accuracies, Path(run_dir) / "personalized" / f"client_accuracy_{name}.png",
                                      f"Local test accuracy per client, {name} personalization")
         tracker.log_artifact(path, "personalized")
     return metrics
+
+
+def save_client_accuracy(path: Path, before: list[float], after: list[float], clients: list[int]) -> Path:
+    """{"before": [...], "after": [...], "clients": [ids]}, one entry per client in the same order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"before": [float(a) for a in before], "after": [float(a) for a in after],
+                                "clients": [int(c) for c in clients]}, indent=1) + "\n")
+    return path

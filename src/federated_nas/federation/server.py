@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import FederatedData
-from federated_nas.errors import ConfigError
-from federated_nas.federation.aggregation import WeightedAverage, load_state
-from federated_nas.federation.backends import LocalBackend
+from federated_nas.errors import ConfigError, DataError
+from federated_nas.federation.aggregation import WeightedAverage, clip_update, load_state
+from federated_nas.federation.backends import ClientFailure, ClientUpdate, LocalBackend
 from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.search_space.genotypes import Genotype
@@ -45,6 +45,12 @@ class FederationSettings:
     client_eval_every: int = 1
     global_test_samples: int | None = None
     eval_batch_size: int = 500
+    # faults: a round aggregates the clients that responded in time with a valid update
+    deadline_seconds: float | None = None  # stop waiting for clients after this long (null: wait for all)
+    min_responders: int = 1  # fewer valid updates than this: the round is run again, not aggregated
+    max_round_attempts: int = 3
+    dropout_probability: float = 0.0  # injected: each sampled client fails with this probability (testing)
+    update_clip_norm: float | None = None  # clip each update (client weights - global weights) to this L2 norm
 
     def __post_init__(self):
         if not 0 < self.client_fraction <= 1:
@@ -54,6 +60,26 @@ class FederationSettings:
                 raise ConfigError(f"federation.{name} must be >= 1, got {getattr(self, name)}")
         if self.local_batches is not None and self.local_batches < 1:
             raise ConfigError(f"federation.local_batches must be >= 1 or null, got {self.local_batches}")
+        if not 0 <= self.dropout_probability < 1:
+            raise ConfigError(f"federation.dropout_probability must be in [0, 1), got {self.dropout_probability}")
+        for name in ("min_responders", "max_round_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"federation.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("deadline_seconds", "update_clip_norm"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"federation.{name} must be > 0 or null, got {getattr(self, name)}")
+
+
+class RoundFailed(RuntimeError):
+    """Too few clients responded with a valid update, in every attempt of a round."""
+
+
+def injected_dropouts(seed: int, round_idx: int, attempt: int, clients: list[int], probability: float) -> set[int]:
+    """The clients that fail on purpose in this attempt: a function of (seed, round, attempt) only."""
+    if probability <= 0:
+        return set()
+    draws = np.random.default_rng([seed, round_idx, attempt, 29]).random(len(clients))
+    return {client for client, draw in zip(clients, draws) if draw < probability}
 
 
 def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float) -> list[int]:
@@ -82,6 +108,7 @@ class FederatedRun:
         torch.manual_seed(seed)  # the initial weights and alphas
         self.model: nn.Module = algorithm.build_model(data).to(self.device)  # the server's copy lives on its device
         self.history: list[dict[str, Any]] = []
+        self.personal: dict[int, dict[str, torch.Tensor]] = {}  # per-client state kept across rounds
         self.start_round = 0
         self.elapsed_before = 0.0
 
@@ -92,6 +119,7 @@ class FederatedRun:
     def restore(self, checkpoint: dict[str, Any]) -> None:
         load_state(self.model, checkpoint["model"])
         self.history = list(checkpoint["history"])
+        self.personal = {int(k): v for k, v in checkpoint.get("personal", {}).items()}
         self.start_round = int(checkpoint["round"])
         self.elapsed_before = float(checkpoint["elapsed_seconds"])
         log.info("resuming after round %d of %d", self.start_round, self.settings.rounds)
@@ -114,6 +142,34 @@ class FederatedRun:
         final = dict(self.history[-1]) if self.history else {}
         return final
 
+    def _collect(self, round_idx: int, attempt: int, selected: list[int], global_state: dict[str, torch.Tensor]
+                 ) -> tuple[WeightedAverage, dict[int, str], list[ClientUpdate]]:
+        """One attempt at a round: dispatch, then average every valid update that comes back in time."""
+        s = self.settings
+        average, failures, collected = WeightedAverage(global_state), {}, []
+        dropped = injected_dropouts(self.seed, round_idx, attempt, selected, s.dropout_probability)
+        failures.update({k: "injected dropout" for k in dropped})
+        dispatched = [self.data.clients[k] for k in selected if k not in dropped]
+        trainable = [name for name, _ in self.model.named_parameters()]
+        self._show_progress(0, len(selected))
+        for outcome in self.backend.run_round(self.algorithm, self.model, dispatched, round_idx, s.rounds,
+                                              self.seed, s.local_epochs, s.local_batches, s.batch_size,
+                                              self.personal, s.deadline_seconds):
+            if isinstance(outcome, ClientFailure):
+                failures[outcome.client_id] = outcome.reason
+                continue
+            state = outcome.state
+            try:
+                if s.update_clip_norm is not None:
+                    state = clip_update(state, global_state, trainable, s.update_clip_norm)
+                average.add(state, outcome.num_samples)
+            except DataError as err:  # a bad update is left out, never averaged in
+                failures[outcome.client_id] = f"rejected update: {err}"
+                continue
+            collected.append(replace(outcome, state={}))  # the average holds the weights; keep the rest
+            self._show_progress(average.count, len(selected))
+        return average, failures, collected
+
     def _show_progress(self, clients_done: int, clients: int) -> None:
         if self._bar is None or self._bar.disable:
             return
@@ -129,28 +185,39 @@ class FederatedRun:
         s = self.settings
         selected = sample_clients(self.seed, round_idx, len(self.data.clients), s.client_fraction)
         global_state = self.model.state_dict()
-        average = WeightedAverage(global_state)
-        compute_seconds, train_losses = [], []
         started = time.perf_counter()
-        self._show_progress(0, len(selected))
-        for update in self.backend.run_round(self.algorithm, self.model, [self.data.clients[k] for k in selected],
-                                             round_idx, s.rounds, self.seed, s.local_epochs, s.local_batches,
-                                             s.batch_size):
-            average.add(update.state, update.num_samples)
-            self._show_progress(average.count, len(selected))
-            compute_seconds.append(update.compute_seconds)
-            if "train_loss" in update.metrics:
-                train_losses.append(update.metrics["train_loss"])
+        for attempt in range(s.max_round_attempts):
+            average, failures, collected = self._collect(round_idx, attempt, selected, global_state)
+            if average.count >= s.min_responders:
+                break
+            log.warning("round %d attempt %d: %d of %d clients responded (federation.min_responders=%d); "
+                        "running the round again", round_idx + 1, attempt + 1, average.count, len(selected),
+                        s.min_responders)
+        else:
+            last = next(iter(failures.values()), "none")
+            raise RoundFailed(f"round {round_idx + 1}: fewer than federation.min_responders={s.min_responders} "
+                              f"valid updates in {s.max_round_attempts} attempts; last failure: {last}")
         self.model.load_state_dict(average.result())
+        for update in collected:
+            if update.personal:
+                self.personal[update.client_id] = update.personal
         payload = state_bytes(global_state)  # what each client received and sent back this round
         metrics: dict[str, Any] = {
             "clients": len(selected),
+            "responders": average.count,
+            "dropped_clients": len(failures),
+            "round_attempts": attempt + 1,
+            "failures": {str(k): v for k, v in failures.items()},  # who dropped and why (history only)
             "bytes_sent": payload * len(selected),
             "bytes_received": payload * average.count,
-            "client_compute_seconds": float(sum(compute_seconds)),
+            "client_compute_seconds": float(sum(u.compute_seconds for u in collected)),
             # sampling, client runs, aggregation: compared with the compute above, the loop's overhead
             "round_train_seconds": time.perf_counter() - started,
         }
+        if failures:
+            log.warning("round %d: %d client(s) left out: %s", round_idx + 1, len(failures),
+                        "; ".join(f"{k}: {v}" for k, v in failures.items()))
+        train_losses = [u.metrics["train_loss"] for u in collected if "train_loss" in u.metrics]
         if train_losses:
             metrics["client_train_loss"] = float(np.mean(train_losses))
         metrics.update(self.algorithm.after_aggregation(self.model, round_idx, s.rounds))
@@ -183,6 +250,7 @@ class FederatedRun:
             "round": round_idx + 1,
             "rounds": self.settings.rounds,
             "model": self.model.state_dict(),
+            "personal": {str(k): v for k, v in self.personal.items()},
             "history": self.history,
             "elapsed_seconds": metrics["elapsed_seconds"],
             "mlflow_run_id": self.tracker.run_id or "",

@@ -99,6 +99,7 @@ class EdgeBundle(nn.Module):
             self.register_buffer(f"groups_{k}", index, persistent=False)
         self._full = {k: len(groups_of[name]) == self.num_sources * self.num_edges
                       for k, name in enumerate(self.primitives)}
+        self._group_keys = {k: tuple(groups_of[name]) for k, name in enumerate(self.primitives)}
         self.bns.train(self.training)  # rebuilt BatchNorms follow the bundle's mode
 
     def _param(self, key, out_channels, in_per_group, kernel, old, kept, width) -> None:
@@ -169,13 +170,14 @@ class EdgeBundle(nn.Module):
         n, _, h, w = x.shape
         s, e, c = self.num_sources, self.num_edges, self.c
         relu_sources = F.relu(x).permute(0, 2, 3, 1).view(n, h, w, s, c)
+        replicated_inputs: dict[tuple[int, ...], torch.Tensor] = {}  # ops on the same edges share one copy
         total = None
         for k, name in enumerate(self.primitives):
             groups = getattr(self, f"groups_{k}")
             if name == "none" or not len(groups):
                 continue
             if self._per_edge(name):
-                term = self._per_edge_term(name, k, relu_sources, weights, groups)
+                term = self._per_edge_term(name, k, relu_sources, weights, groups, replicated_inputs)
             else:  # pools and identity see the same input on every edge: computed once per source
                 if name == "max_pool_3x3":
                     out = self.bns[name](F.max_pool2d(x, 3, self.stride, 1))
@@ -192,16 +194,19 @@ class EdgeBundle(nn.Module):
             return x.new_zeros(n, (h + stride - 1) // stride, (w + stride - 1) // stride, e, c)
         return total
 
-    def _per_edge_term(self, name, k, relu_sources, weights, groups) -> torch.Tensor:
+    def _per_edge_term(self, name, k, relu_sources, weights, groups, replicated_inputs) -> torch.Tensor:
         """Weighted output of one per-edge op on its active edges, as ``[N, H', W', E, C]``."""
         n, h, w, s, c = relu_sources.shape
         e, count = self.num_edges, len(groups)
         sources, edges = groups // e, groups % e
-        if self._full[k]:
-            chosen = relu_sources.unsqueeze(4).expand(n, h, w, s, e, c)
-        else:
-            chosen = relu_sources.index_select(3, sources)
-        replicated = chosen.reshape(n, h, w, count * c).permute(0, 3, 1, 2)
+        key = self._group_keys[k]
+        if key not in replicated_inputs:  # the input of every active edge, side by side in the channels
+            if self._full[k]:
+                chosen = relu_sources.unsqueeze(4).expand(n, h, w, s, e, c)
+            else:
+                chosen = relu_sources.index_select(3, sources)
+            replicated_inputs[key] = chosen.reshape(n, h, w, count * c).permute(0, 3, 1, 2)
+        replicated = replicated_inputs[key]
         if name in CONV_OPS:
             out = self._conv_op(name, replicated, count)
         else:

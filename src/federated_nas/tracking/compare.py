@@ -1,16 +1,21 @@
-"""Compare the runs of one MLflow experiment: a markdown table and a grid of their normal cells.
+"""Compare the runs of one MLflow experiment: a markdown table and a grid of their normal cells,
+or (``compare_personalization``) a table of global and local accuracy, size, time and traffic with
+a grid of the per-client local accuracy histograms.
 
-Reads only what runs already log (tags, final metrics, the ``genotype.json`` artifact), so any
-finished or interrupted run can be compared without re-running anything.
+Reads only what runs already log (tags, metrics, the ``genotype.json`` and
+``personalized/client_accuracy.json`` artifacts), so any finished or interrupted run can be
+compared without re-running anything.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -21,6 +26,7 @@ from federated_nas.tracking.cell_drawing import cell_graph, draw_cell_on_axes, d
 from federated_nas.tracking.plots import save_figure
 
 import matplotlib.pyplot as plt  # noqa: E402  (after plots.py has chosen the headless backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 GENOTYPE_ARTIFACT = "genotype.json"
 MISSING = "-"
@@ -28,6 +34,22 @@ GRID_DPI = 160  # thumbnails carry small op labels
 THUMB_WIDTH = 4.6  # inches per cell drawing in the grid
 TABLE_COLUMNS = ("run", "id", "algorithm", "dataset", "partition", "clients", "seed", "global acc (%)",
                  "client acc (%)", "params", "search time")
+CLIENT_ACCURACY_ARTIFACT = "personalized/client_accuracy.json"  # written by federation/personalization.py
+TRAFFIC_METRICS = ("bytes_sent", "bytes_received")  # per round: the server's downloads and uploads
+# the size that describes a method's final model: FedMetaNAS keeps its pruned supernet (no retraining),
+# FedNAS would train its derived network, the fixed-network methods train `params`
+PARAMS_METRICS = {"fedmetanas": ("supernet_params",)}
+DEFAULT_PARAMS_METRICS = ("derived_params", "params")
+PARAMS_KIND = {"supernet_params": "supernet", "derived_params": "derived", "params": "network"}
+PERSONAL_COLUMNS = ("algorithm", "data setting", "seed", "global acc (%)", "local acc (%)", "params",
+                    "wall time", "communicated", "run")
+PERSONAL_NOTE = ("Local acc: mean ± std over clients of the local test accuracy after personalization "
+                 "(`personalized_acc_after_*`); marked *global model* where a run did not personalize "
+                 "(`client_test_acc_*`). Params: *network* = the fixed network (`params`), *derived* = the "
+                 "network derived from the searched cell (`derived_params`), *supernet* = FedMetaNAS' pruned "
+                 "supernet, its final model (`supernet_params`). Wall time: the federated rounds "
+                 "(`elapsed_seconds`). Communicated: bytes sent plus received by the server, summed over rounds.")
+HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 
 
 @dataclass(frozen=True)
@@ -55,11 +77,15 @@ class RunRow:
 
 def collect_rows(tracking_uri: str, experiment: str, filter_string: str | None = None) -> list[RunRow]:
     """Every active run of ``experiment`` matching the MLflow ``filter_string``, best global accuracy first."""
+    client, runs = matching_runs(tracking_uri, experiment, filter_string)
+    return sort_rows([run_row(client, run) for run in runs])
+
+
+def matching_runs(tracking_uri: str, experiment: str, filter_string: str | None) -> tuple[MlflowClient, list[Run]]:
+    """(a client on the store, every active run of ``experiment`` matching ``filter_string``)."""
     client = open_store(tracking_uri)
     experiment_id = find_experiment(client, experiment, tracking_uri)
-    filter_string = (filter_string or "").strip()
-    rows = [run_row(client, run) for run in search_all_runs(client, experiment_id, filter_string)]
-    return sort_rows(rows)
+    return client, search_all_runs(client, experiment_id, (filter_string or "").strip())
 
 
 def open_store(tracking_uri: str) -> MlflowClient:
@@ -101,7 +127,7 @@ def search_all_runs(client: MlflowClient, experiment_id: str, filter_string: str
 
 def run_row(client: MlflowClient, run: Run) -> RunRow:
     tags, metrics = run.data.tags, run.data.metrics
-    name = run.info.run_name or tags.get("mlflow.runName") or run.info.run_id[:8]
+    name = display_name(run)
     return RunRow(
         name=name,
         run_id=run.info.run_id,
@@ -117,6 +143,10 @@ def run_row(client: MlflowClient, run: Run) -> RunRow:
         elapsed_seconds=metrics.get("elapsed_seconds"),
         genotype=download_genotype(client, run.info.run_id, name),
     )
+
+
+def display_name(run: Run) -> str:
+    return run.info.run_name or run.data.tags.get("mlflow.runName") or run.info.run_id[:8]
 
 
 def partition_text(tags: dict[str, str]) -> str:
@@ -150,32 +180,14 @@ def sort_rows(rows: list[RunRow]) -> list[RunRow]:
 
 def write_table(rows: list[RunRow], path: str | Path, heading: str = "# Run comparison") -> Path:
     """A markdown table, one line per run, best global accuracy first."""
-    path = Path(path)
-    lines = [heading, ""]
-    rows = sort_rows(rows)
-    if rows:
-        lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
-        lines.append("|" + "|".join("---" for _ in TABLE_COLUMNS) + "|")
-        lines.extend("| " + " | ".join(_escape(cell) for cell in _table_cells(row)) + " |" for row in rows)
-    else:
-        lines.append("No runs matched.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return _write_markdown(path, heading, TABLE_COLUMNS, [_table_cells(row) for row in sort_rows(rows)])
 
 
 def write_cell_grid(rows: list[RunRow], path: str | Path) -> Path:
     """One image with a small normal-cell drawing per run that has a genotype, in table order."""
     pictured = [row for row in sort_rows(rows) if row.genotype is not None]
     if not pictured:
-        fig, ax = plt.subplots(figsize=(5.0, 1.5))
-        try:
-            ax.text(0.5, 0.5, "No run here has a genotype.json\n(fixed-architecture runs have none)",
-                    ha="center", va="center", fontsize=10)
-            ax.axis("off")
-            return save_figure(fig, path)
-        finally:
-            plt.close(fig)
+        return _note_image("No run here has a genotype.json\n(fixed-architecture runs have none)", path)
     columns = min(3, len(pictured))
     grid_rows = math.ceil(len(pictured) / columns)
     steps = max(cell_graph(row.genotype.normal, row.genotype.normal_concat).steps for row in pictured)
@@ -201,10 +213,208 @@ def compare_runs(tracking_uri: str, experiment: str, out: str | Path,
     """``<out>/comparison.md`` and ``<out>/comparison.png`` for the matching runs of ``experiment``."""
     out = Path(out)
     rows = collect_rows(tracking_uri, experiment, filter_string)
-    filter_note = f"filter `{filter_string.strip()}`" if filter_string and filter_string.strip() else "no filter"
     heading = (f"# Runs of MLflow experiment `{experiment}`\n\n"
-               f"{len(rows)} run{'' if len(rows) == 1 else 's'}, {filter_note}, store `{tracking_uri}`; sorted by global test accuracy.")
+               f"{_selection_note(rows, filter_string, tracking_uri)}; sorted by global test accuracy.")
     return write_table(rows, out / "comparison.md", heading), write_cell_grid(rows, out / "comparison.png")
+
+
+# --- personalization: global vs local accuracy, cost, and the clients' spread --------------------
+
+@dataclass(frozen=True)
+class PersonalRow:
+    """One run in the personalization comparison.
+
+    ``local_acc_*`` are the personalized accuracies when the run personalized, else the global
+    model's accuracy on the clients' local test splits (``personalized`` says which).
+    """
+
+    name: str
+    run_id: str
+    algorithm: str
+    setting: str
+    seed: str
+    global_test_acc: float | None
+    local_acc_mean: float | None
+    local_acc_std: float | None
+    personalized: bool
+    params: float | None
+    params_metric: str | None
+    elapsed_seconds: float | None
+    bytes_communicated: float | None
+    client_accuracy: dict[str, list[float]] | None
+
+    @property
+    def short_id(self) -> str:
+        return self.run_id[:8]
+
+
+def collect_personal_rows(tracking_uri: str, experiment: str, filter_string: str | None = None) -> list[PersonalRow]:
+    """Every active run of ``experiment`` matching ``filter_string``, by data setting then local accuracy."""
+    client, runs = matching_runs(tracking_uri, experiment, filter_string)
+    return sort_personal_rows([personal_row(client, run) for run in runs])
+
+
+def personal_row(client: MlflowClient, run: Run) -> PersonalRow:
+    tags, metrics = run.data.tags, run.data.metrics
+    name = display_name(run)
+    algorithm = tags.get("algorithm", MISSING)
+    personalized = "personalized_acc_after_mean" in metrics
+    prefix = "personalized_acc_after" if personalized else "client_test_acc"
+    params_metric = next((key for key in PARAMS_METRICS.get(algorithm, DEFAULT_PARAMS_METRICS) if key in metrics),
+                         None)
+    return PersonalRow(
+        name=name,
+        run_id=run.info.run_id,
+        algorithm=algorithm,
+        setting=f"{tags.get('dataset', MISSING)}, {partition_text(tags)}",
+        seed=tags.get("seed", MISSING),
+        global_test_acc=metrics.get("global_test_acc"),
+        local_acc_mean=metrics.get(f"{prefix}_mean"),
+        local_acc_std=metrics.get(f"{prefix}_std"),
+        personalized=personalized,
+        params=metrics.get(params_metric) if params_metric else None,
+        params_metric=params_metric,
+        elapsed_seconds=metrics.get("elapsed_seconds"),
+        bytes_communicated=bytes_communicated(client, run.info.run_id),
+        client_accuracy=download_client_accuracy(client, run.info.run_id, name),
+    )
+
+
+def bytes_communicated(client: MlflowClient, run_id: str) -> float | None:
+    """Bytes sent plus bytes received, summed over rounds; a round logged twice (resume) counts once."""
+    per_round: dict[tuple[str, int], float] = {}
+    for key in TRAFFIC_METRICS:
+        for metric in client.get_metric_history(run_id, key):
+            per_round[(key, metric.step)] = metric.value
+    return float(sum(per_round.values())) if per_round else None
+
+
+def download_client_accuracy(client: MlflowClient, run_id: str, run_name: str) -> dict[str, list[float]] | None:
+    """The run's per-client accuracies before and after personalization; None for runs that did not personalize."""
+    folder, _, _ = CLIENT_ACCURACY_ARTIFACT.rpartition("/")
+    try:
+        if CLIENT_ACCURACY_ARTIFACT not in {info.path for info in client.list_artifacts(run_id, folder)}:
+            return None
+        with tempfile.TemporaryDirectory() as directory:
+            local_path = client.download_artifacts(run_id, CLIENT_ACCURACY_ARTIFACT, directory)
+            content = json.loads(Path(local_path).read_text())
+        accuracy = {key: [float(a) for a in content[key]] for key in ("before", "after")}
+        if not accuracy["after"] or len(accuracy["before"]) != len(accuracy["after"]):
+            raise ValueError("'before' and 'after' must be non-empty lists of the same length")
+    except (MlflowException, OSError, ValueError, TypeError, KeyError) as err:
+        raise DataError(f"run {run_name} ({run_id[:8]}): bad {CLIENT_ACCURACY_ARTIFACT}: {_first_line(err)}") from None
+    return accuracy
+
+
+def sort_personal_rows(rows: list[PersonalRow]) -> list[PersonalRow]:
+    """Grouped by data setting; within one, best local accuracy first, runs without one last."""
+    return sorted(rows, key=lambda row: (row.setting, row.local_acc_mean is None, -(row.local_acc_mean or 0.0),
+                                         row.algorithm, row.seed, row.name))
+
+
+def write_personal_table(rows: list[PersonalRow], path: str | Path, heading: str = "# Personalization") -> Path:
+    """A markdown table, one line per run, with a note on where local accuracy and size come from."""
+    return _write_markdown(path, heading, PERSONAL_COLUMNS, [_personal_cells(row) for row in sort_personal_rows(rows)],
+                           PERSONAL_NOTE)
+
+
+def write_client_histograms(rows: list[PersonalRow], path: str | Path) -> Path:
+    """One panel per personalized run, in table order: how its clients' local accuracies spread
+    after personalization (bars) and before it (outline), as in the FedNAS paper's Figure 5."""
+    pictured = [row for row in sort_personal_rows(rows) if row.client_accuracy is not None]
+    if not pictured:
+        return _note_image(f"No run here has {CLIENT_ACCURACY_ARTIFACT}\n(runs with personalize=true write it)", path)
+    columns = min(4, len(pictured))
+    grid_rows = math.ceil(len(pictured) / columns)
+    fig, axes = plt.subplots(grid_rows, columns, squeeze=False, figsize=(4.0 * columns, 2.7 * grid_rows + 0.5))
+    try:
+        for ax, row in zip(axes.flat, pictured):
+            after, before = row.client_accuracy["after"], row.client_accuracy["before"]
+            ax.hist(after, bins=HISTOGRAM_BINS, color="#60a5fa", edgecolor="#1e3a8a", label="after")
+            ax.hist(before, bins=HISTOGRAM_BINS, histtype="step", color="#6b7280", linestyle="--", label="before")
+            ax.axvline(float(np.mean(after)), color="#dc2626", linewidth=1.2)
+            ax.set_title(f"{row.algorithm} · seed {row.seed}\n{row.setting}", fontsize=8)
+            ax.set_xlim(0.0, 1.0)
+            ax.set_xlabel("local test accuracy", fontsize=8)
+            ax.set_ylabel("clients", fontsize=8)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
+        axes.flat[0].legend(fontsize=7, loc="upper left")
+        for ax in list(axes.flat)[len(pictured):]:
+            ax.axis("off")
+        fig.suptitle("Local test accuracy per client after personalization (red: mean)", fontsize=10)
+        fig.tight_layout()
+        return save_figure(fig, path, dpi=GRID_DPI)
+    finally:
+        plt.close(fig)
+
+
+def compare_personalization(tracking_uri: str, experiment: str, out: str | Path,
+                            filter_string: str | None = None) -> tuple[Path, Path]:
+    """``<out>/personalization.md`` and ``<out>/personalization.png`` for the matching runs of ``experiment``."""
+    out = Path(out)
+    rows = collect_personal_rows(tracking_uri, experiment, filter_string)
+    heading = (f"# Personalization in MLflow experiment `{experiment}`\n\n"
+               f"{_selection_note(rows, filter_string, tracking_uri)}; grouped by data setting, "
+               "best local accuracy first.")
+    return (write_personal_table(rows, out / "personalization.md", heading),
+            write_client_histograms(rows, out / "personalization.png"))
+
+
+def _personal_cells(row: PersonalRow) -> list[str]:
+    local = _percent(row.local_acc_mean, sign=False)
+    if row.local_acc_mean is not None and row.local_acc_std is not None:
+        local += f" ± {100 * row.local_acc_std:.1f}"
+    if row.local_acc_mean is not None and not row.personalized:
+        local += " (global model)"
+    params = _count(row.params)
+    if row.params_metric is not None:
+        params += f" ({PARAMS_KIND[row.params_metric]})"
+    return [row.algorithm, row.setting, row.seed, _percent(row.global_test_acc, sign=False), local, params,
+            _duration(row.elapsed_seconds), _bytes(row.bytes_communicated), f"{row.name} ({row.short_id})"]
+
+
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return MISSING
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{int(value)} B"
+
+
+def _write_markdown(path: str | Path, heading: str, columns: tuple[str, ...], cells: list[list[str]],
+                    note: str = "") -> Path:
+    """``heading``, then a table of ``cells`` (one list per run) and ``note``, or "No runs matched."."""
+    path = Path(path)
+    lines = [heading, ""]
+    if cells:
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "|".join("---" for _ in columns) + "|")
+        lines.extend("| " + " | ".join(_escape(cell) for cell in row) + " |" for row in cells)
+        if note:
+            lines += ["", note]
+    else:
+        lines.append("No runs matched.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _selection_note(rows: list, filter_string: str | None, tracking_uri: str) -> str:
+    filter_note = f"filter `{filter_string.strip()}`" if filter_string and filter_string.strip() else "no filter"
+    return f"{len(rows)} run{'' if len(rows) == 1 else 's'}, {filter_note}, store `{tracking_uri}`"
+
+
+def _note_image(text: str, path: str | Path) -> Path:
+    """A small image saying why there is nothing to draw, so the output set is always complete."""
+    fig, ax = plt.subplots(figsize=(5.0, 1.5))
+    try:
+        ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10)
+        ax.axis("off")
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def _table_cells(row: RunRow) -> list[str]:

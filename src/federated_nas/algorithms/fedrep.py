@@ -1,0 +1,80 @@
+"""FedRep (Collins et al., 2021): a shared representation (the body) and a personal head per client.
+
+Each client first fits its own head to the current body (body frozen), then trains the body
+with its head fixed; only the body is meaningfully averaged. The head is the network's final
+classifier layer (``models.heads``). The client keeps its head across rounds and sends back the
+head it received, so the aggregate's head is never an average of unrelated personal heads.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from federated_nas.algorithms.base import OptimizerFactory
+from federated_nas.algorithms.fedavg import FedAvg
+from federated_nas.algorithms.personal import PartialTraining, finetune, load_parameter_values, parameter_values
+from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.errors import ConfigError
+from federated_nas.models.heads import body_parameters, head_parameter_names, head_parameters, with_head
+
+
+class FedRepTraining(PartialTraining):
+    """The first ``head_steps`` local steps train the client's head, the rest the body.
+
+    Counted in steps rather than epochs so it works with capped local epochs (``local_batches``).
+    """
+
+    def __init__(self, model: nn.Module, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None,
+                 head_steps: int):
+        super().__init__(model, w_optimizer, lr, grad_clip, phases=[(head_parameters, head_steps),
+                                                                    (body_parameters, None)])
+        self.received_head: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.received_head = parameter_values(self.model, head_parameter_names(self.model))
+        if self.personal:
+            load_parameter_values(self.model, self.personal)
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self.personal = parameter_values(self.model, head_parameter_names(self.model))
+        load_parameter_values(self.model, self.received_head)  # the upload carries the head it was sent
+
+
+class FedRep(FedAvg):
+    """FedAvg's server over the body; clients with personal heads."""
+
+    name = "fedrep"
+
+    def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
+                 lr_min: float = 0.001, grad_clip: float | None = 5.0, head_steps: int = 10):
+        if not (isinstance(head_steps, int) and head_steps >= 0):
+            raise ConfigError(f"algorithm.head_steps must be an integer >= 0, got {head_steps}")
+        super().__init__(model, optimizer, lr, lr_min, grad_clip)
+        self.head_steps = head_steps
+
+    def build_model(self, data: FederatedData) -> nn.Module:
+        return with_head(super().build_model(data))
+
+    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> FedRepTraining:
+        return FedRepTraining(model, self.optimizer, self.local_lr(round_idx, rounds), self.grad_clip,
+                              self.head_steps)
+
+    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
+              personal: dict[str, torch.Tensor]) -> nn.Module:
+        """The global body with the client's own head.
+
+        A client that never trained has no head of its own; as FedRep does for new clients, it
+        fits one to the global body (``head_steps`` steps at ``lr``) rather than use the untrained
+        head the aggregate carries.
+        """
+        if not personal:
+            return finetune(model, client, batch_size, seed, self.head_steps, self.lr, head_parameters)
+        adapted = copy.deepcopy(model)
+        load_parameter_values(adapted, personal)
+        return adapted.eval()

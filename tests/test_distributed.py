@@ -1,0 +1,88 @@
+"""The multi-process backend: the same model as cluster=local, a killed worker, the wire format."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from federated_nas.errors import ConfigError
+from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
+from federated_nas.federation.distributed import (KILL_WORKER_HOOK, DistributedBackend, decode_state, encode_state,
+                                                 launcher_place)
+from federated_nas.runs import run_search
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+MULTIPROCESS = ["cluster=multiprocess", "cluster.backend.workers=2", "cluster.backend.worker_timeout_seconds=120"]
+
+
+def search_process(log_dir: Path, *overrides: str, env: dict[str, str] | None = None,
+                   timeout: float = 240) -> dict:
+    """Run src/search.py in a subprocess; its last checkpoint."""
+    command = [sys.executable, str(ROOT / "src" / "search.py"), *TINY, "logger=none", f"paths.log_dir={log_dir}",
+               *overrides]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    finished = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return load_latest_checkpoint(next(log_dir.glob(f"search/runs/*/*/checkpoints/{LAST}")).parent)
+
+
+def test_two_workers_reach_the_model_of_cluster_local(tiny_cfg, tmp_path):
+    local = run_search(tiny_cfg("search", ["logger=none"]))
+    expected = load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["model"]
+    distributed = search_process(tmp_path / "multiprocess", "federation.rounds=2", *MULTIPROCESS)
+    assert [h["responders"] for h in distributed["history"]] == [3, 3]
+    model = distributed["model"]
+    assert model.keys() == expected.keys()
+    for key, value in expected.items():
+        if value.is_floating_point():  # float64 sums in another order: agreement to rounding
+            torch.testing.assert_close(model[key], value, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(model[key], value), key
+
+
+def test_a_killed_worker_is_dropped_and_the_run_finishes(tmp_path):
+    # worker 1 runs clients 0 and 2, worker 2 runs client 1 and dies on receiving the first round
+    finished = search_process(tmp_path, "federation.rounds=2", "federation.min_responders=1", *MULTIPROCESS,
+                              env={KILL_WORKER_HOOK: "2:0"})
+    killed, after = finished["history"]
+    assert killed["responders"] == 2 and list(killed["failures"]) == ["1"]
+    reason = killed["failures"]["1"]
+    assert reason.startswith("worker 2 died: killed by signal 9")
+    assert "timed out" not in reason  # noticed when its connection closed, not after the 120 s limit
+    assert after["responders"] == 3 and not after["failures"]  # the remaining worker took all three clients
+
+
+def test_state_dicts_cross_the_wire_exactly():
+    state = {
+        "weight": torch.randn(3, 4),
+        "scalar": torch.tensor(0.1, dtype=torch.float32),
+        "num_batches_tracked": torch.tensor(2**40 + 7),
+        "mask": torch.tensor([[True, False], [False, True]]),
+        "half": torch.randn(5).half(),
+        "nothing": torch.zeros(0, 2),
+    }
+    header, values = encode_state(state)
+    assert header.dtype == torch.uint8 and values.dtype == torch.float64
+    decoded = decode_state(header, values)
+    assert list(decoded) == list(state)
+    for key, value in state.items():
+        assert decoded[key].dtype == value.dtype and decoded[key].shape == value.shape, key
+        assert torch.equal(decoded[key], value), key
+    assert decode_state(*encode_state({})) == {}  # a client without personal state
+
+
+def test_bad_backend_settings_are_one_line_config_errors(monkeypatch):
+    with pytest.raises(ConfigError, match="cluster.backend.workers"):
+        DistributedBackend(trainer=None, workers=0)
+    with pytest.raises(ConfigError, match="cluster.backend.launch"):
+        DistributedBackend(trainer=None, launch="mpi")
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="launch with torchrun"):  # cluster=torchrun without torchrun
+        launcher_place()

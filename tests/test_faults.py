@@ -1,0 +1,145 @@
+"""Faults: dropouts, deadlines, bad updates, too few responders, clipping, a killed server, sweeps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from federated_nas.federation import backends
+from federated_nas.federation.aggregation import clip_update
+from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
+from federated_nas.federation.server import RoundFailed, injected_dropouts
+from federated_nas.runs import run_search
+from conftest import TINY, assert_same_states
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def history_of(result) -> list[dict]:
+    return load_latest_checkpoint(Path(result["run_dir"]) / "checkpoints")["history"]
+
+
+def test_injected_dropouts_are_logged_and_the_run_goes_on(tiny_cfg):
+    result = run_search(tiny_cfg("search", ["logger=none", "federation.rounds=3",
+                                            "federation.dropout_probability=0.5"]))
+    history = history_of(result)
+    dropped = sum(h["dropped_clients"] for h in history)
+    assert dropped > 0
+    assert all(h["responders"] + h["dropped_clients"] == h["clients"] for h in history)
+    assert any("injected dropout" in h["failures"].values() for h in history)
+    assert torch.isfinite(torch.tensor(result["global_test_acc"]))
+
+
+def test_dropouts_depend_only_on_seed_round_and_attempt():
+    clients = list(range(50))
+    first = injected_dropouts(0, 3, 0, clients, 0.5)
+    assert first == injected_dropouts(0, 3, 0, clients, 0.5)
+    assert first != injected_dropouts(0, 3, 1, clients, 0.5)
+    assert 10 < len(first) < 40
+
+
+def test_too_few_responders_is_retried_then_one_clear_error(tiny_cfg):
+    # every client must answer, and half of them fail on purpose: no attempt can succeed
+    cfg = tiny_cfg("search", ["logger=none", "federation.dropout_probability=0.9",
+                              "federation.min_responders=3", "federation.max_round_attempts=2"])
+    with pytest.raises(RoundFailed, match="min_responders=3 valid updates in 2 attempts"):
+        run_search(cfg)
+
+
+def corrupt_client(monkeypatch, client_id: int, how: str) -> None:
+    """Make one client's local work return a NaN update or raise."""
+    real = backends.LocalBackend._run_client
+
+    def run_client(self, algorithm, global_state, client, *args):
+        update = real(self, algorithm, global_state, client, *args)
+        if client.client_id != client_id:
+            return update
+        if how == "raise":
+            raise RuntimeError("simulated worker crash")
+        first = next(k for k, v in update.state.items() if v.is_floating_point())
+        update.state[first] = torch.full_like(update.state[first], float("nan"))
+        return update
+
+    monkeypatch.setattr(backends.LocalBackend, "_run_client", run_client)
+
+
+@pytest.mark.parametrize("how, reason", [("nan", "rejected update"), ("raise", "simulated worker crash")])
+def test_a_bad_or_crashing_client_is_left_out(tiny_cfg, monkeypatch, how, reason):
+    corrupt_client(monkeypatch, client_id=1, how=how)
+    result = run_search(tiny_cfg("search", ["logger=none"]))
+    history = history_of(result)
+    assert all(h["responders"] == 2 and reason in h["failures"]["1"] for h in history)
+    model = load_latest_checkpoint(Path(result["run_dir"]) / "checkpoints")["model"]
+    assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+
+
+def test_clients_past_the_deadline_are_left_out(tiny_cfg, monkeypatch):
+    real = backends.LocalBackend._run_client
+
+    def slow_client(self, *args):
+        time.sleep(0.3)
+        return real(self, *args)
+
+    monkeypatch.setattr(backends.LocalBackend, "_run_client", slow_client)
+    result = run_search(tiny_cfg("search", ["logger=none", "federation.deadline_seconds=0.2"]))
+    for entry in history_of(result):
+        assert entry["responders"] == 1  # the first client started in time; the others did not
+        assert all("deadline" in reason for reason in entry["failures"].values())
+
+
+def test_update_clipping_known_answer():
+    reference = {"w": torch.zeros(2), "bn.running_mean": torch.zeros(2)}
+    state = {"w": torch.tensor([3.0, 4.0]), "bn.running_mean": torch.tensor([10.0, 10.0])}
+    clipped = clip_update(state, reference, ["w"], max_norm=1.0)
+    torch.testing.assert_close(clipped["w"], torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(clipped["bn.running_mean"], state["bn.running_mean"])  # buffers pass through
+    assert clip_update(state, reference, ["w"], max_norm=10.0) is state  # within the bound: untouched
+
+
+def search_command(log_dir: Path, *extra: str, multirun: bool = False) -> list[str]:
+    flags = ["-m"] if multirun else []  # Hydra's flags go before the overrides
+    return [sys.executable, str(ROOT / "src" / "search.py"), *flags, *TINY, "logger=none", "federation.rounds=4",
+            f"paths.log_dir={log_dir}", *extra]
+
+
+def quiet_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    subprocess.run(search_command(tmp_path / "whole"), check=True, capture_output=True, env=quiet_env())
+    whole = next((tmp_path / "whole").glob(f"search/runs/*/*/checkpoints/{LAST}")).parent
+
+    victim = subprocess.Popen(search_command(tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=quiet_env())
+    deadline = time.time() + 120
+    while not list((tmp_path / "killed").glob(f"search/runs/*/*/checkpoints/{LAST}")):
+        assert victim.poll() is None and time.time() < deadline, "the search ended before its first checkpoint"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)  # mid-run: after round 1's checkpoint, during a later round
+    victim.wait()
+    killed = next((tmp_path / "killed").glob(f"search/runs/*/*/checkpoints/{LAST}")).parent
+    assert load_latest_checkpoint(killed)["round"] < 4
+
+    subprocess.run(search_command(tmp_path / "killed", "resume=true"), check=True, capture_output=True,
+                   env=quiet_env())
+    resumed = load_latest_checkpoint(killed)
+    assert resumed["round"] == 4
+    assert_same_states(load_latest_checkpoint(whole)["model"], resumed["model"])
+
+
+def test_sweep_of_two_runs_through_submitit_local(tmp_path):
+    command = search_command(tmp_path, "cluster=submitit_local", "seed=0,1", "federation.rounds=1", multirun=True)
+    finished = subprocess.run(command, capture_output=True, text=True, env=quiet_env(), timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    runs = sorted(tmp_path.glob("search/multiruns/*/*/FINISHED"))
+    assert len(runs) == 2
+    assert {OmegaConf.load(p.parent / "config.yaml").seed for p in runs} == {0, 1}
