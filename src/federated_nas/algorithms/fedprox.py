@@ -49,10 +49,11 @@ class FedProx(FedAvg):
     name = "fedprox"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
-                 lr_min: float = 0.001, grad_clip: float | None = 5.0, mu: float = 0.01):
+                 lr_min: float = 0.001, grad_clip: float | None = 5.0, mu: float = 0.01, adapt_steps: int = 5,
+                 adapt_lr: float = 0.025):
         if not mu >= 0:
             raise ConfigError(f"algorithm.mu must be >= 0 (0 is FedAvg), got {mu}")
-        super().__init__(model, optimizer, lr, lr_min, grad_clip)
+        super().__init__(model, optimizer, lr, lr_min, grad_clip, adapt_steps, adapt_lr)
         self.mu = float(mu)
 
     def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> ProximalTraining:
