@@ -199,11 +199,7 @@ def write_cell_grid(rows: list[RunRow], path: str | Path) -> Path:
         for ax, row in zip(axes.flat, pictured):
             title = f"{row.name}\n{row.algorithm} · global acc {_percent(row.global_test_acc)}"
             draw_cell_on_axes(ax, row.genotype.normal, row.genotype.normal_concat, title, compact=True)
-        for ax in list(axes.flat)[len(pictured):]:
-            ax.axis("off")
-        fig.suptitle("Normal cells, best global accuracy first", fontsize=10)
-        fig.tight_layout()
-        return save_figure(fig, path, dpi=GRID_DPI)
+        return _save_grid(fig, axes, len(pictured), "Normal cells, best global accuracy first", path)
     finally:
         plt.close(fig)
 
@@ -340,11 +336,8 @@ def write_client_histograms(rows: list[PersonalRow], path: str | Path) -> Path:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
         axes.flat[0].legend(fontsize=7, loc="upper left")
-        for ax in list(axes.flat)[len(pictured):]:
-            ax.axis("off")
-        fig.suptitle("Local test accuracy per client after personalization (red: mean)", fontsize=10)
-        fig.tight_layout()
-        return save_figure(fig, path, dpi=GRID_DPI)
+        return _save_grid(fig, axes, len(pictured), "Local test accuracy per client after personalization (red: mean)",
+                          path)
     finally:
         plt.close(fig)
 
@@ -404,6 +397,15 @@ def _write_markdown(path: str | Path, heading: str, columns: tuple[str, ...], ce
 def _selection_note(rows: list, filter_string: str | None, tracking_uri: str) -> str:
     filter_note = f"filter `{filter_string.strip()}`" if filter_string and filter_string.strip() else "no filter"
     return f"{len(rows)} run{'' if len(rows) == 1 else 's'}, {filter_note}, store `{tracking_uri}`"
+
+
+def _save_grid(fig, axes, used: int, title: str, path: str | Path) -> Path:
+    """Blank the grid's unused panels, title it and write it: the end of every per-run grid image."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=GRID_DPI)
 
 
 def _note_image(text: str, path: str | Path) -> Path:
