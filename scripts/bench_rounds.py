@@ -2,10 +2,11 @@
 
 Runs FedNAS rounds on Fashion-MNIST (the CPU preset's supernet) with evaluation off, and reports
 round_train_seconds / client_compute_seconds (the loop's overhead: Trainer set-up, state copies,
-aggregation) and the round time for 5, 10 and 20 clients; then FedMetaNAS' bytes per round before and after
+aggregation) and the round time for 5, 10 and 20 clients; the round time of 10 clients against the
+number of worker processes (``cluster=multiprocess``); then FedMetaNAS' bytes per round before and after
 pruning. Appends to benchmarks/results.json and benchmarks/README.md.
 
-    python scripts/bench_rounds.py [--clients 5 10 20] [--rounds 2] [--local-batches 5]
+    python scripts/bench_rounds.py [--clients 5 10 20] [--workers 1 2] [--rounds 2] [--local-batches 5]
 """
 
 from __future__ import annotations
@@ -66,26 +67,44 @@ def measure(num_clients: int, rounds: int, local_batches: int, tmp: Path) -> dic
             "overhead_ratio": train / compute}
 
 
+def measure_workers(workers: int, num_clients: int, rounds: int, local_batches: int, tmp: Path) -> dict:
+    """Round wall time with the clients spread over ``workers`` gloo worker processes."""
+    history = run_history(f"workers{workers}", [
+        "cluster=multiprocess", f"cluster.backend.workers={workers}", f"federation.num_clients={num_clients}",
+        f"federation.rounds={rounds}", f"federation.local_batches={local_batches}"], tmp)
+    train = [h["round_train_seconds"] for h in history[1:] or history]  # the first round includes worker start-up
+    return {"workers": workers, "clients": num_clients, "round_train_seconds_mean": sum(train) / len(train),
+            "client_compute_seconds_mean": sum(h["client_compute_seconds"] for h in history) / len(history)}
+
+
 def main() -> None:
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--local-batches", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(k, args.rounds, args.local_batches, Path(tmp)) for k in args.clients]
+        scaling = [measure_workers(w, 10, args.rounds + 1, args.local_batches, Path(tmp)) for w in args.workers]
         pruning = measure_pruning(Path(tmp))
     results_path = OUT / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["rounds"] = {"command": "python " + " ".join(sys.argv), "cores": os.cpu_count(), "rows": rows}
     results["pruning"] = pruning
+    results["workers"] = scaling
     OUT.mkdir(exist_ok=True)
     results_path.write_text(json.dumps(results, indent=2))
     lines = ["| clients | round client work (s) | sum of client compute (s) | overhead ratio |", "|---|---|---|---|"]
     lines += [f"| {r['clients']} | {r['round_train_seconds_mean']:.2f} | {r['client_compute_seconds_mean']:.2f} | "
               f"{r['overhead_ratio']:.3f} |" for r in rows]
+    lines += ["", f"10 clients spread over worker processes (`cluster=multiprocess`, {os.cpu_count()} cores; round "
+              "time after the first round, which includes starting the workers):", "",
+              "| worker processes | round client work (s) | sum of client compute (s) |", "|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['round_train_seconds_mean']:.2f} | {r['client_compute_seconds_mean']:.2f} |"
+              for r in scaling]
     lines += ["", f"FedMetaNAS traffic, {pruning['clients']} clients, {pruning['rounds']} rounds, pruning half-way at "
               f"threshold {pruning['prune_threshold']} ({pruning['pruned_ops']} ops removed):", "",
               "| | supernet parameters | bytes sent per client per round |", "|---|---|---|",

@@ -1,14 +1,16 @@
 """Local search-step throughput and peak memory: the batched supernet against the op-by-op DARTS reference.
 
 Each method's real local step (FedNAS' MiLeNAS step on a train and a val batch, FedMetaNAS'
-first-order MAML step on a support and a query task) runs through a Lightning Trainer on the
-batched supernet and on the op-by-op reference built from it (same weights, same relaxation).
+first-order MAML step on a support and a query task, FedDSNAS' step on one sampled child) runs
+through a Lightning Trainer on the batched supernet and on the op-by-op reference built from it
+(same weights, same relaxation); FedDSNAS' step also runs on its discrete child network (the
+supernet pruned to one op per edge), the cost its step should stay close to.
 Steps are timed one by one with a callback, so Trainer start-up is not counted; the two paths
 alternate in one process, so the ratio holds on a shared, noisy machine even when absolute
 numbers drift. Peak memory is measured in a fresh process per path: the growth of the peak
 resident set (VmHWM) over one local step. Writes benchmarks/results.json and the table in benchmarks/README.md.
 
-    python scripts/bench_supernet.py [--repeats 3] [--settings small paper] [--methods fednas fedmetanas]
+    python scripts/bench_supernet.py [--repeats 3] [--settings small paper] [--methods fednas fedmetanas feddsnas]
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ SETTINGS = {  # name -> (C, layers, image size, channels, batch)
     "small": (8, 5, 28, 3, 64),
     "paper": (16, 8, 32, 3, 64),
 }
-METHODS = ("fednas", "fedmetanas")
+METHODS = ("fednas", "fedmetanas", "feddsnas")
+SINGLE_PATH = {"feddsnas"}  # methods whose step computes one sampled child: also timed against that child alone
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks"
 
@@ -81,7 +84,10 @@ def local_steps(algorithm, model, client, batch: int, steps: int) -> list[float]
 
 def models_for(setting: str, method: str):
     algorithm, fast, client, batch = setup(setting, method)
-    return algorithm, {"fast": fast, "reference": ReferenceSearchNetwork(fast)}, client, batch
+    models = {"fast": fast, "reference": ReferenceSearchNetwork(fast)}
+    if method in SINGLE_PATH:  # the discrete child network: the supernet pruned to one op per edge
+        models["child"] = fast.most_likely_child()
+    return algorithm, models, client, batch
 
 
 def measure(setting: str, method: str, repeats: int) -> dict:
@@ -95,7 +101,11 @@ def measure(setting: str, method: str, repeats: int) -> dict:
     best = {name: min(seconds) for name, seconds in times.items()}
     C, layers, size, channels, _ = SETTINGS[setting]
     memory = {name: peak_memory_mib(setting, method, name) for name in models}
-    return {
+    child = {}
+    if "child" in best:
+        child = {"child_seconds_per_step": best["child"], "child_samples_per_second": batch / best["child"],
+                 "child_peak_mib": memory["child"], "step_over_child": best["fast"] / best["child"]}
+    return {**child,
         "setting": setting, "method": method, "C": C, "layers": layers, "image_size": size, "batch": batch,
         "fast_seconds_per_step": best["fast"], "reference_seconds_per_step": best["reference"],
         "fast_samples_per_second": batch / best["fast"], "reference_samples_per_second": batch / best["reference"],
@@ -122,12 +132,18 @@ def memory_child(setting: str, method: str, path: str) -> None:
     """Peak RSS during model set-up and one local step, above the RSS after imports (Linux)."""
     quiet_libraries()
     algorithm, models, client, batch = models_for(setting, method)
-    other = "reference" if path == "fast" else "fast"
-    models.pop(other)  # only the measured path's model stays alive
+    for other in [name for name in models if name != path]:
+        models.pop(other)  # only the measured path's model stays alive
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     before = memory_kib("VmRSS")
     local_steps(algorithm, models[path], client, batch, 1)
     print((memory_kib("VmHWM") - before) / 1024)
+
+
+def child_cells(row: dict) -> str:
+    if "child_samples_per_second" not in row:
+        return "- | -"
+    return f"{row['child_samples_per_second']:.1f} | {row['step_over_child']:.2f}"
 
 
 def write_report(results: list[dict], machine: str, command: str) -> None:
@@ -139,16 +155,19 @@ def write_report(results: list[dict], machine: str, command: str) -> None:
     lines = ["# Benchmarks", "", f"Machine: {machine}. Command: `{command}` (also `make bench`).", "",
              "One local search step of each method through its Lightning module (FedNAS: MiLeNAS step on a train "
              "and a val batch; FedMetaNAS: first-order MAML step on a support and a query task, Gumbel-softmax, "
-             "input combinations), best of the repeats, both paths alternating in one process on the same weights "
-             "and batch. Peak memory: growth of the peak resident set over one local step (model built, other path freed), fresh process per path.", "",
+             "input combinations; FedDSNAS: one hard-Gumbel child sampled per step, only its ops computed), best of "
+             "the repeats, the paths alternating in one process on the same weights and batch. For FedDSNAS the "
+             "child column is the discrete child network (the supernet pruned to one op per edge) running the same "
+             "step. Peak memory: growth of the peak resident set over one local step (model built, other paths freed), "
+             "fresh process per path.", "",
              "| setting | method | C | layers | input | batch | reference (samples/s) | fast (samples/s) | speedup "
-             "| reference peak (MiB) | fast peak (MiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| reference peak (MiB) | fast peak (MiB) | child (samples/s) | fast / child step time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['setting']} | {r['method']} | {r['C']} | {r['layers']} | "
                      f"{r['image_size']}x{r['image_size']}x3 | {r['batch']} | {r['reference_samples_per_second']:.1f} "
                      f"| {r['fast_samples_per_second']:.1f} | {r['speedup']:.2f}x | {r['reference_peak_mib']:.0f} "
-                     f"| {r['fast_peak_mib']:.0f} |")
+                     f"| {r['fast_peak_mib']:.0f} | {child_cells(r)} |")
     readme = OUT / "README.md"
     rest = readme.read_text().split("\n## ", 1) if readme.exists() else []
     tail = "\n## " + rest[1] if len(rest) == 2 else ""

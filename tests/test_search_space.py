@@ -9,7 +9,7 @@ from federated_nas.search_space.genotypes import Genotype, derive_cell, derive_g
 from federated_nas.search_space.network import GenotypeNetwork
 from federated_nas.search_space.operations import PRIMITIVES, make_op
 from federated_nas.search_space.reference import ReferenceSearchNetwork
-from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
+from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation, HardGumbelRelaxation
 from federated_nas.search_space.supernet import EdgeBundle, SearchNetwork
 
 
@@ -62,11 +62,16 @@ def test_bundle_equals_plain_mixed_ops_in_value_and_gradient(stride):
 
 @pytest.mark.parametrize("relaxation, combinations, prune", [
     ("softmax", None, None), ("gumbel", 2, None), ("softmax", None, 0.12), ("gumbel", 2, 0.1),
+    ("hard", None, None), ("hard", 2, 0.1),
 ])
 def test_supernet_matches_op_by_op_reference_for_random_alphas(relaxation, combinations, prune):
-    """Plain, Gumbel with input combinations, and pruned supernets against the op-by-op reference."""
+    """Plain, Gumbel with input combinations, pruned and hard-sampled supernets against the op-by-op reference.
+
+    Hard samples make the supernet skip every zero-weight op (``skip_zero``); the reference
+    computes them all, so equal outputs and gradients show the skipping is exact.
+    """
     torch.manual_seed(1)
-    relax = GumbelSoftmaxRelaxation(0.7) if relaxation == "gumbel" else None
+    relax = {"gumbel": GumbelSoftmaxRelaxation(0.7), "hard": HardGumbelRelaxation(0.7)}.get(relaxation)
     net = SearchNetwork(3, 10, C=4, layers=3, relaxation=relax, input_combinations=combinations).double()
     with torch.no_grad():  # float64: the comparison sees math, not rounding
         for alpha in net.arch_parameters():

@@ -19,6 +19,7 @@ from torch import nn
 from federated_nas.compat import use_torch_leaf_factory_in_lightning
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
+from federated_nas.federation.aggregation import WeightedAverage
 
 use_torch_leaf_factory_in_lightning()  # before any client fit
 
@@ -55,6 +56,11 @@ class LocalModule(L.LightningModule):
         # state this client keeps across rounds (a personal model, a head); the backend fills it
         # before the fit and sends it back after; the server checkpoints it per client
         self.personal: dict[str, torch.Tensor] = {}
+        # extra per-fit behaviour a method attaches to a module it did not define (e.g. keeping a personal part)
+        self.callbacks: list[L.Callback] = []
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return list(self.callbacks)
 
     def on_train_start(self) -> None:
         self._train_started = time.perf_counter()
@@ -104,6 +110,15 @@ class FederatedAlgorithm:
     def round_report(self, model: nn.Module) -> dict[str, Any]:
         """Per-round facts about the global model beyond accuracy (genotype, diagnostics)."""
         return {}
+
+    def aggregator(self, model: nn.Module, global_state: dict[str, torch.Tensor]) -> WeightedAverage:
+        """What combines this round's client updates into the next global state, streaming.
+
+        Default: the sample-weighted mean of every entry. A method whose server does more than
+        average (FedRLNAS' REINFORCE step) returns an object with the same ``add``, ``count``
+        and ``result``; ``model`` is the global model, for its structure.
+        """
+        return WeightedAverage(global_state)
 
     def after_aggregation(self, model: nn.Module, round_idx: int, rounds: int) -> dict[str, Any]:
         """Server-side work on the new global model (schedules, pruning); returns facts to log."""

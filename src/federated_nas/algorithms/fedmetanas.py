@@ -18,11 +18,11 @@ from typing import Any, Callable, Iterable
 import torch
 
 from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.nas import ArchitectureSearch, SupernetAlgorithm
+from federated_nas.algorithms.nas import AnnealedTemperature, ArchitectureSearch, SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
-from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation, anneal
+from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
 
 
@@ -65,7 +65,7 @@ class MetaSearch(ArchitectureSearch):
         return query_loss
 
 
-class FedMetaNAS(SupernetAlgorithm):
+class FedMetaNAS(AnnealedTemperature, SupernetAlgorithm):
     """Server-side view of FedMetaNAS: temperature schedule, pruning on the aggregate, personal adaptation."""
 
     name = "fedmetanas"
@@ -76,7 +76,8 @@ class FedMetaNAS(SupernetAlgorithm):
                  task_size: int | None = None, temperature: dict | None = None, input_combinations: int = 2,
                  prune_at: Iterable[float] = (0.5, 0.75), prune_threshold: float = 0.01,
                  adapt_steps: int = 5, grad_clip: float | None = 5.0):
-        super().__init__(search_space)
+        SupernetAlgorithm.__init__(self, search_space)
+        AnnealedTemperature.__init__(self, temperature)
         if inner_steps < 0:
             raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
         if any(not 0 < f <= 1 for f in prune_at):
@@ -85,19 +86,14 @@ class FedMetaNAS(SupernetAlgorithm):
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
         self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
         self.task_size, self.input_combinations = task_size, input_combinations
-        self.temperature = {"start": 1.0, "end": 0.1, "shape": "linear", **(temperature or {})}
         self.prune_at, self.prune_threshold, self.adapt_steps = list(prune_at), prune_threshold, adapt_steps
 
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": GumbelSoftmaxRelaxation(self.temperature["start"]),
                 "input_combinations": self.input_combinations}
 
-    def temperature_at(self, round_idx: int, rounds: int) -> float:
-        t = self.temperature
-        return anneal(t["start"], t["end"], round_idx, rounds, t["shape"])
-
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MetaSearch:
-        model.relaxation.temperature = self.temperature_at(round_idx, rounds)
+        self.set_temperature(model, round_idx, rounds)
         return MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
                           cosine_lr(self.lr, self.lr_min, round_idx, rounds), self.inner_steps,
                           self.inner_lr_w, self.inner_lr_alpha, self.grad_clip)
@@ -110,8 +106,7 @@ class FedMetaNAS(SupernetAlgorithm):
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
         """Anneal the server's temperature and, at the scheduled rounds, prune on the aggregated architecture."""
-        model.relaxation.temperature = self.temperature_at(round_idx, rounds)
-        facts: dict[str, Any] = {"temperature": model.relaxation.temperature}
+        facts: dict[str, Any] = {"temperature": self.set_temperature(model, round_idx, rounds)}
         if round_idx in self.prune_rounds(rounds):
             removed = model.prune(self.prune_threshold)
             facts.update(pruned_ops=removed["ops"], pruned_combinations=removed["combinations"])

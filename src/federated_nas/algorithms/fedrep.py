@@ -16,7 +16,7 @@ from torch import nn
 
 from federated_nas.algorithms.base import OptimizerFactory
 from federated_nas.algorithms.fedavg import FedAvg
-from federated_nas.algorithms.personal import PartialTraining, finetune, load_parameter_values, parameter_values
+from federated_nas.algorithms.personal import KeepPersonalPart, PartialTraining, finetune, load_parameter_values
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.models.heads import body_parameters, head_parameter_names, head_parameters, with_head
@@ -32,18 +32,7 @@ class FedRepTraining(PartialTraining):
                  head_steps: int):
         super().__init__(model, w_optimizer, lr, grad_clip, phases=[(head_parameters, head_steps),
                                                                     (body_parameters, None)])
-        self.received_head: dict[str, torch.Tensor] = {}
-
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self.received_head = parameter_values(self.model, head_parameter_names(self.model))
-        if self.personal:
-            load_parameter_values(self.model, self.personal)
-
-    def on_train_end(self) -> None:
-        super().on_train_end()
-        self.personal = parameter_values(self.model, head_parameter_names(self.model))
-        load_parameter_values(self.model, self.received_head)  # the upload carries the head it was sent
+        self.callbacks.append(KeepPersonalPart(head_parameter_names(model)))  # the upload carries the head it was sent
 
 
 class FedRep(FedAvg):

@@ -11,7 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory
 from federated_nas.data.federated_data import FederatedData
+from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
+from federated_nas.search_space.relaxations import anneal
 from federated_nas.search_space.supernet import SearchNetwork
 
 
@@ -54,7 +56,8 @@ class SupernetAlgorithm(FederatedAlgorithm):
         return {}
 
     def build_model(self, data: FederatedData) -> SearchNetwork:
-        self.input_shape = (1, data.in_channels, data.image_size, data.image_size)
+        check_input_kind(self.search_space, data.input_shape)
+        self.input_shape = (1, *data.input_shape)
         return self.search_space(in_channels=data.in_channels, num_classes=data.num_classes,
                                  **self.supernet_options())
 
@@ -69,7 +72,7 @@ class SupernetAlgorithm(FederatedAlgorithm):
             # per edge and op, for the heatmap of the architecture over rounds (kept in the history)
             "alpha_probabilities": {"primitives": list(model.primitives),
                                     **{kind: model.op_probabilities(kind).cpu().tolist()
-                                       for kind in ("normal", "reduce")}},
+                                       for kind in model.arch_kinds}},
         }
         if self.input_shape:
             report["supernet_flops"] = forward_flops(model, self.input_shape)
@@ -79,14 +82,49 @@ class SupernetAlgorithm(FederatedAlgorithm):
         return model.discretized()
 
 
+class AnnealedTemperature:
+    """A relaxation temperature annealed over rounds, set on the model the server or a client holds.
+
+    A function of the round alone, so a resumed run anneals exactly like an uninterrupted one.
+    """
+
+    def __init__(self, temperature: dict | None, start: float = 1.0, end: float = 0.1, shape: str = "linear"):
+        self.temperature = {"start": start, "end": end, "shape": shape, **(temperature or {})}
+        try:  # a bad schedule fails now, with one line, not at the first round
+            anneal(**self.temperature, round_idx=0, rounds=1)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"algorithm.temperature={dict(self.temperature)}: {err}") from None
+
+    def temperature_at(self, round_idx: int, rounds: int) -> float:
+        return anneal(**self.temperature, round_idx=round_idx, rounds=rounds)
+
+    def set_temperature(self, model: SearchNetwork, round_idx: int, rounds: int) -> float:
+        model.relaxation.temperature = self.temperature_at(round_idx, rounds)
+        return model.relaxation.temperature
+
+
 def alpha_entropy(model: SearchNetwork) -> float:
     """Mean entropy (nats) of the live op distribution per edge: falls as the search commits."""
     entropies = []
-    for kind in ("normal", "reduce"):
+    for kind in model.arch_kinds:
         alpha, mask = getattr(model, f"alpha_{kind}").detach(), getattr(model, f"op_mask_{kind}")
         p = F.softmax(alpha.masked_fill(~mask, -1e9), dim=-1) * mask
         entropies.append(-(p * p.clamp_min(1e-12).log()).sum(-1))
     return float(torch.cat(entropies).mean())
+
+
+INPUT_KINDS = {1: "vector data [N, features] (search_space=mlp)", 3: "images [N, C, H, W] (search_space=darts)"}
+
+
+def check_input_kind(search_space: Callable[..., SearchNetwork], sample_shape: tuple[int, ...]) -> None:
+    """One line, before anything is built, when the search space cannot read the dataset's samples."""
+    space = getattr(search_space, "func", search_space)  # Hydra's _partial_ gives a functools.partial
+    expected = getattr(space, "input_ndim", None)
+    if expected is not None and expected != len(sample_shape):
+        name = getattr(space, "__name__", space)
+        raise ConfigError(f"search_space {name} takes {INPUT_KINDS.get(expected, expected)}, "
+                          f"but the dataset's samples have shape {list(sample_shape)}: "
+                          f"use the search space for {INPUT_KINDS.get(len(sample_shape), 'them')}")
 
 
 @torch.no_grad()

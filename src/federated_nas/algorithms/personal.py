@@ -3,9 +3,10 @@
 ``finetune``: a client's copy of a model after a few plain SGD steps on its own data (FedBABU's
 adaptation, FedAvg's local adaptation, Per-FedAvg, personalized NAS). ``PartialTraining``: local
 SGD that trains only part of the network at a time (FedRep's head-then-body, FedBABU's frozen
-head). ``parameter_values``/``load_parameter_values``: move named weights in and out of a model,
-which is how a client's personal part is kept between rounds. This module depends on ``base``
-alone, so any method module (FedAvg's included) can import it.
+head). ``parameter_values``/``load_parameter_values``: move named weights in and out of a model;
+``KeepPersonalPart`` uses them to keep a client's personal part between rounds (FedRep's head,
+FedPNAS' personal cells). This module depends on ``base`` alone, so any method module (FedAvg's
+included) can import it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Callable, Iterable, Iterator, Sequence
 
+import lightning as L
 import torch
 from torch import nn
 
@@ -59,18 +61,45 @@ def finetune(model: nn.Module, client: ClientData, batch_size: int, seed: int, s
     return adapted.eval()
 
 
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_buffers()), **dict(model.named_parameters())}
+
+
 def parameter_values(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Detached copies of the named parameters: a snapshot later steps cannot change."""
-    params = dict(model.named_parameters())
-    return {name: params[name].detach().clone() for name in names}
+    """Detached copies of the named parameters (or buffers): a snapshot later steps cannot change."""
+    tensors = _named_tensors(model)
+    return {name: tensors[name].detach().clone() for name in names}
 
 
 @torch.no_grad()
 def load_parameter_values(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
-    """Copy ``values`` into the named parameters in place (optimizers keep pointing at the same tensors)."""
-    params = dict(model.named_parameters())
+    """Copy ``values`` into the named parameters or buffers in place (optimizers keep pointing at them)."""
+    tensors = _named_tensors(model)
     for name, value in values.items():
-        params[name].copy_(value)
+        tensors[name].copy_(value)
+
+
+class KeepPersonalPart(L.Callback):
+    """The named part of a local module's model stays with its client across rounds.
+
+    At the start of a fit the client's kept values (``module.personal``; none on its first fit,
+    which then starts from what it received) replace the received ones; at the end the trained
+    values are kept in ``module.personal`` and the received ones put back, so the upload carries
+    the part as it was sent and averaging never mixes unrelated clients' personal parts.
+    """
+
+    def __init__(self, names: Iterable[str]):
+        self.names = list(names)
+        self.received: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: L.Trainer, module: LocalModule) -> None:
+        self.received = parameter_values(module.model, self.names)
+        if module.personal:
+            load_parameter_values(module.model, module.personal)
+
+    def on_train_end(self, trainer: L.Trainer, module: LocalModule) -> None:
+        module.personal = parameter_values(module.model, self.names)
+        load_parameter_values(module.model, self.received)
 
 
 class PartialTraining(LocalModule):

@@ -1,4 +1,4 @@
-"""Datasets held in memory, partitioners that split them among clients, and per-client splits."""
+"""Image and vector datasets held in memory, partitioners that split them among clients, and per-client splits."""
 
 from federated_nas.data.datasets import (
     DATASETS,
@@ -6,6 +6,7 @@ from federated_nas.data.datasets import (
     load_image_dataset,
     make_synthetic_dataset,
 )
+from federated_nas.data.vectors import VectorDataset, load_tabular_dataset, make_signal_dataset
 from federated_nas.data.federated_data import ClientData, FederatedData, build_federated_data
 from federated_nas.data.partitions import (
     DirichletPartitioner,
@@ -22,8 +23,11 @@ __all__ = [
     "IIDPartitioner",
     "ImageDataset",
     "LabelSkewPartitioner",
+    "VectorDataset",
     "build_federated_data",
     "class_counts",
     "load_image_dataset",
+    "load_tabular_dataset",
+    "make_signal_dataset",
     "make_synthetic_dataset",
 ]

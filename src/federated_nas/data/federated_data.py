@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from federated_nas.data.datasets import ImageDataset
+from federated_nas.data.vectors import VectorDataset
 from federated_nas.data.partitions import class_counts as count_classes
 from federated_nas.errors import ConfigError
 
@@ -52,10 +53,15 @@ class FederatedData:
     clients: list[ClientData]
     global_test: TensorDataset  # the dataset's own test split, kept by the server
     num_classes: int
-    in_channels: int
-    image_size: int
+    in_channels: int  # image channels, or the feature count of vector data
+    image_size: int | None  # None for vector data
     partition: list[np.ndarray]  # indices into the train split, per client
     class_counts: np.ndarray  # [classes, clients] of each client's whole share
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: ``(C, H, W)`` for images, ``(features,)`` for vector data."""
+        return tuple(self.global_test.tensors[0].shape[1:])
 
     def save_partition(self, directory) -> list[Path]:
         """Write partition.json, partition_counts.csv and partition_heatmap.png so a run's split can be inspected."""
@@ -90,7 +96,7 @@ class FederatedData:
 
 
 def build_federated_data(
-    dataset: ImageDataset,
+    dataset: ImageDataset | VectorDataset,
     partitioner,
     num_clients: int,
     seed: int,
@@ -148,7 +154,7 @@ def _split_sizes(num_samples: int, fractions: tuple[float, ...]) -> list[int]:
     return sizes
 
 
-def _make_client(client_id: int, shuffled: np.ndarray, fractions, dataset: ImageDataset) -> ClientData:
+def _make_client(client_id: int, shuffled: np.ndarray, fractions, dataset: ImageDataset | VectorDataset) -> ClientData:
     sizes = _split_sizes(len(shuffled), fractions)
     bounds = np.cumsum(sizes)[:-1]
     indices = {name: np.sort(part).astype(np.int64)
@@ -157,9 +163,9 @@ def _make_client(client_id: int, shuffled: np.ndarray, fractions, dataset: Image
     return ClientData(client_id=client_id, indices=indices, **subsets)
 
 
-def _subset(images: torch.Tensor, labels: torch.Tensor, indices: np.ndarray) -> TensorDataset:
+def _subset(inputs: torch.Tensor, labels: torch.Tensor, indices: np.ndarray) -> TensorDataset:
     selector = torch.as_tensor(indices, dtype=torch.long)
-    return TensorDataset(images[selector], labels[selector])
+    return TensorDataset(inputs[selector], labels[selector])
 
 
 def _write_text_atomically(path: Path, text: str) -> Path:

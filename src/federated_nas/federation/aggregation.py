@@ -52,6 +52,60 @@ class WeightedAverage:
         return averaged
 
 
+class MaskedAverage(WeightedAverage):
+    """Per-entry weighted mean over the clients that used each entry; an entry nobody used keeps its value.
+
+    For methods whose clients train different parts of one model (FedRLNAS' sampled children):
+    averaging an entry with clients that never trained it would drag it toward stale copies.
+    ``masks[key]`` (bool, the entry's shape) marks what a client used; a key without a mask
+    counts as used everywhere, so with no masks at all this is the plain weighted mean.
+    """
+
+    def __init__(self, template: State):
+        super().__init__(template)
+        self._global = torch.cat([v.detach().reshape(-1).cpu().to(torch.float64) for v in template.values()]) \
+            if template else torch.zeros(0, dtype=torch.float64)
+        self._weight_sum = torch.zeros_like(self._sum)
+        self._weight_slices = dict(zip(self._template, self._weight_sum.split([s.numel() for s in
+                                                                                self._slices.values()])))
+
+    def check(self, state: State) -> None:
+        """Reject an update that does not fit the global model (before reading anything from it)."""
+        check_update(state, self._template)
+
+    def add(self, state: State, weight: float, masks: State | None = None) -> None:
+        self.check(state)
+        masks = masks or {}
+        for key, mask in masks.items():
+            if key not in self._template or mask.shape != self._template[key][0]:
+                raise DataError(f"participation mask of {key!r} does not match the model's entry")
+        if not weight > 0 or not math.isfinite(weight):
+            raise DataError(f"client weight must be a positive number, got {weight}")
+        for key, running in self._slices.items():
+            value = state[key].detach().reshape(-1).cpu()
+            mask = masks.get(key)
+            if mask is None:
+                running.add_(value, alpha=float(weight))
+                self._weight_slices[key].add_(float(weight))
+            else:
+                used = mask.reshape(-1).cpu().to(torch.bool)
+                running.add_(torch.where(used, value.to(torch.float64), 0.0), alpha=float(weight))
+                self._weight_slices[key].add_(used.to(torch.float64), alpha=float(weight))
+        self.total_weight += float(weight)
+        self.count += 1
+
+    def result(self) -> State:
+        if not self.count:
+            raise DataError("no client update to aggregate in this round")
+        used = self._weight_sum > 0
+        mean = torch.where(used, self._sum / self._weight_sum.clamp_min(1e-300), self._global)
+        averaged = {}
+        for (key, (shape, dtype)), flat in zip(self._template.items(), mean.split([s.numel() for s in
+                                                                                   self._slices.values()])):
+            averaged[key] = (flat if dtype.is_floating_point else flat.round()).to(dtype).reshape(shape)
+        return averaged
+
+
 def check_update(state: State, template: dict[str, tuple[torch.Size, torch.dtype]]) -> None:
     """Reject an update whose keys, shapes or dtypes differ from the global model, or that is not finite."""
     missing, extra = set(template) - set(state), set(state) - set(template)

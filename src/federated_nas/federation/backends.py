@@ -12,7 +12,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import lightning as L
 import torch
@@ -64,9 +64,12 @@ class LocalBackend:
     would otherwise write files and banners on every fit.
     """
 
-    def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str = "cpu"):
+    def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str = "cpu",
+                 compile: bool | Mapping[str, Any] = False):
         self.make_trainer = trainer
         self.accelerator = accelerator
+        # torch.compile the worker copy once (it serves every client after): true, or torch.compile's options
+        self.compile = dict(compile) if isinstance(compile, Mapping) else bool(compile)
         self._worker: nn.Module | None = None
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
@@ -87,6 +90,8 @@ class LocalBackend:
         """
         if self._worker is None:
             self._worker = copy.deepcopy(global_model)
+            if self.compile:  # in place: the state dict keeps its keys, so loading and uploads are unchanged
+                self._worker.compile(**(self.compile if isinstance(self.compile, dict) else {}))
         global_state = global_model.state_dict()
         started = time.perf_counter()
         for position, client in enumerate(clients):

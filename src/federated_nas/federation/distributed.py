@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Mapping, Callable, Iterator
 
 import lightning as L
 import torch
@@ -251,8 +251,9 @@ class WorkerBackend(LocalBackend):
     of that world; an explicit ``LightningEnvironment`` keeps each fit a plain single-device fit.
     """
 
-    def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str, gpu_slot: int):
-        super().__init__(lambda **kwargs: trainer(plugins=[LightningEnvironment()], **kwargs), accelerator)
+    def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str, gpu_slot: int,
+                 compile: bool | dict[str, Any] = False):
+        super().__init__(lambda **kwargs: trainer(plugins=[LightningEnvironment()], **kwargs), accelerator, compile)
         self.gpu_slot = gpu_slot
 
     def device_for(self, position: int) -> dict[str, Any]:
@@ -291,7 +292,7 @@ def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
 
 
 def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, Any], accelerator: str,
-                   timeout_seconds: float, joining: Any) -> None:
+                   timeout_seconds: float, joining: Any, compile: bool | dict[str, Any] = False) -> None:
     """Entry of a worker process the server started (``launch: spawn``); ``joining`` is set once imported."""
     from hydra.utils import instantiate
 
@@ -303,7 +304,7 @@ def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, A
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=timeout_seconds))
     try:
-        runner = WorkerBackend(instantiate(config["trainer"]), accelerator, gpu_slot=rank - 1)
+        runner = WorkerBackend(instantiate(config["trainer"]), accelerator, gpu_slot=rank - 1, compile=compile)
         serve_rounds(rank, config, runner)
     except LinkLost as err:  # the server ended, or gave up on this worker: nothing left to do
         log.warning("lost the server (%s); stopping", err)
@@ -325,7 +326,8 @@ class DistributedBackend:
     """
 
     def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str = "cpu", workers: int | None = 2,
-                 launch: str = "spawn", worker_timeout_seconds: float = 600.0, deadline_grace_seconds: float = 30.0):
+                 launch: str = "spawn", worker_timeout_seconds: float = 600.0, deadline_grace_seconds: float = 30.0,
+                 compile: bool | dict[str, Any] = False):
         if launch not in ("spawn", "env"):
             raise ConfigError(f"cluster.backend.launch must be spawn or env, got {launch!r}")
         if launch == "spawn" and (not isinstance(workers, int) or workers < 1):
@@ -335,6 +337,7 @@ class DistributedBackend:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"cluster.backend.{name} must be > 0, got {value}")
         self.make_trainer, self.accelerator, self.workers, self.launch = trainer, accelerator, workers, launch
+        self.compile = dict(compile) if isinstance(compile, Mapping) else bool(compile)  # each worker's copy, once
         self.worker_timeout_seconds = float(worker_timeout_seconds)
         self.deadline_grace_seconds = float(deadline_grace_seconds)
         self.config: dict[str, Any] | None = None
@@ -360,7 +363,8 @@ class DistributedBackend:
         dist.init_process_group("gloo", init_method="env://", rank=place.rank, world_size=place.world_size,
                                 timeout=timedelta(seconds=self.worker_timeout_seconds))
         try:
-            serve_rounds(place.rank, self.config, WorkerBackend(self.make_trainer, self.accelerator, place.local_rank),
+            serve_rounds(place.rank, self.config, WorkerBackend(self.make_trainer, self.accelerator, place.local_rank,
+                                                               self.compile),
                          algorithm)
         except LinkLost as err:
             log.warning("rank %d lost the server (%s); stopping", place.rank, err)
@@ -384,7 +388,7 @@ class DistributedBackend:
             self._children = {rank: context.Process(
                 target=spawned_worker, name=f"fednas-worker-{rank}", daemon=True,
                 args=(rank, world_size, address, self.config, self.accelerator, self.worker_timeout_seconds,
-                      joining[rank])) for rank in range(1, world_size)}
+                      joining[rank], self.compile)) for rank in range(1, world_size)}
             for child in self._children.values():
                 child.start()
             self._await_children(joining)

@@ -27,7 +27,6 @@ from federated_nas.federation.aggregation import WeightedAverage, clip_update, l
 from federated_nas.federation.backends import ClientFailure, ClientUpdate, LocalBackend
 from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate
-from federated_nas.search_space.genotypes import Genotype
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.run_figures import RunFigures
 
@@ -146,7 +145,7 @@ class FederatedRun:
                  ) -> tuple[WeightedAverage, dict[int, str], list[ClientUpdate]]:
         """One attempt at a round: dispatch, then average every valid update that comes back in time."""
         s = self.settings
-        average, failures, collected = WeightedAverage(global_state), {}, []
+        average, failures, collected = self.algorithm.aggregator(self.model, global_state), {}, []
         dropped = injected_dropouts(self.seed, round_idx, attempt, selected, s.dropout_probability)
         failures.update({k: "injected dropout" for k in dropped})
         dispatched = [self.data.clients[k] for k in selected if k not in dropped]
@@ -239,7 +238,7 @@ class FederatedRun:
 
     def _record(self, round_idx: int, metrics: dict[str, Any]) -> None:
         genotype = metrics.pop("genotype", None)
-        if isinstance(genotype, Genotype):
+        if genotype is not None:  # any architecture record with save() and to_json(): DARTS' Genotype, MLPGenotype
             path = genotype.save(self.run_dir / "genotype.json")
             self.tracker.log_artifact(path)
             metrics["genotype"] = genotype.to_json()

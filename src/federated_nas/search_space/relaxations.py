@@ -46,6 +46,34 @@ class GumbelSoftmaxRelaxation(nn.Module):
         return torch.softmax(logits / self.temperature, dim=-1)
 
 
+class HardGumbelRelaxation(GumbelSoftmaxRelaxation):
+    """DSNAS: one op per edge sampled from softmax(alpha), forward weight exactly one-hot.
+
+    In training the sampled op s = argmax(alpha + G) gets the weight ``y_s / y_s.detach()``
+    with ``y = softmax((alpha + G) / temperature)``: its value is exactly 1 and its gradient is
+    ``grad log y_s``, so dL/dalpha = dL/dZ_s * grad log y_s, DSNAS' credit assignment, which
+    needs the output of the sampled op alone. Every other op has weight exactly 0 and no
+    gradient, so the supernet may skip computing it (``one_hot``). In evaluation the weight is
+    the one-hot of argmax(alpha): the most likely child, with no noise.
+    """
+
+    one_hot = True
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return one_hot_argmax(logits)
+        uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
+        perturbed = logits - torch.log(-torch.log(uniform))
+        chosen = perturbed.argmax(-1, keepdim=True)
+        soft_chosen = torch.softmax(perturbed / self.temperature, dim=-1).gather(-1, chosen)
+        return torch.zeros_like(logits).scatter(-1, chosen, 1.0) * (soft_chosen / soft_chosen.detach())
+
+
+def one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Exact one-hot weights of the largest logit in each row."""
+    return torch.zeros_like(logits).scatter(-1, logits.argmax(-1, keepdim=True), 1.0)
+
+
 def anneal(start: float, end: float, round_idx: int, rounds: int, shape: str = "linear") -> float:
     """Temperature at a round: ``linear``, ``exponential`` (geometric) or ``cosine`` from start to end."""
     progress = min(max(round_idx / max(rounds - 1, 1), 0.0), 1.0)
@@ -56,3 +84,44 @@ def anneal(start: float, end: float, round_idx: int, rounds: int, shape: str = "
     if shape == "cosine":
         return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"temperature schedule shape must be linear, exponential or cosine, got {shape!r}")
+
+
+class ArgmaxChild(nn.Module):
+    """The most likely child: one-hot of argmax(alpha) per edge, in training and evaluation alike.
+
+    FedRLNAS' server model: its accuracy is that of the argmax child with the trained weights.
+    ``probabilities`` stays the softmax, so reports and genotypes read the distribution.
+    """
+
+    one_hot = True
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return one_hot_argmax(logits)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1)
+
+
+class FixedChild(nn.Module):
+    """A child sampled once and held fixed: the given one-hot op weights whatever the logits.
+
+    ``children`` are in the order the network relaxes its cell kinds within one forward
+    (``SearchNetwork`` relaxes normal, then reduce); the calls cycle through them.
+    """
+
+    one_hot = True
+
+    def __init__(self, children: list[torch.Tensor]):
+        super().__init__()
+        self.children_weights = [child.detach() for child in children]
+        self._calls = 0
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        child = self.children_weights[self._calls % len(self.children_weights)]
+        self._calls += 1
+        if child.shape != logits.shape:
+            raise ValueError(f"fixed child of shape {tuple(child.shape)} for logits of shape {tuple(logits.shape)}")
+        return child.to(device=logits.device, dtype=logits.dtype)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1)

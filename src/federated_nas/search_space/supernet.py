@@ -21,7 +21,8 @@ from torch import nn
 
 from federated_nas.search_space.genotypes import Genotype, derive_genotype, edge_index
 from federated_nas.search_space.network import GenotypeNetwork, make_stem, stack_cells
-from federated_nas.search_space.relaxations import SoftmaxRelaxation
+from federated_nas.search_space.relaxations import SoftmaxRelaxation, one_hot_argmax
+from federated_nas.search_space.relaxed import MASKED, RelaxedArchitecture  # noqa: F401  (MASKED: re-exported)
 from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op, shifted_by_one
 
 CONV_OPS = {  # name -> (kernel, dilation, stacked DilConv stages)
@@ -140,30 +141,61 @@ class EdgeBundle(nn.Module):
         self._build(kept)
         self.to(device=device, dtype=dtype)  # rebuilt modules follow the bundle's device and precision
 
-    def _conv_op(self, name: str, replicated: torch.Tensor, groups: int) -> torch.Tensor:
+    def _weight(self, key: str, positions: torch.Tensor | None, width: int | None = None) -> torch.Tensor:
+        """An op's grouped conv weight, or only the rows of the groups at ``positions`` (a sampled subset)."""
+        param = self.conv_params[key]
+        if positions is None:
+            return param
+        return param.index_select(0, _group_channels(positions, width or self.c).to(param.device))
+
+    def _batch_norm(self, key: str, y: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """The op's BatchNorm, or its channels of the groups at ``positions`` (their statistics alone move)."""
+        bn = self.bns[key]
+        if positions is None:
+            return bn(y)
+        channels = _group_channels(positions, self.c).to(bn.running_mean.device)
+        mean, var = bn.running_mean[channels], bn.running_var[channels]
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
+        out = F.batch_norm(y, mean, var, None, None, bn.training, momentum, bn.eps)
+        if bn.training:  # F.batch_norm updated the gathered copies; write them back
+            with torch.no_grad():
+                bn.running_mean.index_copy_(0, channels, mean)
+                bn.running_var.index_copy_(0, channels, var)
+                bn.num_batches_tracked.add_(1)
+        return out
+
+    def _conv_op(self, name: str, replicated: torch.Tensor, groups: int,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
         kernel, dilation, stages = CONV_OPS[name]
         y = replicated
         for stage in range(stages):
             if stage:
                 y = F.relu(y)
             pad = dilation * (kernel - 1) // 2
-            y = F.conv2d(y, self.conv_params[f"{name}_dw{stage}"], None, 1, pad, dilation, groups * self.c)
+            y = F.conv2d(y, self._weight(f"{name}_dw{stage}", positions), None, 1, pad, dilation, groups * self.c)
             if stage == 0 and self.stride == 2:
                 # same values as a stride-2 conv, but CPU backends have no fast strided depthwise kernel
                 y = y[:, :, ::2, ::2]
-            y = F.conv2d(y, self.conv_params[f"{name}_pw{stage}"], None, 1, 0, 1, groups)
-            y = self.bns[f"{name}_bn{stage}"](y)
+            y = F.conv2d(y, self._weight(f"{name}_pw{stage}", positions), None, 1, 0, 1, groups)
+            y = self._batch_norm(f"{name}_bn{stage}", y, positions)
         return y
 
-    def _reduce_skip(self, replicated: torch.Tensor, groups: int) -> torch.Tensor:
-        a = F.conv2d(replicated, self.conv_params["skip_a"], None, 2, 0, 1, groups)
-        b = F.conv2d(shifted_by_one(replicated), self.conv_params["skip_b"], None, 2, 0, 1, groups)
-        n, _, h, w = a.shape
+    def _reduce_skip(self, replicated: torch.Tensor, groups: int, positions: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         half = self.c // 2
+        a = F.conv2d(replicated, self._weight("skip_a", positions, half), None, 2, 0, 1, groups)
+        b = F.conv2d(shifted_by_one(replicated), self._weight("skip_b", positions, half), None, 2, 0, 1, groups)
+        n, _, h, w = a.shape
         both = torch.stack([a.view(n, groups, half, h, w), b.view(n, groups, half, h, w)], dim=2)
-        return self.bns["skip_bn"](both.view(n, groups * self.c, h, w))
+        return self._batch_norm("skip_bn", both.view(n, groups * self.c, h, w), positions)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, skip_zero: bool = False) -> torch.Tensor:
+        """``skip_zero``: ops whose weight is exactly 0 on an edge are not computed there.
+
+        Meant for one-hot relaxations (DSNAS' sampled child, FedRLNAS' fixed child), whose zero
+        weights carry no gradient either, so outputs and gradients are unchanged; it reads the
+        weights on the host, so dense relaxations leave it off.
+        """
         # Channels-last throughout: CPU depthwise convolutions are several times faster in it,
         # and splitting the channel axis into (source, edge, channel) is then a free view.
         x = x.contiguous(memory_format=torch.channels_last)
@@ -171,13 +203,21 @@ class EdgeBundle(nn.Module):
         s, e, c = self.num_sources, self.num_edges, self.c
         relu_sources = F.relu(x).permute(0, 2, 3, 1).view(n, h, w, s, c)
         replicated_inputs: dict[tuple[int, ...], torch.Tensor] = {}  # ops on the same edges share one copy
+        nonzero = weights.detach().flatten(0, 1).ne(0).cpu() if skip_zero else None  # [S*E, ops]
         total = None
         for k, name in enumerate(self.primitives):
             groups = getattr(self, f"groups_{k}")
             if name == "none" or not len(groups):
                 continue
+            if nonzero is not None and not nonzero[:, k].any():
+                continue
             if self._per_edge(name):
-                term = self._per_edge_term(name, k, relu_sources, weights, groups, replicated_inputs)
+                positions = None
+                if nonzero is not None:
+                    live = nonzero[list(self._group_keys[k]), k]
+                    if not live.all():
+                        positions = live.nonzero().flatten()
+                term = self._per_edge_term(name, k, relu_sources, weights, groups, replicated_inputs, positions)
             else:  # pools and identity see the same input on every edge: computed once per source
                 if name == "max_pool_3x3":
                     out = self.bns[name](F.max_pool2d(x, 3, self.stride, 1))
@@ -194,26 +234,35 @@ class EdgeBundle(nn.Module):
             return x.new_zeros(n, (h + stride - 1) // stride, (w + stride - 1) // stride, e, c)
         return total
 
-    def _per_edge_term(self, name, k, relu_sources, weights, groups, replicated_inputs) -> torch.Tensor:
-        """Weighted output of one per-edge op on its active edges, as ``[N, H', W', E, C]``."""
+    def _per_edge_term(self, name, k, relu_sources, weights, groups, replicated_inputs,
+                       positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted output of one per-edge op on its active edges, as ``[N, H', W', E, C]``.
+
+        ``positions``: compute the op only on these of its groups (the others have weight 0).
+        """
         n, h, w, s, c = relu_sources.shape
+        full = self._full[k] and positions is None
+        if positions is not None:
+            groups = groups[positions.to(groups.device)]
+            key = tuple(self._group_keys[k][int(p)] for p in positions)
+        else:
+            key = self._group_keys[k]
         e, count = self.num_edges, len(groups)
         sources, edges = groups // e, groups % e
-        key = self._group_keys[k]
         if key not in replicated_inputs:  # the input of every active edge, side by side in the channels
-            if self._full[k]:
+            if full:
                 chosen = relu_sources.unsqueeze(4).expand(n, h, w, s, e, c)
             else:
                 chosen = relu_sources.index_select(3, sources)
             replicated_inputs[key] = chosen.reshape(n, h, w, count * c).permute(0, 3, 1, 2)
         replicated = replicated_inputs[key]
         if name in CONV_OPS:
-            out = self._conv_op(name, replicated, count)
+            out = self._conv_op(name, replicated, count, positions)
         else:
-            out = self._reduce_skip(replicated, count)
+            out = self._reduce_skip(replicated, count, positions)
         out = out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         out = out.reshape(*out.shape[:3], count, c) * weights[sources, edges, k].view(count, 1)
-        if self._full[k] and s == 1:
+        if full and s == 1:
             return out
         return out.new_zeros(*out.shape[:3], e, c).index_add(3, edges, out)
 
@@ -253,6 +302,11 @@ class EdgeBundle(nn.Module):
         target.running_mean.copy_(source.running_mean[part])
         target.running_var.copy_(source.running_var[part])
         target.num_batches_tracked.copy_(source.num_batches_tracked)
+
+
+def _group_channels(positions: torch.Tensor, width: int) -> torch.Tensor:
+    """Row indices of the groups at ``positions`` in a tensor of ``width`` rows per group."""
+    return (positions.view(-1, 1) * width + torch.arange(width)).flatten()
 
 
 def _take_groups(tensor: torch.Tensor, groups: list[int], width: int) -> torch.Tensor:
@@ -296,16 +350,17 @@ class SearchCell(nn.Module):
         for bundle, rows in zip(self.bundles, self.bundle_rows()):
             bundle.prune(op_active[rows])
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, skip_zero: bool = False
+                ) -> torch.Tensor:
         rows = self.bundle_rows()
         inputs = torch.cat([self.preprocess0(s0), self.preprocess1(s1)], dim=1)
-        partial = list(self.bundles[0](inputs, weights[rows[0]]).unbind(3))
+        partial = list(self.bundles[0](inputs, weights[rows[0]], skip_zero).unbind(3))
         states = []
         for node in range(self.steps):
             states.append(partial[node].permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last))
             if node == self.steps - 1:
                 break
-            contributions = self.bundles[node + 1](states[-1], weights[rows[node + 1]])
+            contributions = self.bundles[node + 1](states[-1], weights[rows[node + 1]], skip_zero)
             for offset, contribution in enumerate(contributions.unbind(3)):
                 partial[node + 1 + offset] = partial[node + 1 + offset] + contribution
         return torch.cat(states[-self.multiplier:], dim=1)
@@ -317,10 +372,9 @@ def node_input_combinations(steps: int, k: int) -> list[tuple[int, tuple[int, ..
 
 
 CELL_KINDS = ("normal", "reduce")
-MASKED = -1e9  # logit of a removed choice: exactly zero weight after any softmax that has a live choice
 
 
-class SearchNetwork(nn.Module):
+class SearchNetwork(RelaxedArchitecture, nn.Module):
     """The DARTS search network: stem, cells (reductions at 1/3 and 2/3 depth), classifier.
 
     Architecture parameters: ``alpha_<kind>`` (one row per edge, one column per primitive)
@@ -330,6 +384,9 @@ class SearchNetwork(nn.Module):
     is the weights w. Removed choices are recorded in the ``*_mask_*`` buffers, so a pruned
     state dict carries its own structure (see ``match_structure``).
     """
+
+    arch_kinds = CELL_KINDS
+    input_ndim = 3  # [C, H, W] images
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, C: int = 16, layers: int = 8,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, stem_stride: int = 1,
@@ -377,20 +434,7 @@ class SearchNetwork(nn.Module):
             params += [self.beta_normal, self.beta_reduce]
         return params
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
-    # --- relaxed weights ----------------------------------------------------------------------
-    def _relax(self, logits: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        masked = logits.masked_fill(~mask, MASKED)
-        weights = self.relaxation.probabilities(masked) if deterministic else self.relaxation(masked)
-        return weights * mask
-
-    def op_probabilities(self, kind: str) -> torch.Tensor:
-        """``[edges, ops]`` deterministic op distribution of each edge, without the input-combination factor."""
-        return self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), True).detach()
-
+    # --- relaxed weights (op_probabilities, without the input-combination factor: RelaxedArchitecture) ----
     def combination_weights(self, kind: str, deterministic: bool = False) -> torch.Tensor:
         """Relaxed weight of every input combination, normalised within each node."""
         beta, mask = getattr(self, f"beta_{kind}"), getattr(self, f"combo_mask_{kind}")
@@ -406,9 +450,10 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normal, reduce = self.op_weights("normal"), self.op_weights("reduce")
+        skip_zero = getattr(self.relaxation, "one_hot", False)  # a sampled child: compute its ops alone
         s0 = s1 = self.stem(x.contiguous(memory_format=torch.channels_last))
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal, skip_zero)
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
     # --- architecture ------------------------------------------------------------------------
@@ -434,10 +479,7 @@ class SearchNetwork(nn.Module):
         """The discrete network of the current genotype at this supernet's size (fresh weights)."""
         return GenotypeNetwork(self.genotype(), **self.network_shape)
 
-    # --- pruning -----------------------------------------------------------------------------
-    def masks(self) -> dict[str, torch.Tensor]:
-        return {name: buf.clone() for name, buf in self.named_buffers() if "_mask_" in name and "." not in name}
-
+    # --- pruning (masks, match_structure: RelaxedArchitecture) ----------------------------------
     def prune_to(self, masks: dict[str, torch.Tensor]) -> None:
         """Adopt the given masks (never reviving a removed choice) and drop the removed ops' modules."""
         for name, mask in masks.items():
@@ -452,10 +494,6 @@ class SearchNetwork(nn.Module):
                 if (kind == "reduce") == cell.reduction:
                     cell.prune(active)
 
-    def match_structure(self, state: dict[str, torch.Tensor]) -> None:
-        """Prune this network to the structure a (pruned) state dict was saved from, before loading it."""
-        self.prune_to({name: state[name] for name in self.masks() if name in state})
-
     def prune(self, threshold: float) -> dict[str, int]:
         """Remove every op and input combination whose deterministic weight is under ``threshold``.
 
@@ -464,14 +502,9 @@ class SearchNetwork(nn.Module):
         """
         masks, removed = self.masks(), {"ops": 0, "combinations": 0}
         for kind in CELL_KINDS:
-            op_mask = masks[f"op_mask_{kind}"]
-            weights = self._relax(getattr(self, f"alpha_{kind}"), op_mask, True).detach()
-            keep = weights >= threshold
-            not_none = torch.tensor([name != "none" for name in self.primitives], device=weights.device)
-            best = weights.masked_fill(~not_none, -1.0).argmax(1)
-            keep[torch.arange(len(keep)), best] = True
-            removed["ops"] += int((op_mask & ~keep).sum())
-            masks[f"op_mask_{kind}"] = op_mask & keep
+            kept = self.kept_ops(kind, threshold)
+            removed["ops"] += int((masks[f"op_mask_{kind}"] & ~kept).sum())
+            masks[f"op_mask_{kind}"] = kept
             if self.combinations is not None:
                 combo_mask = masks[f"combo_mask_{kind}"]
                 weights = self.combination_weights(kind, deterministic=True).detach()
@@ -481,6 +514,20 @@ class SearchNetwork(nn.Module):
                 masks[f"combo_mask_{kind}"] = combo_mask & keep
         self.prune_to(masks)
         return removed
+
+    def most_likely_child(self) -> "SearchNetwork":
+        """A copy keeping each edge's most likely live op alone (``none`` included), with the trained weights.
+
+        The final model of the single-path methods (FedDSNAS, FedRLNAS), which evaluate every edge's
+        argmax op rather than DARTS' two strongest inputs per node.
+        """
+        masks = self.masks()
+        for kind in CELL_KINDS:
+            live = getattr(self, f"alpha_{kind}").detach().masked_fill(~masks[f"op_mask_{kind}"], MASKED)
+            masks[f"op_mask_{kind}"] = one_hot_argmax(live).bool()
+        child = copy.deepcopy(self)
+        child.prune_to(masks)
+        return child
 
     def discretized(self) -> "SearchNetwork":
         """A copy keeping only the genotype's ops, with this network's trained weights (no retraining)."""

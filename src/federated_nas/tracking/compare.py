@@ -160,17 +160,29 @@ def partition_text(tags: dict[str, str]) -> str:
 
 
 def download_genotype(client: MlflowClient, run_id: str, run_name: str) -> Genotype | None:
-    """The run's ``genotype.json`` artifact, or None for runs that have none (fixed architectures)."""
+    """The run's ``genotype.json`` artifact, or None for runs that have none (fixed architectures) or
+    whose architecture is not a DARTS cell (the MLP space's ``{"layers": [...]}``: no cell to draw)."""
     try:
         if GENOTYPE_ARTIFACT not in {info.path for info in client.list_artifacts(run_id)}:
             return None
         with tempfile.TemporaryDirectory() as directory:
-            genotype = Genotype.load(client.download_artifacts(run_id, GENOTYPE_ARTIFACT, directory))
+            path = client.download_artifacts(run_id, GENOTYPE_ARTIFACT, directory)
+            if "layers" in _json_object(path):
+                return None
+            genotype = Genotype.load(path)
         for edges, concat in ((genotype.normal, genotype.normal_concat), (genotype.reduce, genotype.reduce_concat)):
             cell_graph(edges, concat)
     except (MlflowException, DataError) as err:
         raise DataError(f"run {run_name} ({run_id[:8]}): bad {GENOTYPE_ARTIFACT}: {_first_line(err)}") from None
     return genotype
+
+
+def _json_object(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+    return data if isinstance(data, dict) else {}
 
 
 def sort_rows(rows: list[RunRow]) -> list[RunRow]:

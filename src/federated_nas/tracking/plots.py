@@ -71,8 +71,11 @@ def plot_partition_heatmap(
 
 
 def plot_alpha_evolution(probabilities: np.ndarray, primitives: Sequence[str], path: str | Path,
-                         title: str = "Architecture weights over rounds") -> Path:
-    """One heatmap per op of softmax(alpha) [rounds, edges, ops]: shows which ops each edge commits to, and when."""
+                         title: str = "Architecture weights over rounds", row_name: str | None = None) -> Path:
+    """One heatmap per op of softmax(alpha) [rounds, edges, ops]: shows which ops each edge commits to, and when.
+
+    ``row_name`` (e.g. ``layer``) labels the rows ``layer 1, 2, ...``; None: DARTS edge names when they fit.
+    """
     try:
         probabilities = np.asarray(probabilities, dtype=float)
     except (TypeError, ValueError) as err:
@@ -86,7 +89,7 @@ def plot_alpha_evolution(probabilities: np.ndarray, primitives: Sequence[str], p
     fig, axes = plt.subplots(rows, columns, squeeze=False, sharex=True, sharey=True, layout="constrained",
                              figsize=(2.3 * columns + 0.8, 0.12 * num_edges * rows + 1.2 * rows + 0.4))
     try:
-        edge_labels = _edge_labels(num_edges)
+        edge_labels = _edge_labels(num_edges) if row_name is None else [str(i + 1) for i in range(num_edges)]
         for k, ax in enumerate(axes.flat):
             if k >= num_ops:
                 ax.axis("off")
@@ -97,7 +100,7 @@ def plot_alpha_evolution(probabilities: np.ndarray, primitives: Sequence[str], p
             ax.tick_params(labelsize=6)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
             if k % columns == 0:
-                ax.set_ylabel("edge", fontsize=7)
+                ax.set_ylabel(row_name or "edge", fontsize=7)
                 if edge_labels is not None:
                     ax.set_yticks(range(num_edges), edge_labels, fontsize=5)
             if k // columns == rows - 1 or k + columns >= num_ops:

@@ -36,8 +36,9 @@ class RunFigures:
             return []
         paths = [plot_round_curves(history, self.directory / "round_curves.png")]
         latest = history[-1]
-        if latest.get("genotype"):
-            genotype = Genotype.from_dict(json.loads(latest["genotype"]))
+        recorded = json.loads(latest["genotype"]) if latest.get("genotype") else {}
+        if "normal" in recorded:  # DARTS cells are drawn; an MLP chain's genotype is its list of ops (logged)
+            genotype = Genotype.from_dict(recorded)
             paths += draw_genotype(genotype, self.directory / "cells", stem=f"round_{round_idx + 1:03d}_")
             if round_idx == rounds - 1:
                 paths += draw_genotype(genotype, self.directory)
@@ -51,7 +52,10 @@ class RunFigures:
         if not recorded:
             return []
         primitives = recorded[-1]["primitives"]
+        kinds = [kind for kind in recorded[-1] if kind != "primitives"]  # normal and reduce, or the MLP's layers
         return [plot_alpha_evolution(np.asarray([entry[kind] for entry in recorded]), primitives,
                                      self.directory / f"alpha_{kind}.png",
-                                     f"{kind} cell: op probabilities per edge over rounds")
-                for kind in CELL_KINDS]
+                                     f"{kind} cell: op probabilities per edge over rounds" if kind in CELL_KINDS
+                                     else f"{kind}: op probabilities per layer over rounds",
+                                     None if kind in CELL_KINDS else "layer")
+                for kind in kinds]

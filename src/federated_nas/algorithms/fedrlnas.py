@@ -1,0 +1,251 @@
+"""FedRLNAS (Yao et al., ICDCS 2021): the server learns the architecture distribution by REINFORCE.
+
+The server keeps alpha (softmax per edge over the live ops). Each round every sampled client
+trains one child, one op per edge drawn from that distribution, and only the child's weights;
+its reward R_k is the child's accuracy on the client's own val split after that training. The
+child is drawn on the client from the global alpha with the per-(run, round, client) seed the
+loop sets, which is the same as the server drawing it and sending it; the client reports it
+back with its reward. The server then takes one ascent step on the expected reward,
+
+    g = mean_k (R_k - b) * grad_alpha log p(a_k | alpha),  grad log p = one_hot(a_k) - softmax(alpha) per edge,
+    alpha <- alpha + lr_alpha * Adam(g)   (``alpha_update: ascent``: alpha + lr_alpha * g),
+    b <- decay * b + (1 - decay) * mean_k R_k,
+
+with b the moving-average baseline from before this round (the first round uses its own mean
+reward, so its advantages are centred rather than all positive). Adam's moments, its step count
+and b are buffers of the model, so they travel in checkpoints and resume exactly. Each weight
+entry is averaged over the clients whose child used it (``MaskedAverage``); an op no client
+sampled keeps its value.
+
+The final model is the argmax child (the most likely op on every edge) with its trained weights,
+no retraining: the server's supernet relaxes alpha to that child's one-hot weights, so
+``global_test_acc`` is the argmax child's accuracy. ``global_test_acc_discrete`` is DARTS'
+derived genotype (two inputs per node) with the same weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
+from federated_nas.algorithms.fedavg import SupervisedTraining
+from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.loaders import batch_loader
+from federated_nas.errors import ConfigError, DataError
+from federated_nas.federation.aggregation import MaskedAverage, State
+from federated_nas.search_space.children import (Child, check_child, child_entry_masks, one_hot_weights,
+                                                 op_distribution, sample_child)
+from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
+from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
+
+ALPHA_UPDATES = ("adam", "ascent")
+
+
+class ReinforceState(nn.Module):
+    """The REINFORCE bookkeeping as buffers of the global model (so checkpoints and the wire carry it).
+
+    ``baseline``, ``updates`` and the Adam moments belong to the server; ``child_*`` and
+    ``reward`` are what a client reports (in the global model: the last round's mean reward).
+    """
+
+    def __init__(self, edges: int, ops: int):
+        super().__init__()
+        self.register_buffer("baseline", torch.zeros(()))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("reward", torch.zeros(()))
+        for kind in CELL_KINDS:
+            self.register_buffer(f"child_{kind}", torch.zeros(edges, dtype=torch.int64))
+            self.register_buffer(f"exp_avg_{kind}", torch.zeros(edges, ops))
+            self.register_buffer(f"exp_avg_sq_{kind}", torch.zeros(edges, ops))
+
+    def child(self) -> Child:
+        return {kind: getattr(self, f"child_{kind}").cpu() for kind in CELL_KINDS}
+
+
+def reinforce_direction(probabilities: torch.Tensor, actions: list[torch.Tensor], rewards: list[float],
+                        baseline: float) -> torch.Tensor:
+    """mean_k (R_k - b) * grad_alpha log p(a_k): per edge, (R_k - b) * (one_hot(a_k) - p)."""
+    direction = torch.zeros_like(probabilities)
+    for action, reward in zip(actions, rewards):
+        chosen = F.one_hot(action.long().to(probabilities.device), probabilities.shape[-1]).to(probabilities.dtype)
+        direction += (reward - baseline) * (chosen - probabilities)
+    return direction / len(actions)
+
+
+def adam_ascent(param: torch.Tensor, direction: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                step: int, lr: float, betas: tuple[float, float], eps: float) -> None:
+    """One Adam step *up* ``direction`` (step counts from 1), moments updated in place."""
+    beta1, beta2 = betas
+    exp_avg.mul_(beta1).add_(direction, alpha=1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(direction, direction, value=1 - beta2)
+    corrected = exp_avg / (1 - beta1 ** step)
+    scale = (exp_avg_sq / (1 - beta2 ** step)).sqrt_().add_(eps)
+    param.add_(corrected / scale, alpha=lr)
+
+
+class ReinforceAggregator:
+    """The FedRLNAS server step: child-masked weight average plus the REINFORCE update of alpha."""
+
+    def __init__(self, algorithm: "FedRLNAS", model: SearchNetwork, global_state: State):
+        self.algorithm, self.model = algorithm, model
+        self.average = MaskedAverage(global_state)
+        # the server's entries: never averaged, set by the REINFORCE step
+        self.server_masks = {key: torch.zeros_like(value, dtype=torch.bool) for key, value in global_state.items()
+                             if key.startswith(("alpha_", "reinforce."))}
+        self.children: list[Child] = []
+        self.rewards: list[float] = []
+
+    @property
+    def count(self) -> int:
+        return self.average.count
+
+    def add(self, state: State, weight: float) -> None:
+        self.average.check(state)
+        child = {kind: state[f"reinforce.child_{kind}"] for kind in CELL_KINDS}
+        try:
+            check_child(self.model, child)
+        except ValueError as err:
+            raise DataError(f"client update: {err}") from None
+        reward = float(state["reinforce.reward"])
+        if not 0.0 <= reward <= 1.0:
+            raise DataError(f"client reward must be an accuracy in [0, 1], got {reward}")
+        self.average.add(state, weight, {**child_entry_masks(self.model, child), **self.server_masks})
+        self.children.append(child)
+        self.rewards.append(reward)
+
+    def result(self) -> State:
+        state = self.average.result()
+        self.algorithm.reinforce_step(self.model, state, self.children, self.rewards)
+        return state
+
+
+class HeldOutLoader:
+    """The client's train batches for the local steps, carrying its val split for the reward after them."""
+
+    def __init__(self, train: Iterable, held_out: Iterable):
+        self.train, self.held_out = train, held_out
+
+    def __iter__(self):
+        return iter(self.train)
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+
+class ChildTraining(SupervisedTraining):
+    """A client trains its fixed child's weights, then measures the child's val accuracy: the reward."""
+
+    def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None,
+                 reward_batches: int | None):
+        super().__init__(model, w_optimizer, lr, grad_clip)
+        self.reward_batches = reward_batches
+
+    def on_train_end(self) -> None:
+        loader = self.trainer.train_dataloader
+        self.model.reinforce.reward.fill_(child_accuracy(self.model, loader.held_out, self.reward_batches,
+                                                         self.device))
+        super().on_train_end()
+
+
+@torch.no_grad()
+def child_accuracy(model: nn.Module, batches: Iterable, limit: int | None, device: torch.device) -> float:
+    """Accuracy of the model (in eval mode) on the first ``limit`` batches (all when None)."""
+    was_training = model.training
+    model.eval()
+    correct = seen = 0
+    try:
+        for index, (x, y) in enumerate(batches):
+            if limit is not None and index >= limit:
+                break
+            y = y.to(device)
+            correct += int((model(x.to(device)).argmax(1) == y).sum())
+            seen += len(y)
+    finally:
+        model.train(was_training)
+    return correct / max(seen, 1)
+
+
+class FedRLNAS(SupernetAlgorithm):
+    """Server-side FedRLNAS: argmax-child global model, per-client sampled children, REINFORCE on alpha."""
+
+    name = "fedrlnas"
+
+    def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
+                 lr: float = 0.025, lr_min: float = 0.001, grad_clip: float | None = 5.0,
+                 alpha_lr: float = 3e-3, alpha_update: str = "adam", alpha_betas: Iterable[float] = (0.5, 0.999),
+                 alpha_eps: float = 1e-8, baseline_decay: float = 0.99, reward_batches: int | None = None):
+        super().__init__(search_space)
+        if alpha_update not in ALPHA_UPDATES:
+            raise ConfigError(f"algorithm.alpha_update must be one of {', '.join(ALPHA_UPDATES)}, got {alpha_update!r}")
+        if not alpha_lr > 0:
+            raise ConfigError(f"algorithm.alpha_lr must be > 0, got {alpha_lr}")
+        if not 0 <= baseline_decay < 1:
+            raise ConfigError(f"algorithm.baseline_decay must be in [0, 1), got {baseline_decay}")
+        if reward_batches is not None and reward_batches < 1:
+            raise ConfigError(f"algorithm.reward_batches must be >= 1 or null, got {reward_batches}")
+        betas = tuple(float(b) for b in alpha_betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ConfigError(f"algorithm.alpha_betas must be two numbers in [0, 1), got {list(alpha_betas)}")
+        self.w_optimizer, self.lr, self.lr_min, self.grad_clip = w_optimizer, lr, lr_min, grad_clip
+        self.alpha_lr, self.alpha_update, self.alpha_betas, self.alpha_eps = alpha_lr, alpha_update, betas, alpha_eps
+        self.baseline_decay, self.reward_batches = baseline_decay, reward_batches
+
+    def supernet_options(self) -> dict[str, Any]:
+        return {"relaxation": ArgmaxChild()}
+
+    def build_model(self, data: FederatedData) -> SearchNetwork:
+        model = super().build_model(data)
+        if not isinstance(model, SearchNetwork):
+            raise ConfigError("algorithm=fedrlnas samples children of the DARTS cell supernet: use search_space=darts")
+        if model.combinations is not None:
+            raise ConfigError("algorithm=fedrlnas samples ops only: search_space.input_combinations must be null")
+        model.add_module("reinforce", ReinforceState(*model.alpha_normal.shape))
+        return model
+
+    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> ChildTraining:
+        """Draw this client's child from the global alpha (torch is seeded per client) and train it alone."""
+        child = sample_child(model)
+        model.relaxation = FixedChild(one_hot_weights(model, child))
+        for kind in CELL_KINDS:
+            getattr(model.reinforce, f"child_{kind}").copy_(child[kind])
+        return ChildTraining(model, self.w_optimizer, cosine_lr(self.lr, self.lr_min, round_idx, rounds),
+                             self.grad_clip, self.reward_batches)
+
+    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> HeldOutLoader:
+        return HeldOutLoader(batch_loader(client.train, batch_size, shuffle=True, seed=seed),
+                             batch_loader(client.val, batch_size, shuffle=True, seed=seed + 1))
+
+    def aggregator(self, model: SearchNetwork, global_state: State) -> ReinforceAggregator:
+        return ReinforceAggregator(self, model, global_state)
+
+    def reinforce_step(self, model: SearchNetwork, state: State, children: list[Child], rewards: list[float]) -> None:
+        """Move ``state``'s alpha up the REINFORCE estimate and its baseline toward the round's mean reward.
+
+        ``model`` holds the alpha the children were drawn from (this round's global model).
+        """
+        mean_reward = sum(rewards) / len(rewards)
+        first = int(state["reinforce.updates"]) == 0
+        baseline = mean_reward if first else float(state["reinforce.baseline"])
+        step = int(state["reinforce.updates"]) + 1
+        for kind in CELL_KINDS:
+            alpha = state[f"alpha_{kind}"]
+            probabilities = op_distribution(model, kind).to(torch.float64).cpu()
+            direction = reinforce_direction(probabilities, [c[kind] for c in children], rewards, baseline)
+            if self.alpha_update == "adam":
+                exp_avg, exp_avg_sq = state[f"reinforce.exp_avg_{kind}"], state[f"reinforce.exp_avg_sq_{kind}"]
+                adam_ascent(alpha, direction.to(alpha.dtype), exp_avg, exp_avg_sq, step, self.alpha_lr,
+                            self.alpha_betas, self.alpha_eps)
+            else:
+                alpha.add_(direction.to(alpha.dtype), alpha=self.alpha_lr)
+        decay = self.baseline_decay
+        state["reinforce.baseline"].fill_(decay * baseline + (1 - decay) * mean_reward)
+        state["reinforce.reward"].fill_(mean_reward)
+        state["reinforce.updates"].fill_(step)
+
+    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
+        return {"reward_mean": float(model.reinforce.reward), "reward_baseline": float(model.reinforce.baseline)}

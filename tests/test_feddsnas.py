@@ -1,0 +1,80 @@
+"""FedDSNAS: hard Gumbel straight-through sampling, the child-only supernet step, and a 2-round run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from federated_nas.errors import ConfigError
+from federated_nas.runs import run_search
+from federated_nas.search_space.relaxations import HardGumbelRelaxation, SoftmaxRelaxation
+from federated_nas.search_space.supernet import SearchNetwork
+
+
+def test_straight_through_sample_is_one_hot_with_nonzero_alpha_gradient():
+    torch.manual_seed(0)
+    alpha = torch.randn(14, 8, requires_grad=True)
+    weights = HardGumbelRelaxation(0.5)(alpha)
+    assert torch.equal(weights.detach().sum(-1), torch.ones(14))
+    assert set(weights.detach().unique().tolist()) == {0.0, 1.0}
+    (grad,) = torch.autograd.grad((weights * torch.randn(14, 8)).sum(), alpha)
+    assert (grad.abs().sum(-1) > 0).all()  # every edge's alpha learns from its one sampled op
+
+
+def test_straight_through_gradient_known_answer():
+    """dL/dalpha_j = dL/dZ_s * (delta_sj - y_j) / T, y = softmax((alpha + G) / T): DSNAS' credit assignment."""
+    alpha = torch.tensor([[0.0, 1.0, -1.0]], requires_grad=True)
+    relaxation, temperature = HardGumbelRelaxation(2.0), 2.0
+    torch.manual_seed(3)
+    uniform = torch.rand(1, 3).clamp_(1e-10, 1.0 - 1e-7)  # the noise the relaxation will draw
+    perturbed = alpha.detach() - torch.log(-torch.log(uniform))
+    torch.manual_seed(3)
+    weights = relaxation(alpha)
+    chosen = int(perturbed.argmax())
+    expected_weights = torch.zeros(1, 3)
+    expected_weights[0, chosen] = 1.0
+    assert torch.equal(weights.detach(), expected_weights)
+    credit = torch.tensor([[2.0, 3.0, 5.0]])  # dL/dZ for L = sum(credit * Z)
+    (grad,) = torch.autograd.grad((weights * credit).sum(), alpha)
+    y = torch.softmax(perturbed / temperature, -1)
+    delta = torch.nn.functional.one_hot(torch.tensor([chosen]), 3).float()
+    torch.testing.assert_close(grad, credit[0, chosen] * (delta - y) / temperature)
+
+
+def test_evaluation_is_the_most_likely_child_without_noise():
+    alpha = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]])
+    relaxation = HardGumbelRelaxation(1.0).eval()
+    assert torch.equal(relaxation(alpha), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
+def forward_flops(net: torch.nn.Module) -> int:
+    with FlopCounterMode(display=False) as counter:
+        net(torch.randn(2, 3, 16, 16))
+    return counter.get_total_flops()
+
+
+def test_sampled_step_computes_about_the_child_only():
+    torch.manual_seed(0)
+    dense = SearchNetwork(3, 10, C=4, layers=3, relaxation=SoftmaxRelaxation())
+    sampled = SearchNetwork(3, 10, C=4, layers=3, relaxation=HardGumbelRelaxation())
+    sampled.load_state_dict(dense.state_dict())
+    assert forward_flops(sampled) < 0.3 * forward_flops(dense)
+    sampled.eval()
+    child = sampled.most_likely_child()  # after the training steps: the same BatchNorm statistics
+    assert forward_flops(sampled) == forward_flops(child)  # eval: the argmax child, computed as such
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(sampled(x), child(x), rtol=0, atol=0)
+
+
+def test_two_round_feddsnas_run(tiny_cfg):
+    result = run_search(tiny_cfg("search", ["algorithm=feddsnas", "logger=none"]))
+    assert 0.0 <= result["global_test_acc"] <= 1.0
+    # the final model is the most likely child: evaluating the supernet computes exactly it
+    assert result["global_test_acc"] == result["global_test_acc_discrete"]
+    assert result["child_params"] < result["supernet_params"]
+
+
+def test_bad_temperature_schedule_is_one_line(tiny_cfg):
+    with pytest.raises(ConfigError, match="algorithm.temperature"):
+        run_search(tiny_cfg("search", ["algorithm=feddsnas", "logger=none", "algorithm.temperature.shape=zigzag"]))
