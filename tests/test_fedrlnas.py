@@ -220,6 +220,9 @@ def test_two_round_fedrlnas_run_and_resume_equality(tiny_cfg, monkeypatch):
     for row in history:
         assert 0.0 <= row["reward_mean"] <= 1.0 and 0.0 <= row["reward_baseline"] <= 1.0
         assert 0.0 <= row["global_test_acc"] <= 1.0 and "genotype" in row and row["alpha_entropy"] > 0
+    # the server evaluates the argmax child: the same accuracy as that child cut out of the supernet
+    assert whole["global_test_acc"] == whole["global_test_acc_discrete"]
+    assert whole["child_params"] < whole["supernet_params"]
     final = load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")["model"]
     assert int(final["reinforce.updates"]) == 2 and float(final["reinforce.baseline"]) > 0
     resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from torch import nn
-
 from federated_nas.algorithms.base import OptimizerFactory
 from federated_nas.algorithms.fednas import FedNAS, MiLeNASSearch
-from federated_nas.algorithms.nas import AnnealedTemperature
-from federated_nas.search_space.network import count_parameters
+from federated_nas.algorithms.nas import AnnealedTemperature, MostLikelyChild
 from federated_nas.search_space.relaxations import HardGumbelRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
 
 
-class FedDSNAS(AnnealedTemperature, FedNAS):
+class FedDSNAS(MostLikelyChild, AnnealedTemperature, FedNAS):
     """FedNAS' loop and update with DSNAS' sampled, straight-through relaxation."""
 
     name = "feddsnas"
@@ -42,12 +39,3 @@ class FedDSNAS(AnnealedTemperature, FedNAS):
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
         return {"temperature": self.set_temperature(model, round_idx, rounds)}
-
-    def round_report(self, model: SearchNetwork) -> dict[str, Any]:
-        report = super().round_report(model)
-        report["child_params"] = count_parameters(self.discrete_model(model))
-        return report
-
-    def discrete_model(self, model: SearchNetwork) -> nn.Module:
-        """The most likely child as its own smaller network: what evaluation computes, without the unused ops."""
-        return model.most_likely_child()

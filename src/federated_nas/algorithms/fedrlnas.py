@@ -19,8 +19,8 @@ sampled keeps its value.
 
 The final model is the argmax child (the most likely op on every edge) with its trained weights,
 no retraining: the server's supernet relaxes alpha to that child's one-hot weights, so
-``global_test_acc`` is the argmax child's accuracy. ``global_test_acc_discrete`` is DARTS'
-derived genotype (two inputs per node) with the same weights.
+``global_test_acc`` is the argmax child's accuracy (``MostLikelyChild``: ``global_test_acc_discrete``
+evaluates that child cut out of the supernet, and ``child_params`` is its size).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import nn
 
 from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
 from federated_nas.algorithms.fedavg import SupervisedTraining
-from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.algorithms.nas import MostLikelyChild, SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
 from federated_nas.errors import ConfigError, DataError
@@ -170,7 +170,7 @@ def child_accuracy(model: nn.Module, batches: Iterable, limit: int | None, devic
     return correct / max(seen, 1)
 
 
-class FedRLNAS(SupernetAlgorithm):
+class FedRLNAS(MostLikelyChild, SupernetAlgorithm):
     """Server-side FedRLNAS: argmax-child global model, per-client sampled children, REINFORCE on alpha."""
 
     name = "fedrlnas"

@@ -82,6 +82,22 @@ class SupernetAlgorithm(FederatedAlgorithm):
         return model.discretized()
 
 
+class MostLikelyChild:
+    """The final model of the single-path methods (FedDSNAS, FedRLNAS): every edge's argmax op, no retraining.
+
+    Their server evaluates exactly this child, so ``global_test_acc_discrete`` repeats
+    ``global_test_acc`` as a check; ``child_params`` is the final model's size (arch parameters included).
+    """
+
+    def discrete_model(self, model: SearchNetwork) -> SearchNetwork:
+        return model.most_likely_child()
+
+    def round_report(self, model: SearchNetwork) -> dict[str, Any]:
+        report = super().round_report(model)
+        report["child_params"] = count_parameters(model.most_likely_child())
+        return report
+
+
 class AnnealedTemperature:
     """A relaxation temperature annealed over rounds, set on the model the server or a client holds.
 

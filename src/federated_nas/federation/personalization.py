@@ -2,7 +2,7 @@
 
 Reported as mean and std of local-test accuracy before and after adaptation, with a histogram
 of the clients' accuracies (the FedNAS paper's Figure 5), and each client's own genotype is
-saved (the simplest form of the meta-FedPNAS idea). The per-client accuracies are also saved as
+saved (for FedPNAS, that of its personal cells). The per-client accuracies are also saved as
 ``personalized/client_accuracy.json``, so runs can be compared afterwards without re-running.
 """
 
@@ -34,7 +34,8 @@ def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: F
         kept = (personal or {}).get(client.client_id, {})
         adapted = algorithm.adapt(model, client, batch_size, client_seed(seed, after_round, client.client_id), kept)
         after.append(evaluate(adapted, client.test, eval_batch_size, device)[0])
-        genotype = getattr(adapted, "genotype", None)
+        # a client's own architecture: its personal cells' (FedPNAS), else its adapted genotype
+        genotype = getattr(adapted, "personal_genotype", None) or getattr(adapted, "genotype", None)
         if genotype is not None:
             path = genotype().save(Path(run_dir) / "personalized" / f"client_{client.client_id}.json")
             tracker.log_artifact(path, "personalized")

@@ -181,9 +181,7 @@ class MLPSearchNetwork(RelaxedArchitecture, nn.Module):
     # --- pruning -----------------------------------------------------------------------------
     def prune_to(self, masks: dict[str, torch.Tensor]) -> None:
         """Adopt the given masks (never reviving a removed op) and drop the removed ops' modules."""
-        for name, mask in masks.items():
-            buffer = getattr(self, name)
-            buffer.copy_(buffer & mask.to(buffer.device, torch.bool))
+        self.adopt_masks(masks)
         for layer, active in zip(self.layers, self.op_mask_layers):
             layer.prune(active)
 

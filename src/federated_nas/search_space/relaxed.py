@@ -53,7 +53,14 @@ class RelaxedArchitecture:
     def masks(self) -> dict[str, torch.Tensor]:
         return {name: buf.clone() for name, buf in self.named_buffers() if "_mask_" in name and "." not in name}
 
+    def adopt_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Narrow the ``*_mask_*`` buffers to ``masks``: a removed choice never comes back."""
+        for name, mask in masks.items():
+            buffer = getattr(self, name)
+            buffer.copy_(buffer & mask.to(buffer.device, torch.bool))
+
     def prune_to(self, masks: dict[str, torch.Tensor]) -> None:
+        """Adopt the masks (``adopt_masks``) and drop the removed ops' modules."""
         raise NotImplementedError
 
     def match_structure(self, state: dict[str, torch.Tensor]) -> None:

@@ -482,9 +482,7 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
     # --- pruning (masks, match_structure: RelaxedArchitecture) ----------------------------------
     def prune_to(self, masks: dict[str, torch.Tensor]) -> None:
         """Adopt the given masks (never reviving a removed choice) and drop the removed ops' modules."""
-        for name, mask in masks.items():
-            buffer = getattr(self, name)
-            buffer.copy_(buffer & mask.to(buffer.device, torch.bool))
+        self.adopt_masks(masks)
         for kind in CELL_KINDS:
             active = getattr(self, f"op_mask_{kind}").clone()
             if self.combinations is not None:  # an edge in no live combination is gone entirely
