@@ -86,3 +86,13 @@ def test_bad_backend_settings_are_one_line_config_errors(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="launch with torchrun"):  # cluster=torchrun without torchrun
         launcher_place()
+
+
+def test_spawned_workers_share_the_machines_cores():
+    """Each of N workers on one machine gets cores // N threads (at least 1), never all the cores."""
+    from federated_nas.federation.distributed import worker_threads
+
+    assert worker_threads(2, cores=2) == 1
+    assert worker_threads(4, cores=16) == 4
+    assert worker_threads(3, cores=2) == 1
+    assert worker_threads(1, cores=8) == 8
