@@ -115,11 +115,11 @@ def test_reinforce_direction_and_adam_step_known_answer():
     torch.testing.assert_close(alpha, torch.tensor([[0.2, -0.2]], dtype=torch.float64))
 
 
-def tiny_algorithm(**options) -> tuple[FedRLNAS, SearchNetwork]:
-    """Two ops (avg_pool, sep_conv), one node: 2 edges per cell kind."""
+def tiny_algorithm(method: type[FedRLNAS] = FedRLNAS, **options) -> tuple[FedRLNAS, SearchNetwork]:
+    """Two ops (avg_pool, sep_conv), one node: 2 edges per cell kind; alpha starts uniform."""
     space = functools.partial(SearchNetwork, C=2, layers=1, steps=1, multiplier=1,
                               primitives=("avg_pool_3x3", "sep_conv_3x3"))
-    algorithm = FedRLNAS(space, functools.partial(torch.optim.SGD), **options)
+    algorithm = method(space, functools.partial(torch.optim.SGD), **options)
     torch.manual_seed(0)
     model = algorithm.build_model(TINY_DATA)
     with torch.no_grad():
@@ -206,6 +206,8 @@ def test_reinforce_on_a_two_arm_problem_moves_probability_to_the_better_arm():
     ("algorithm.baseline_decay=1.0", "baseline_decay"),
     ("algorithm.alpha_update=momentum", "alpha_update"),
     ("algorithm.reward_batches=0", "reward_batches"),
+    ("algorithm.local_step=adam", "local_step"),
+    ("algorithm.prune_at=[1.5]", "prune_at"),
 ])
 def test_bad_fedrlnas_config_is_one_clear_error(tiny_cfg, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -240,3 +240,15 @@ def test_comparison_experiments_compose(experiment, partition):
         10, 0.5, 10, 32, 2000)
     for name, node in swept.items():
         assert build(node).name == name  # every swept method builds with the experiment's settings
+
+
+def test_personal_nas_experiment_is_table_5_at_the_compare_budget():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("search", overrides=["experiment=personal_nas_cpu"], return_hydra_config=True)
+        methods = cfg.hydra.sweeper.params.algorithm.split(",")
+        nodes = {name: compose("search", overrides=["experiment=personal_nas_cpu", f"algorithm={name}"]).algorithm
+                 for name in methods}
+    assert methods == ["fednas", "fedmetanas", "fedpnas", "meta_fedpnas", "perfedrlnas", "meta_perfedrlnas"]
+    assert (cfg.task_name, cfg.personalize, cfg.partition.alpha, cfg.federation.rounds) == ("compare_cpu", True, 0.1, 8)
+    for name, node in nodes.items():
+        assert build(node).name == name

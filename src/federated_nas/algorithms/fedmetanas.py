@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.nas import AnnealedTemperature, ArchitectureSearch, SupernetAlgorithm
+from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.nas import AnnealedTemperature, ArchitectureSearch, ScheduledPruning, SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
@@ -43,6 +43,24 @@ def meta_parameters(model: SearchNetwork, lr_w: float, lr_alpha: float) -> tuple
     return weights + arch, [lr_w] * len(weights) + [lr_alpha] * len(arch)
 
 
+def first_order_meta_gradient(module: LocalModule, params: list[torch.nn.Parameter], rates: list[float],
+                              batch: dict, steps: int) -> torch.Tensor:
+    """Accumulate into ``params``' grads the first-order MAML meta-gradient of one (support, query) task.
+
+    ``steps`` inner SGD steps adapt a task copy of ``params`` on the support batch; the query
+    loss is differentiated at the adapted point; ``params`` then go back to the meta point,
+    where the caller's optimizer step applies that gradient (Eq. 9-10). Returns the query loss.
+    """
+    meta_point = [p.detach().clone() for p in params]
+    inner_steps(module.model, params, rates, [batch["support"]] * steps, module.loss)  # the task copy
+    query_loss = module.loss(batch["query"])
+    module.manual_backward(query_loss)
+    with torch.no_grad():
+        for param, start in zip(params, meta_point):
+            param.copy_(start)
+    return query_loss
+
+
 class MetaSearch(ArchitectureSearch):
     """One client's FedMetaNAS local search: first-order MAML over weights and architecture jointly."""
 
@@ -53,19 +71,13 @@ class MetaSearch(ArchitectureSearch):
 
     def local_step(self, batch) -> torch.Tensor:
         params, rates = meta_parameters(self.model, self.inner_lr_w, self.inner_lr_alpha)
-        meta_point = [p.detach().clone() for p in params]
-        inner_steps(self.model, params, rates, [batch["support"]] * self.inner_steps, self.loss)  # task copy
         self.zero_grads()
-        query_loss = self.loss(batch["query"])
-        self.manual_backward(query_loss)  # gradient at the adapted point: the first-order MAML meta-gradient
-        with torch.no_grad():
-            for param, start in zip(params, meta_point):
-                param.copy_(start)  # back to the meta point, where the meta step applies
+        query_loss = first_order_meta_gradient(self, params, rates, batch, self.inner_steps)
         self.step()
         return query_loss
 
 
-class FedMetaNAS(AnnealedTemperature, SupernetAlgorithm):
+class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
     """Server-side view of FedMetaNAS: temperature schedule, pruning on the aggregate, personal adaptation."""
 
     name = "fedmetanas"
@@ -78,15 +90,13 @@ class FedMetaNAS(AnnealedTemperature, SupernetAlgorithm):
                  adapt_steps: int = 5, grad_clip: float | None = 5.0):
         SupernetAlgorithm.__init__(self, search_space)
         AnnealedTemperature.__init__(self, temperature)
+        ScheduledPruning.__init__(self, prune_at, prune_threshold)
         if inner_steps < 0:
             raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
-        if any(not 0 < f <= 1 for f in prune_at):
-            raise ConfigError(f"algorithm.prune_at holds fractions of the rounds in (0, 1], got {list(prune_at)}")
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
         self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
-        self.task_size, self.input_combinations = task_size, input_combinations
-        self.prune_at, self.prune_threshold, self.adapt_steps = list(prune_at), prune_threshold, adapt_steps
+        self.task_size, self.input_combinations, self.adapt_steps = task_size, input_combinations, adapt_steps
 
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": GumbelSoftmaxRelaxation(self.temperature["start"]),
@@ -101,16 +111,10 @@ class FedMetaNAS(AnnealedTemperature, SupernetAlgorithm):
     def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
         return paired_loader(client.train, client.val, ("support", "query"), self.task_size or batch_size, seed)
 
-    def prune_rounds(self, rounds: int) -> set[int]:
-        return {max(int(round(f * rounds)) - 1, 0) for f in self.prune_at}
-
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
         """Anneal the server's temperature and, at the scheduled rounds, prune on the aggregated architecture."""
-        facts: dict[str, Any] = {"temperature": self.set_temperature(model, round_idx, rounds)}
-        if round_idx in self.prune_rounds(rounds):
-            removed = model.prune(self.prune_threshold)
-            facts.update(pruned_ops=removed["ops"], pruned_combinations=removed["combinations"])
-        return facts
+        return {"temperature": self.set_temperature(model, round_idx, rounds),
+                **self.prune_if_due(model, round_idx, rounds)}
 
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:

@@ -29,13 +29,15 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
 from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
 from federated_nas.algorithms.fedavg import SupervisedTraining
-from federated_nas.algorithms.nas import MostLikelyChild, SupernetAlgorithm
+from federated_nas.algorithms.fedmetanas import first_order_meta_gradient
+from federated_nas.algorithms.nas import MostLikelyChild, ScheduledPruning, SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData, FederatedData
-from federated_nas.data.loaders import batch_loader
+from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.aggregation import MaskedAverage, State
 from federated_nas.search_space.children import (Child, check_child, child_entry_masks, one_hot_weights,
@@ -44,6 +46,7 @@ from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 
 ALPHA_UPDATES = ("adam", "ascent")
+LOCAL_STEPS = ("sgd", "maml")
 
 
 class ReinforceState(nn.Module):
@@ -65,6 +68,18 @@ class ReinforceState(nn.Module):
 
     def child(self) -> Child:
         return {kind: getattr(self, f"child_{kind}").cpu() for kind in CELL_KINDS}
+
+    def policy_names(self, prefix: str = "reinforce.") -> list[str]:
+        """The REINFORCE optimizer's state of one policy: baseline, step count and Adam moments."""
+        names = ["baseline", "updates"] + [f"{moment}_{kind}" for kind in CELL_KINDS
+                                           for moment in ("exp_avg", "exp_avg_sq")]
+        return [prefix + name for name in names]
+
+    def assign(self, model: SearchNetwork, child: Child) -> None:
+        """Make ``model`` compute ``child`` alone, and record the child for the upload."""
+        model.relaxation = FixedChild(one_hot_weights(model, child))
+        for kind in CELL_KINDS:
+            getattr(self, f"child_{kind}").copy_(child[kind])
 
 
 def reinforce_direction(probabilities: torch.Tensor, actions: list[torch.Tensor], rewards: list[float],
@@ -91,12 +106,13 @@ def adam_ascent(param: torch.Tensor, direction: torch.Tensor, exp_avg: torch.Ten
 class ReinforceAggregator:
     """The FedRLNAS server step: child-masked weight average plus the REINFORCE update of alpha."""
 
-    def __init__(self, algorithm: "FedRLNAS", model: SearchNetwork, global_state: State):
+    def __init__(self, algorithm: "FedRLNAS", model: SearchNetwork, global_state: State,
+                 server_keys: tuple[str, ...] = ("alpha_", "reinforce.")):
         self.algorithm, self.model = algorithm, model
         self.average = MaskedAverage(global_state)
-        # the server's entries: never averaged, set by the REINFORCE step
+        # the server's entries (keys starting with ``server_keys``): never averaged, set by its REINFORCE step
         self.server_masks = {key: torch.zeros_like(value, dtype=torch.bool) for key, value in global_state.items()
-                             if key.startswith(("alpha_", "reinforce."))}
+                             if key.startswith(server_keys)}
         self.children: list[Child] = []
         self.rewards: list[float] = []
 
@@ -131,25 +147,50 @@ class HeldOutLoader:
         self.train, self.held_out = train, held_out
 
     def __iter__(self):
+        if isinstance(self.train, CombinedLoader):  # (support, query) tasks: outside a fit's own
+            return (batch for batch, _, _ in self.train)  # unpacking it yields (batch, index, loader index)
         return iter(self.train)
 
     def __len__(self) -> int:
+        if isinstance(self.train, CombinedLoader):  # max_size_cycle: as long as its longest loader
+            return max(len(loader) for loader in self.train.flattened)
         return len(self.train)
 
 
 class ChildTraining(SupervisedTraining):
-    """A client trains its fixed child's weights, then measures the child's val accuracy: the reward."""
+    """A client trains its fixed child's weights, then measures the child's val accuracy: the reward.
+
+    ``maml`` (inner steps, inner lr) trains them by FedMetaNAS' first-order MAML step on
+    (support, query) tasks instead of plain SGD: the meta- variants. Only the weights are
+    meta-learned; the architecture is the policy's, which has no gradient here.
+    """
 
     def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None,
-                 reward_batches: int | None):
+                 reward_batches: int | None, maml: tuple[int, float] | None = None):
         super().__init__(model, w_optimizer, lr, grad_clip)
-        self.reward_batches = reward_batches
+        self.reward_batches, self.maml = reward_batches, maml
+
+    def local_step(self, batch) -> torch.Tensor:
+        if self.maml is None:
+            return super().local_step(batch)
+        steps, inner_lr = self.maml
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        params = self.weight_parameters()
+        query_loss = first_order_meta_gradient(self, params, [inner_lr] * len(params), batch, steps)
+        self.clip_weight_gradients(optimizer)
+        optimizer.step()
+        return query_loss
 
     def on_train_end(self) -> None:
         loader = self.trainer.train_dataloader
-        self.model.reinforce.reward.fill_(child_accuracy(self.model, loader.held_out, self.reward_batches,
-                                                         self.device))
+        reward = child_accuracy(self.model, loader.held_out, self.reward_batches, self.device)
+        self.model.reinforce.reward.fill_(reward)
+        self.after_reward(reward)
         super().on_train_end()
+
+    def after_reward(self, reward: float) -> None:
+        """What the client does with its reward besides reporting it (PerFedRLNAS: its own policy's step)."""
 
 
 @torch.no_grad()
@@ -170,16 +211,31 @@ def child_accuracy(model: nn.Module, batches: Iterable, limit: int | None, devic
     return correct / max(seen, 1)
 
 
-class FedRLNAS(MostLikelyChild, SupernetAlgorithm):
-    """Server-side FedRLNAS: argmax-child global model, per-client sampled children, REINFORCE on alpha."""
+class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
+    """Server-side FedRLNAS: argmax-child global model, per-client sampled children, REINFORCE on alpha.
+
+    ``local_step: maml`` and ``prune_at`` add FedMetaNAS' MAML child training and the server's
+    soft pruning (on the alpha the children are drawn from): the FedMetaNAS paper's meta- variants.
+    """
 
     name = "fedrlnas"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  lr: float = 0.025, lr_min: float = 0.001, grad_clip: float | None = 5.0,
                  alpha_lr: float = 3e-3, alpha_update: str = "adam", alpha_betas: Iterable[float] = (0.5, 0.999),
-                 alpha_eps: float = 1e-8, baseline_decay: float = 0.99, reward_batches: int | None = None):
-        super().__init__(search_space)
+                 alpha_eps: float = 1e-8, baseline_decay: float = 0.99, reward_batches: int | None = None,
+                 local_step: str = "sgd", inner_steps: int = 1, inner_lr: float = 0.025, task_size: int | None = None,
+                 prune_at: Iterable[float] = (), prune_threshold: float = 0.01):
+        SupernetAlgorithm.__init__(self, search_space)
+        ScheduledPruning.__init__(self, prune_at, prune_threshold)
+        if local_step not in LOCAL_STEPS:
+            raise ConfigError(f"algorithm.local_step must be one of {', '.join(LOCAL_STEPS)}, got {local_step!r}")
+        if inner_steps < 0:
+            raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
+        self.maml = (inner_steps, inner_lr) if local_step == "maml" else None
+        if self.maml is not None:  # runs and tags say which variant ran
+            self.name = f"meta_{type(self).name}"
+        self.task_size = task_size
         if alpha_update not in ALPHA_UPDATES:
             raise ConfigError(f"algorithm.alpha_update must be one of {', '.join(ALPHA_UPDATES)}, got {alpha_update!r}")
         if not alpha_lr > 0:
@@ -209,43 +265,64 @@ class FedRLNAS(MostLikelyChild, SupernetAlgorithm):
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> ChildTraining:
         """Draw this client's child from the global alpha (torch is seeded per client) and train it alone."""
-        child = sample_child(model)
-        model.relaxation = FixedChild(one_hot_weights(model, child))
-        for kind in CELL_KINDS:
-            getattr(model.reinforce, f"child_{kind}").copy_(child[kind])
+        model.reinforce.assign(model, sample_child(model))
         return ChildTraining(model, self.w_optimizer, cosine_lr(self.lr, self.lr_min, round_idx, rounds),
-                             self.grad_clip, self.reward_batches)
+                             self.grad_clip, self.reward_batches, self.maml)
 
     def client_loader(self, client: ClientData, batch_size: int, seed: int) -> HeldOutLoader:
-        return HeldOutLoader(batch_loader(client.train, batch_size, shuffle=True, seed=seed),
-                             batch_loader(client.val, batch_size, shuffle=True, seed=seed + 1))
+        """Train batches (MAML: (support, query) tasks of train and val) and the val batches of the reward."""
+        if self.maml is None:
+            train = batch_loader(client.train, batch_size, shuffle=True, seed=seed)
+        else:
+            train = paired_loader(client.train, client.val, ("support", "query"), self.task_size or batch_size, seed)
+        return HeldOutLoader(train, batch_loader(client.val, batch_size, shuffle=True, seed=seed + 1))
 
     def aggregator(self, model: SearchNetwork, global_state: State) -> ReinforceAggregator:
         return ReinforceAggregator(self, model, global_state)
 
     def reinforce_step(self, model: SearchNetwork, state: State, children: list[Child], rewards: list[float]) -> None:
-        """Move ``state``'s alpha up the REINFORCE estimate and its baseline toward the round's mean reward.
+        """The server's step: ``state``'s alpha up the REINFORCE estimate, its baseline toward the mean reward.
 
         ``model`` holds the alpha the children were drawn from (this round's global model).
         """
-        mean_reward = sum(rewards) / len(rewards)
-        first = int(state["reinforce.updates"]) == 0
-        baseline = mean_reward if first else float(state["reinforce.baseline"])
-        step = int(state["reinforce.updates"]) + 1
+        self.policy_step(state, {kind: op_distribution(model, kind) for kind in CELL_KINDS}, children, rewards)
+        state["reinforce.reward"].fill_(sum(rewards) / len(rewards))
+
+    def policy_step(self, state: State, probabilities: dict[str, torch.Tensor], children: list[Child],
+                    rewards: list[float], first_baseline: float | None = None) -> None:
+        """One REINFORCE step, in place, of the policy whose alpha and optimizer state ``state`` holds.
+
+        ``probabilities`` is the distribution the children were drawn from. The policy's first step
+        uses ``first_baseline`` (None: the mean of ``rewards``) as its baseline.
+        """
+        baseline = self.advance_baseline(state, rewards, first_baseline)
+        step = int(state["reinforce.updates"])
         for kind in CELL_KINDS:
             alpha = state[f"alpha_{kind}"]
-            probabilities = op_distribution(model, kind).to(torch.float64).cpu()
-            direction = reinforce_direction(probabilities, [c[kind] for c in children], rewards, baseline)
+            direction = reinforce_direction(probabilities[kind].to(torch.float64).cpu(),
+                                            [c[kind] for c in children], rewards, baseline).to(alpha)
             if self.alpha_update == "adam":
-                exp_avg, exp_avg_sq = state[f"reinforce.exp_avg_{kind}"], state[f"reinforce.exp_avg_sq_{kind}"]
-                adam_ascent(alpha, direction.to(alpha.dtype), exp_avg, exp_avg_sq, step, self.alpha_lr,
-                            self.alpha_betas, self.alpha_eps)
+                adam_ascent(alpha, direction, state[f"reinforce.exp_avg_{kind}"],
+                            state[f"reinforce.exp_avg_sq_{kind}"], step, self.alpha_lr, self.alpha_betas,
+                            self.alpha_eps)
             else:
-                alpha.add_(direction.to(alpha.dtype), alpha=self.alpha_lr)
-        decay = self.baseline_decay
-        state["reinforce.baseline"].fill_(decay * baseline + (1 - decay) * mean_reward)
-        state["reinforce.reward"].fill_(mean_reward)
-        state["reinforce.updates"].fill_(step)
+                alpha.add_(direction, alpha=self.alpha_lr)
+
+    def advance_baseline(self, state: State, rewards: list[float], first_baseline: float | None = None) -> float:
+        """b <- decay * b + (1 - decay) * mean reward, and one more update counted; returns the b before.
+
+        With no update counted yet, the b before is ``first_baseline`` (None: the mean reward itself,
+        so the first advantages are centred rather than all positive).
+        """
+        mean_reward = sum(rewards) / len(rewards)
+        if int(state["reinforce.updates"]) == 0:
+            baseline = mean_reward if first_baseline is None else first_baseline
+        else:
+            baseline = float(state["reinforce.baseline"])
+        state["reinforce.baseline"].fill_(self.baseline_decay * baseline + (1 - self.baseline_decay) * mean_reward)
+        state["reinforce.updates"].add_(1)
+        return baseline
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
-        return {"reward_mean": float(model.reinforce.reward), "reward_baseline": float(model.reinforce.baseline)}
+        return {"reward_mean": float(model.reinforce.reward), "reward_baseline": float(model.reinforce.baseline),
+                **self.prune_if_due(model, round_idx, rounds)}

@@ -3,7 +3,7 @@ and the discrete model with inherited weights (the "after" column of FedMetaNAS'
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,30 @@ class MostLikelyChild:
         report = super().round_report(model)
         report["child_params"] = count_parameters(model.most_likely_child())
         return report
+
+
+class ScheduledPruning:
+    """Soft pruning decided by the server on the aggregated architecture, after fractions of the rounds.
+
+    At each scheduled round every op (and input combination) whose probability is under
+    ``prune_threshold`` leaves the model for good, so every client receives the same smaller
+    supernet. The rounds are a function of the schedule alone (resume-safe).
+    """
+
+    def __init__(self, prune_at: Iterable[float], prune_threshold: float):
+        self.prune_at, self.prune_threshold = list(prune_at), prune_threshold
+        if any(not 0 < f <= 1 for f in self.prune_at):
+            raise ConfigError(f"algorithm.prune_at holds fractions of the rounds in (0, 1], got {self.prune_at}")
+
+    def prune_rounds(self, rounds: int) -> set[int]:
+        return {max(int(round(f * rounds)) - 1, 0) for f in self.prune_at}
+
+    def prune_if_due(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
+        """Prune ``model`` when ``round_idx`` is scheduled; the counts removed, to log."""
+        if round_idx not in self.prune_rounds(rounds):
+            return {}
+        removed = model.prune(self.prune_threshold)
+        return {"pruned_ops": removed["ops"], "pruned_combinations": removed["combinations"]}
 
 
 class AnnealedTemperature:

@@ -21,12 +21,12 @@ def op_distribution(model: SearchNetwork, kind: str) -> torch.Tensor:
     return F.softmax(alpha.masked_fill(~mask, MASKED), dim=-1) * mask
 
 
-def sample_child(model: SearchNetwork) -> Child:
-    """One op per edge drawn from the op distribution, with torch's global CPU generator.
+def sample_child(model: SearchNetwork, generator: torch.Generator | None = None) -> Child:
+    """One op per edge drawn from the op distribution, with ``generator`` (torch's global CPU one if None).
 
     Drawn on the CPU so that the same seed gives the same child on any device.
     """
-    return {kind: torch.multinomial(op_distribution(model, kind).cpu().double(), 1).squeeze(1)
+    return {kind: torch.multinomial(op_distribution(model, kind).cpu().double(), 1, generator=generator).squeeze(1)
             for kind in CELL_KINDS}
 
 
