@@ -170,3 +170,84 @@ def test_resume_across_a_pruning_round_equals_uninterrupted(tiny_cfg, monkeypatc
     resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)
     assert_same_states(load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")["model"],
                        load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")["model"])
+
+
+# --- BatchNorm recalibration (evaluation statistics under the deterministic weights) ---------------
+
+def gumbel_net(seed: int = 0) -> SearchNetwork:
+    torch.manual_seed(seed)
+    return SearchNetwork(C=2, num_classes=3, layers=2, in_channels=1,
+                         relaxation=GumbelSoftmaxRelaxation(0.5), input_combinations=2).double()
+
+
+def batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_recalibrated_statistics_are_those_of_the_deterministic_forward():
+    """One batch: running mean and var become that batch's statistics under softmax(alpha / T), no Gumbel noise."""
+    from federated_nas.algorithms.nas import recalibrate_batch_norm
+
+    net = gumbel_net()
+    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    expected = copy.deepcopy(net).train()
+    expected.relaxation.eval()
+    for norm in batch_norms(expected):
+        norm.reset_running_stats()
+        norm.momentum = 1.0  # running statistics := this batch's
+    with torch.no_grad():
+        expected(x)
+    weights = copy.deepcopy(net.state_dict())
+    net.eval()
+    recalibrate_batch_norm(net, [x])
+    assert not net.training and all(norm.momentum == 0.1 for norm in batch_norms(net))
+    for got, want in zip(batch_norms(net), batch_norms(expected)):
+        torch.testing.assert_close(got.running_mean, want.running_mean)
+        torch.testing.assert_close(got.running_var, want.running_var)
+        assert int(got.num_batches_tracked) == 1
+    for key, value in net.state_dict().items():  # weights and architecture unchanged
+        if "running_" not in key and "num_batches" not in key:
+            assert torch.equal(value, weights[key]), key
+
+
+def test_client_upload_carries_statistics_recalibrated_over_its_first_support_batches():
+    import lightning as L
+
+    from federated_nas.algorithms.fedmetanas import FedMetaNAS
+    from federated_nas.algorithms.nas import recalibrate_batch_norm
+    from federated_nas.federation.backends import LocalBackend, client_seed
+    from test_perfedrlnas import tiny_client
+
+    space = functools.partial(SearchNetwork, C=2, layers=2)
+    algorithm = FedMetaNAS(space, functools.partial(torch.optim.SGD), functools.partial(torch.optim.Adam, lr=0.01),
+                           bn_recalibration_batches=1)
+    data = type("Data", (), {"in_channels": 1, "num_classes": 3, "input_shape": (1, 8, 8)})()
+    torch.manual_seed(0)
+    model = algorithm.build_model(data)
+    client = tiny_client(0, seed=4)
+    update = next(LocalBackend(functools.partial(L.Trainer)).run_round(
+        algorithm, model, [client], 0, 2, seed=0, local_epochs=1, local_batches=2, batch_size=4))
+    trained = copy.deepcopy(model)
+    trained.load_state_dict(update.state)
+    first_task, _, _ = next(iter(algorithm.client_loader(client, 4, client_seed(0, 0, 0))))  # a CombinedLoader's
+    first_support = first_task["support"][0]
+    algorithm.set_temperature(trained, 0, 2)
+    recalibrate_batch_norm(trained, [first_support])
+    for key, value in trained.state_dict().items():
+        if "running_" in key:
+            torch.testing.assert_close(update.state[key], value, msg=key)
+
+
+def test_relaxation_diagnosis_script_on_a_tiny_run(tiny_cfg):
+    from test_tracking import load_script
+
+    final = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedmetanas",
+                                           "algorithm.bn_recalibration_batches=1"]))
+    report = load_script("diagnose_relaxation").main([final["run_dir"], "--samples", "100000", "--gumbel-draws", "20"])
+    assert report["accuracy"] == pytest.approx(final["global_test_acc"])  # the last round's, on the whole test set
+    assert 0.0 <= report["accuracy_test_batch_norm"] <= 1.0
+    assert report["temperature"] == pytest.approx(0.1)  # the last round's, annealed 1.0 -> 0.1
+    assert 0.0 < report["eval_max_weight"] <= report["train_max_weight"] <= 1.0
+    fednas = run_search(tiny_cfg("search", ["logger=none", "algorithm=fednas"], run="fednas"))
+    with pytest.raises(SystemExit):  # one line: FedNAS relaxes with a plain softmax
+        load_script("diagnose_relaxation").main([fednas["run_dir"]])

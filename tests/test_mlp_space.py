@@ -172,6 +172,14 @@ def test_search_space_and_data_mismatch_is_one_line(tiny_cfg, overrides, message
     assert "\n" not in str(err.value)
 
 
+def test_fixed_image_model_on_vector_data_is_one_line_and_writes_nothing(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("search", ["dataset=synthetic_vector", "algorithm=fedavg", "model=cnn", "logger=none"])
+    with pytest.raises(ConfigError, match=r"algorithm=fedavg cannot read the dataset's samples of shape \[8\]") as err:
+        run_search(cfg)
+    assert "\n" not in str(err.value)
+    assert not Path(cfg.paths.output_dir).exists()
+
+
 def test_run_comparison_has_no_cell_to_draw_for_an_mlp_genotype(tmp_path):
     from types import SimpleNamespace
 

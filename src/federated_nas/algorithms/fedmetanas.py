@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.nas import AnnealedTemperature, ArchitectureSearch, ScheduledPruning, SupernetAlgorithm
+from federated_nas.algorithms.nas import (AnnealedTemperature, ArchitectureSearch, RecalibrateBatchNorm, ScheduledPruning,
+                                         SupernetAlgorithm, recalibrate_batch_norm)
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
@@ -61,6 +62,10 @@ def first_order_meta_gradient(module: LocalModule, params: list[torch.nn.Paramet
     return query_loss
 
 
+def support_inputs(task: dict) -> torch.Tensor:
+    return task["support"][0]
+
+
 class MetaSearch(ArchitectureSearch):
     """One client's FedMetaNAS local search: first-order MAML over weights and architecture jointly."""
 
@@ -87,12 +92,16 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
                  inner_steps: int = 1, inner_lr_w: float = 0.025, inner_lr_alpha: float = 0.003,
                  task_size: int | None = None, temperature: dict | None = None, input_combinations: int = 2,
                  prune_at: Iterable[float] = (0.5, 0.75), prune_threshold: float = 0.01,
-                 adapt_steps: int = 5, grad_clip: float | None = 5.0):
+                 adapt_steps: int = 5, grad_clip: float | None = 5.0, bn_recalibration_batches: int = 0):
         SupernetAlgorithm.__init__(self, search_space)
         AnnealedTemperature.__init__(self, temperature)
         ScheduledPruning.__init__(self, prune_at, prune_threshold)
         if inner_steps < 0:
             raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
+        if not (isinstance(bn_recalibration_batches, int) and bn_recalibration_batches >= 0):
+            raise ConfigError(f"algorithm.bn_recalibration_batches must be an integer >= 0, "
+                              f"got {bn_recalibration_batches}")
+        self.bn_recalibration_batches = bn_recalibration_batches
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
         self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
@@ -104,9 +113,12 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MetaSearch:
         self.set_temperature(model, round_idx, rounds)
-        return MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
-                          cosine_lr(self.lr, self.lr_min, round_idx, rounds), self.inner_steps,
-                          self.inner_lr_w, self.inner_lr_alpha, self.grad_clip)
+        module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
+                            cosine_lr(self.lr, self.lr_min, round_idx, rounds), self.inner_steps,
+                            self.inner_lr_w, self.inner_lr_alpha, self.grad_clip)
+        if self.bn_recalibration_batches:
+            module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, support_inputs))
+        return module
 
     def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
         return paired_loader(client.train, client.val, ("support", "query"), self.task_size or batch_size, seed)
@@ -124,4 +136,7 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         batches = (batches * self.adapt_steps)[: self.adapt_steps]
         params, rates = meta_parameters(personal, self.inner_lr_w, self.inner_lr_alpha)
         inner_steps(personal, params, rates, batches, functools.partial(classification_loss, personal))
+        if self.bn_recalibration_batches:
+            device = params[0].device
+            recalibrate_batch_norm(personal, [x.to(device) for x, _ in batches[: self.bn_recalibration_batches]])
         return personal.eval()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory
@@ -42,6 +44,49 @@ class ArchitectureSearch(LocalModule):
         self.clip_weight_gradients(w_opt)
         w_opt.step()
         alpha_opt.step()
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: SearchNetwork, inputs: Iterable[torch.Tensor]) -> None:
+    """Every BatchNorm's running statistics, recomputed as the exact average over ``inputs`` under the
+    evaluation relaxation (deterministic op weights).
+
+    Sampled relaxations (Gumbel-softmax) train near-one-hot paths, so the statistics gathered in
+    training describe activations the evaluated mixture never produces. Only evaluation reads
+    running statistics, so training is unchanged (one-shot NAS' BN recalibration, as in SPOS).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta, was_training = [norm.momentum for norm in norms], model.training
+    model.train()
+    model.relaxation.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average
+    try:
+        for x in inputs:
+            model(x)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.train(was_training)
+
+
+class RecalibrateBatchNorm(L.Callback):
+    """At the end of a client's local search, ``recalibrate_batch_norm`` over the first ``batches``
+    training inputs it saw (``inputs`` picks them out of a batch), so the server averages
+    statistics that match what it evaluates."""
+
+    def __init__(self, batches: int, inputs: Callable[[Any], torch.Tensor]):
+        self.batches, self.inputs = batches, inputs
+        self.seen: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: LocalModule, batch: Any, batch_idx: int) -> None:
+        if len(self.seen) < self.batches:
+            self.seen.append(self.inputs(batch).detach())
+
+    def on_train_end(self, trainer: L.Trainer, module: LocalModule) -> None:
+        recalibrate_batch_norm(module.model, self.seen)
+        self.seen = []
 
 
 class SupernetAlgorithm(FederatedAlgorithm):

@@ -92,6 +92,27 @@ def state_bytes(state: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
+@torch.no_grad()
+def check_model_reads(model: nn.Module, sample_shape: tuple[int, ...], algorithm: str) -> None:
+    """One line, before any round, when the built model cannot take the dataset's samples.
+
+    A one-sample forward in eval mode: it draws no random numbers and changes no statistics, so
+    the run is the same as without it. (An image model on vector data fails here, not in a client.)
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(iter(model.parameters())).device
+        model(torch.zeros(1, *sample_shape, device=device))
+    except (RuntimeError, ValueError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"the model of algorithm={algorithm} cannot read the dataset's samples of shape "
+                          f"{list(sample_shape)} ({reason}): choose a model or search space for them "
+                          f"(vector data: model=mlp, search_space=mlp)") from None
+    finally:
+        model.train(was_training)
+
+
 class FederatedRun:
     """Drives one federated run of any ``FederatedAlgorithm`` through an execution backend."""
 
@@ -106,6 +127,7 @@ class FederatedRun:
         self.device = torch.device(device)
         torch.manual_seed(seed)  # the initial weights and alphas
         self.model: nn.Module = algorithm.build_model(data).to(self.device)  # the server's copy lives on its device
+        check_model_reads(self.model, data.input_shape, algorithm.name)
         self.history: list[dict[str, Any]] = []
         self.personal: dict[int, dict[str, torch.Tensor]] = {}  # per-client state kept across rounds
         self.start_round = 0
