@@ -22,6 +22,7 @@ policy on the shared weights, no retraining; a client that never took part gets 
 from __future__ import annotations
 
 import copy
+
 import torch
 
 from federated_nas.algorithms.base import cosine_lr
