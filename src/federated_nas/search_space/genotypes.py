@@ -20,27 +20,14 @@ from federated_nas.search_space.operations import PRIMITIVES
 Edge = tuple[str, int]  # (op name, input node index); inputs 0 and 1 are the cell inputs
 
 
-@dataclass(frozen=True)
-class Genotype:
-    normal: list[Edge]
-    normal_concat: list[int]
-    reduce: list[Edge]
-    reduce_concat: list[int]
+class ArchitectureRecord:
+    """What every searched architecture (a dataclass with ``from_dict``) shares: its JSON, an atomic
+    save, and a load whose bad input is one line. ``kind`` names it in that line."""
+
+    kind = "genotype"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Genotype":
-        try:
-            return cls(
-                normal=[(str(op), int(j)) for op, j in data["normal"]],
-                normal_concat=[int(i) for i in data["normal_concat"]],
-                reduce=[(str(op), int(j)) for op, j in data["reduce"]],
-                reduce_concat=[int(i) for i in data["reduce_concat"]],
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise DataError(f"not a genotype (need normal, normal_concat, reduce, reduce_concat): {err}") from err
 
     def save(self, path: str | Path) -> Path:
         """Write atomically, so a crash never leaves half a genotype on disk."""
@@ -53,11 +40,31 @@ class Genotype:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Genotype":
+    def load(cls, path: str | Path):
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as err:
-            raise DataError(f"cannot read genotype {path}: {err}") from err
+            raise DataError(f"cannot read {cls.kind} {path}: {err}") from err
+
+
+@dataclass(frozen=True)
+class Genotype(ArchitectureRecord):
+    normal: list[Edge]
+    normal_concat: list[int]
+    reduce: list[Edge]
+    reduce_concat: list[int]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Genotype":
+        try:
+            return cls(
+                normal=[(str(op), int(j)) for op, j in data["normal"]],
+                normal_concat=[int(i) for i in data["normal_concat"]],
+                reduce=[(str(op), int(j)) for op, j in data["reduce"]],
+                reduce_concat=[int(i) for i in data["reduce_concat"]],
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"not a genotype (need normal, normal_concat, reduce, reduce_concat): {err}") from err
 
     def count(self, op: str) -> int:
         return sum(name == op for name, _ in self.normal + self.reduce)

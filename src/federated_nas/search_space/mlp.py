@@ -20,9 +20,6 @@ chosen, since a zero layer would cut the chain.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import torch
 from torch import nn
 
 from federated_nas.errors import ConfigError, DataError
+from federated_nas.search_space.genotypes import ArchitectureRecord
 from federated_nas.search_space.relaxations import SoftmaxRelaxation
 from federated_nas.search_space.relaxed import MASKED, RelaxedArchitecture
 
@@ -53,26 +51,14 @@ def make_mlp_op(name: str, width: int) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class MLPGenotype:
+class MLPGenotype(ArchitectureRecord):
     """The chosen op of every layer, saved as ``{"layers": [op, ...]}`` in genotype.json."""
 
     layers: list[str]
-
-    def to_json(self) -> str:
-        return json.dumps({"layers": list(self.layers)})
+    kind = "MLP genotype"  # a class attribute (no annotation), not a field
 
     def count(self, op: str) -> int:
         return sum(name == op for name in self.layers)
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically, so a crash never leaves half a genotype on disk."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps({"layers": list(self.layers)}, indent=2))
-        os.replace(tmp, path)
-        return path
 
     @classmethod
     def from_dict(cls, data: dict) -> "MLPGenotype":
@@ -80,13 +66,6 @@ class MLPGenotype:
         if not isinstance(layers, list) or any(name not in MLP_PRIMITIVES for name in layers):
             raise DataError(f"not an MLP genotype (need layers: a list of {', '.join(MLP_PRIMITIVES)}): {data}")
         return cls([str(name) for name in layers])
-
-    @classmethod
-    def load(cls, path: str | Path) -> "MLPGenotype":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(f"cannot read MLP genotype {path}: {err}") from err
 
 
 def layer_norm(width: int) -> nn.LayerNorm:
