@@ -34,8 +34,7 @@ class WeightedAverage:
 
     def add(self, state: State, weight: float) -> None:
         check_update(state, self._template)
-        if not weight > 0 or not math.isfinite(weight):
-            raise DataError(f"client weight must be a positive number, got {weight}")
+        check_weight(weight)
         for key, running in self._slices.items():
             running.add_(state[key].detach().reshape(-1).cpu(), alpha=float(weight))
         self.total_weight += float(weight)
@@ -44,12 +43,16 @@ class WeightedAverage:
     def result(self) -> State:
         if not self.count:
             raise DataError("no client update to aggregate in this round")
-        mean = self._sum / self.total_weight
+        mean = self._mean()
         averaged = {}
         for (key, (shape, dtype)), flat in zip(self._template.items(), mean.split([s.numel() for s in
                                                                                    self._slices.values()])):
             averaged[key] = (flat if dtype.is_floating_point else flat.round()).to(dtype).reshape(shape)
         return averaged
+
+    def _mean(self) -> torch.Tensor:
+        """The flat float64 mean of every entry."""
+        return self._sum / self.total_weight
 
 
 class MaskedAverage(WeightedAverage):
@@ -79,8 +82,7 @@ class MaskedAverage(WeightedAverage):
         for key, mask in masks.items():
             if key not in self._template or mask.shape != self._template[key][0]:
                 raise DataError(f"participation mask of {key!r} does not match the model's entry")
-        if not weight > 0 or not math.isfinite(weight):
-            raise DataError(f"client weight must be a positive number, got {weight}")
+        check_weight(weight)
         for key, running in self._slices.items():
             value = state[key].detach().reshape(-1).cpu()
             mask = masks.get(key)
@@ -94,16 +96,14 @@ class MaskedAverage(WeightedAverage):
         self.total_weight += float(weight)
         self.count += 1
 
-    def result(self) -> State:
-        if not self.count:
-            raise DataError("no client update to aggregate in this round")
+    def _mean(self) -> torch.Tensor:
         used = self._weight_sum > 0
-        mean = torch.where(used, self._sum / self._weight_sum.clamp_min(1e-300), self._global)
-        averaged = {}
-        for (key, (shape, dtype)), flat in zip(self._template.items(), mean.split([s.numel() for s in
-                                                                                   self._slices.values()])):
-            averaged[key] = (flat if dtype.is_floating_point else flat.round()).to(dtype).reshape(shape)
-        return averaged
+        return torch.where(used, self._sum / self._weight_sum.clamp_min(1e-300), self._global)
+
+
+def check_weight(weight: float) -> None:
+    if not weight > 0 or not math.isfinite(weight):
+        raise DataError(f"client weight must be a positive number, got {weight}")
 
 
 def check_update(state: State, template: dict[str, tuple[torch.Size, torch.dtype]]) -> None:
