@@ -50,6 +50,13 @@ def client_seed(seed: int, round_idx: int, client_id: int) -> int:
         seed * 1_000_003 + round_idx * 10_007 + client_id)).item())
 
 
+def compile_options(compile: bool | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``cluster.backend.compile`` as torch.compile's keyword arguments: None when off, {} for its defaults."""
+    if isinstance(compile, Mapping):
+        return dict(compile)
+    return {} if compile else None
+
+
 def visible_gpus(accelerator: str) -> int:
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.cuda.device_count()
@@ -65,11 +72,10 @@ class LocalBackend:
     """
 
     def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str = "cpu",
-                 compile: bool | Mapping[str, Any] = False):
+                 compile: bool | Mapping[str, Any] | None = False):
         self.make_trainer = trainer
         self.accelerator = accelerator
-        # torch.compile the worker copy once (it serves every client after): true, or torch.compile's options
-        self.compile = dict(compile) if isinstance(compile, Mapping) else bool(compile)
+        self.compile = compile_options(compile)  # the worker copy is compiled once: it serves every client after
         self._worker: nn.Module | None = None
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
@@ -90,8 +96,8 @@ class LocalBackend:
         """
         if self._worker is None:
             self._worker = copy.deepcopy(global_model)
-            if self.compile:  # in place: the state dict keeps its keys, so loading and uploads are unchanged
-                self._worker.compile(**(self.compile if isinstance(self.compile, dict) else {}))
+            if self.compile is not None:  # in place: the state dict keeps its keys, so loading and uploads are unchanged
+                self._worker.compile(**self.compile)
         global_state = global_model.state_dict()
         started = time.perf_counter()
         for position, client in enumerate(clients):

@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Mapping, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -51,7 +51,7 @@ from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.aggregation import load_state
-from federated_nas.federation.backends import ClientFailure, ClientUpdate, LocalBackend, State
+from federated_nas.federation.backends import ClientFailure, ClientUpdate, LocalBackend, State, compile_options
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class WorkerBackend(LocalBackend):
     """
 
     def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str, gpu_slot: int,
-                 compile: bool | dict[str, Any] = False):
+                 compile: dict[str, Any] | None = None):
         super().__init__(lambda **kwargs: trainer(plugins=[LightningEnvironment()], **kwargs), accelerator, compile)
         self.gpu_slot = gpu_slot
 
@@ -297,7 +297,7 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
 
 
 def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, Any], accelerator: str,
-                   timeout_seconds: float, joining: Any, compile: bool | dict[str, Any] = False) -> None:
+                   timeout_seconds: float, joining: Any, compile: dict[str, Any] | None = None) -> None:
     """Entry of a worker process the server started (``launch: spawn``); ``joining`` is set once imported."""
     from hydra.utils import instantiate
 
@@ -345,7 +345,7 @@ class DistributedBackend:
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"cluster.backend.{name} must be > 0, got {value}")
         self.make_trainer, self.accelerator, self.workers, self.launch = trainer, accelerator, workers, launch
-        self.compile = dict(compile) if isinstance(compile, Mapping) else bool(compile)  # each worker's copy, once
+        self.compile = compile_options(compile)  # each worker compiles its copy once
         self.worker_timeout_seconds = float(worker_timeout_seconds)
         self.deadline_grace_seconds = float(deadline_grace_seconds)
         self.config: dict[str, Any] | None = None
