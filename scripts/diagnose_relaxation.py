@@ -76,15 +76,18 @@ def with_test_batch_norm(model: torch.nn.Module, samples: torch.Tensor) -> torch
 
 
 def max_weights(model, draws: int) -> tuple[float, float]:
-    """Mean over edges of the largest op weight: deterministic relaxation, and Gumbel samples at its temperature."""
+    """Mean over edges of the largest op weight: deterministic relaxation, and ``draws`` training samples
+    (the model's own relaxation in training mode: Gumbel noise at its temperature)."""
     deterministic, sampled = [], []
-    temperature = model.relaxation.temperature
-    for kind in model.arch_kinds:
-        probabilities = model.op_probabilities(kind)
-        deterministic.append(probabilities.max(-1).values.mean())
-        logits = torch.log(probabilities.clamp_min(1e-30)) * temperature  # alpha up to a per-edge constant
-        gumbel = -torch.log(-torch.log(torch.rand(draws, *logits.shape).clamp(1e-12, 1 - 1e-12)))
-        sampled.append(torch.softmax((logits + gumbel) / temperature, -1).max(-1).values.mean())
+    model.relaxation.train()
+    try:
+        for kind in model.arch_kinds:
+            deterministic.append(model.op_probabilities(kind).max(-1).values.mean())
+            alpha, mask = getattr(model, f"alpha_{kind}").detach(), getattr(model, f"op_mask_{kind}")
+            weights = model._relax(alpha.expand(draws, *alpha.shape), mask, deterministic=False)
+            sampled.append(weights.max(-1).values.mean())
+    finally:
+        model.relaxation.eval()
     return float(torch.stack(deterministic).mean()), float(torch.stack(sampled).mean())
 
 

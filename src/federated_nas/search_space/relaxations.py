@@ -23,6 +23,12 @@ class SoftmaxRelaxation(nn.Module):
         return torch.softmax(logits, dim=-1)
 
 
+def gumbel_perturbed(logits: torch.Tensor) -> torch.Tensor:
+    """alpha + G, G ~ Gumbel(0, 1) drawn from torch's global generator (seeded per run, round and client)."""
+    uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
+    return logits - torch.log(-torch.log(uniform))
+
+
 class GumbelSoftmaxRelaxation(nn.Module):
     """Z = softmax((alpha + G) / temperature), G ~ Gumbel(0, 1) in training; no noise in eval.
 
@@ -38,8 +44,7 @@ class GumbelSoftmaxRelaxation(nn.Module):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.probabilities(logits)
-        uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
-        return torch.softmax((logits - torch.log(-torch.log(uniform))) / self.temperature, dim=-1)
+        return torch.softmax(gumbel_perturbed(logits) / self.temperature, dim=-1)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """No noise: softmax(alpha / temperature)."""
@@ -62,8 +67,7 @@ class HardGumbelRelaxation(GumbelSoftmaxRelaxation):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return one_hot_argmax(logits)
-        uniform = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
-        perturbed = logits - torch.log(-torch.log(uniform))
+        perturbed = gumbel_perturbed(logits)
         chosen = perturbed.argmax(-1, keepdim=True)
         soft_chosen = torch.softmax(perturbed / self.temperature, dim=-1).gather(-1, chosen)
         return torch.zeros_like(logits).scatter(-1, chosen, 1.0) * (soft_chosen / soft_chosen.detach())
