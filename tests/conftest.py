@@ -80,3 +80,18 @@ def assert_same_states(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def assert_same_checkpoints(straight: dict, resumed: dict) -> tuple[dict, dict]:
+    """The last checkpoints of two runs hold the same global model and the same per-client state.
+
+    Returns (straight's, resumed's) checkpoints for further checks.
+    """
+    from federated_nas.federation.checkpoint import load_latest_checkpoint
+
+    expected, got = (load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints") for final in (straight, resumed))
+    assert_same_states(got["model"], expected["model"])
+    assert got["personal"].keys() == expected["personal"].keys()
+    for client_id, state in expected["personal"].items():
+        assert_same_states(got["personal"][client_id], state)
+    return expected, got

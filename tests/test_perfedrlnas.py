@@ -22,7 +22,7 @@ from federated_nas.runs import run_search
 from federated_nas.search_space.children import one_hot_weights
 from federated_nas.search_space.relaxations import FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
-from conftest import assert_same_states, crash_then_resume
+from conftest import assert_same_checkpoints, crash_then_resume
 from test_fedrlnas import tiny_algorithm as tiny_rl_algorithm
 
 LR = 0.1
@@ -122,12 +122,7 @@ def test_two_round_perfedrlnas_run_keeps_policies_per_client_and_resumes_exactly
     assert (Path(straight["run_dir"]) / "personalized" / "client_2.json").exists()  # each client's own genotype
     assert int(checkpoint["model"]["reinforce.updates"]) == 2 and 0 < straight["reward_mean"] <= 1
 
-    resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)
-    got = load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")
-    assert_same_states(got["model"], checkpoint["model"])
-    assert got["personal"].keys() == checkpoint["personal"].keys()
-    for client_id, state in checkpoint["personal"].items():
-        assert_same_states(got["personal"][client_id], state)
+    assert_same_checkpoints(straight, crash_then_resume(tiny_cfg, overrides, monkeypatch))
 
 
 def test_maml_child_step_known_answer():
