@@ -40,8 +40,7 @@ from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.aggregation import MaskedAverage, State
-from federated_nas.search_space.children import (Child, check_child, child_entry_masks, one_hot_weights,
-                                                 op_distribution, sample_child)
+from federated_nas.search_space.children import Child, check_child, child_entry_masks, one_hot_weights, sample_child
 from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 
@@ -285,7 +284,7 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
 
         ``model`` holds the alpha the children were drawn from (this round's global model).
         """
-        self.policy_step(state, {kind: op_distribution(model, kind) for kind in CELL_KINDS}, children, rewards)
+        self.policy_step(state, {kind: model.op_distribution(kind) for kind in CELL_KINDS}, children, rewards)
         state["reinforce.reward"].fill_(sum(rewards) / len(rewards))
 
     def policy_step(self, state: State, probabilities: dict[str, torch.Tensor], children: list[Child],

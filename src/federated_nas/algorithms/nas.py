@@ -7,7 +7,6 @@ from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -192,8 +191,7 @@ def alpha_entropy(model: SearchNetwork) -> float:
     """Mean entropy (nats) of the live op distribution per edge: falls as the search commits."""
     entropies = []
     for kind in model.arch_kinds:
-        alpha, mask = getattr(model, f"alpha_{kind}").detach(), getattr(model, f"op_mask_{kind}")
-        p = F.softmax(alpha.masked_fill(~mask, -1e9), dim=-1) * mask
+        p = model.op_distribution(kind)
         entropies.append(-(p * p.clamp_min(1e-12).log()).sum(-1))
     return float(torch.cat(entropies).mean())
 

@@ -27,10 +27,10 @@ import torch
 
 from federated_nas.algorithms.base import cosine_lr
 from federated_nas.algorithms.fedrlnas import ChildTraining, FedRLNAS, ReinforceAggregator
-from federated_nas.algorithms.personal import load_parameter_values, parameter_values
+from federated_nas.algorithms.personal import KeepPersonalPart, load_parameter_values
 from federated_nas.data.federated_data import ClientData
 from federated_nas.federation.aggregation import State
-from federated_nas.search_space.children import Child, op_distribution, sample_child
+from federated_nas.search_space.children import Child, sample_child
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 
 ARCH_NAMES = tuple(f"alpha_{kind}" for kind in CELL_KINDS)
@@ -39,25 +39,24 @@ ARCH_NAMES = tuple(f"alpha_{kind}" for kind in CELL_KINDS)
 class PersonalChildTraining(ChildTraining):
     """A client's round: its own policy in, a child drawn from it and trained, the policy's step, the policy out.
 
-    The upload carries the updated alpha (averaged into the consensus) but the optimizer state
-    (moments, baseline, step count) as received, so nothing personal but alpha is ever averaged.
+    ``KeepPersonalPart`` keeps the policy on the client; the upload carries the updated alpha
+    (averaged into the consensus) but the optimizer state (moments, baseline, step count) as
+    received, so nothing personal but alpha is ever averaged.
     """
 
     def __init__(self, model: SearchNetwork, algorithm: "PerFedRLNAS", lr: float, child_seed: int):
         super().__init__(model, algorithm.w_optimizer, lr, algorithm.grad_clip, algorithm.reward_batches,
                          algorithm.maml)
         self.algorithm, self.child_seed = algorithm, child_seed
-        self.policy_names = list(ARCH_NAMES) + model.reinforce.policy_names()
-        self.received: dict[str, torch.Tensor] = {}
+        self.callbacks.append(KeepPersonalPart(list(ARCH_NAMES) + model.reinforce.policy_names(),
+                                               uploaded=ARCH_NAMES))
         self.first_baseline: float | None = None
         self.child: Child = {}
 
     def on_train_start(self) -> None:
+        """Runs after ``KeepPersonalPart`` has put the client's own policy in, if it has one."""
         reinforce = self.model.reinforce
-        self.received = parameter_values(self.model, self.policy_names)
-        if self.personal:
-            load_parameter_values(self.model, self.personal)
-        else:  # a new policy from the consensus alpha, with fresh optimizer state
+        if not self.personal:  # a new policy from the consensus alpha, with fresh optimizer state
             if int(reinforce.updates) > 0:
                 self.first_baseline = float(reinforce.baseline)
             for name in reinforce.policy_names(prefix=""):
@@ -67,11 +66,9 @@ class PersonalChildTraining(ChildTraining):
         super().on_train_start()
 
     def after_reward(self, reward: float) -> None:
-        probabilities = {kind: op_distribution(self.model, kind) for kind in CELL_KINDS}
+        probabilities = {kind: self.model.op_distribution(kind) for kind in CELL_KINDS}
         self.algorithm.policy_step(self.model.state_dict(), probabilities, [self.child], [reward],
                                    self.first_baseline)
-        self.personal = parameter_values(self.model, self.policy_names)
-        load_parameter_values(self.model, {k: v for k, v in self.received.items() if k not in ARCH_NAMES})
 
 
 class PerFedRLNAS(FedRLNAS):

@@ -10,15 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from federated_nas.search_space.supernet import CELL_KINDS, MASKED, SearchNetwork
+from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 
 Child = dict[str, torch.Tensor]
-
-
-def op_distribution(model: SearchNetwork, kind: str) -> torch.Tensor:
-    """``[edges, ops]`` softmax of the live ops' logits: removed ops have probability exactly 0."""
-    alpha, mask = getattr(model, f"alpha_{kind}").detach(), getattr(model, f"op_mask_{kind}")
-    return F.softmax(alpha.masked_fill(~mask, MASKED), dim=-1) * mask
 
 
 def sample_child(model: SearchNetwork, generator: torch.Generator | None = None) -> Child:
@@ -26,13 +20,13 @@ def sample_child(model: SearchNetwork, generator: torch.Generator | None = None)
 
     Drawn on the CPU so that the same seed gives the same child on any device.
     """
-    return {kind: torch.multinomial(op_distribution(model, kind).cpu().double(), 1, generator=generator).squeeze(1)
+    return {kind: torch.multinomial(model.op_distribution(kind).cpu().double(), 1, generator=generator).squeeze(1)
             for kind in CELL_KINDS}
 
 
 def argmax_child(model: SearchNetwork) -> Child:
     """The most likely op of every edge (ties: the first)."""
-    return {kind: op_distribution(model, kind).argmax(-1).cpu() for kind in CELL_KINDS}
+    return {kind: model.op_distribution(kind).argmax(-1).cpu() for kind in CELL_KINDS}
 
 
 def one_hot_weights(model: SearchNetwork, child: Child) -> list[torch.Tensor]:

@@ -36,6 +36,12 @@ class RelaxedArchitecture:
         weights = self.relaxation.probabilities(masked) if deterministic else self.relaxation(masked)
         return weights * mask
 
+    def op_distribution(self, kind: str) -> torch.Tensor:
+        """``[choice points, ops]`` softmax of the live ops' logits, whatever the relaxation and its temperature:
+        the distribution alpha defines (its entropy; FedRLNAS' sampling). Removed ops have probability exactly 0."""
+        alpha, mask = getattr(self, f"alpha_{kind}").detach(), getattr(self, f"op_mask_{kind}")
+        return torch.softmax(alpha.masked_fill(~mask, MASKED), dim=-1) * mask
+
     def op_probabilities(self, kind: str) -> torch.Tensor:
         """``[choice points, ops]`` deterministic op distribution (what heatmaps and pruning read)."""
         return self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), True).detach()
