@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install data test search train mlflow-ui compare compare-personal bench clean-logs
+.PHONY: install data test test-avx2 search train mlflow-ui compare compare-personal bench clean-logs
 
 install: data  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
 	$(PIP) install -e ".[dev]"
@@ -15,8 +15,18 @@ data:  ## offline Fashion-MNIST from Debian's dataset-fashion-mnist, where apt-g
 		echo "warning: could not install dataset-fashion-mnist; torchvision will try to download"; \
 	else echo "no apt-get: Fashion-MNIST will be downloaded by torchvision on first use"; fi
 
-test:  ## the whole suite (a few minutes on 2 CPU cores)
+# the supernet and the methods' local steps, run again on oneDNN's AVX2 kernels (an AVX-512 machine
+# picks others): AVX2-only CPUs once aborted the suite inside oneDNN (tests/test_onednn_kernels.py)
+AVX2_TESTS = tests/test_onednn_kernels.py tests/test_search_space.py tests/test_update_rules.py \
+	tests/test_feddsnas.py tests/test_fedmetanas.py tests/test_fedrlnas.py tests/test_perfedrlnas.py \
+	tests/test_fedpnas.py
+
+test:  ## the whole suite, then the supernet and method tests on AVX2 kernels (a few minutes on 2 CPU cores)
 	$(PYTHON) -m pytest tests
+	$(MAKE) --no-print-directory test-avx2
+
+test-avx2:  ## the supernet and method tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PYTHON) -m pytest $(AVX2_TESTS)
 
 search:  ## FedNAS with the default CPU preset on Fashion-MNIST
 	$(PYTHON) src/search.py
@@ -39,6 +49,7 @@ compare-personal:  ## personalization table and client-accuracy histograms: make
 bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead and pruned traffic (not part of `make test`)
 	$(PYTHON) scripts/bench_supernet.py
 	$(PYTHON) scripts/bench_rounds.py
+	$(PYTHON) scripts/bench_half_grid.py --threads 1
 
 clean-logs:
 	rm -rf logs/search logs/train logs/mlflow.db logs/mlartifacts

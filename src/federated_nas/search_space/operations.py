@@ -53,25 +53,33 @@ class SepConv(nn.Sequential):
         super().__init__(DilConv(c, kernel, stride, 1, affine), DilConv(c, kernel, 1, 1, affine))
 
 
-def shifted_by_one(x: torch.Tensor) -> torch.Tensor:
-    """x moved up-left by one pixel, zero-padded so any spatial size keeps its shape."""
-    return F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+def half_grid(x: torch.Tensor, offset: int) -> torch.Tensor:
+    """The pixels a stride-2 1x1 conv reads: every second row and column from ``offset`` (0 or 1).
+
+    Offset 1 is the grid shifted by one pixel, zero-padded so both grids have ceil(H/2) x ceil(W/2)
+    pixels for any size. A stride-1 1x1 conv on this grid equals the stride-2 conv on ``x`` and
+    avoids oneDNN's strided 1x1 kernels, whose AVX2 weight gradient is wrong for channels-last
+    inputs with few channels (and writes past its buffer: heap corruption on AVX2-only CPUs).
+    """
+    grid = x[:, :, offset::2, offset::2]
+    missing_h, missing_w = (x.shape[2] + 1) // 2 - grid.shape[2], (x.shape[3] + 1) // 2 - grid.shape[3]
+    return F.pad(grid, (0, missing_w, 0, missing_h)) if missing_h or missing_w else grid
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two offset stride-2 1x1 convs (works for odd sizes too)."""
+    """Halve the resolution with two 1x1 convs on offset stride-2 grids (works for odd sizes too)."""
 
     def __init__(self, c_in: int, c_out: int, affine: bool):
         super().__init__()
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {c_out}")
-        self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_b = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, bias=False)  # stride 2 through half_grid
+        self.conv_b = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
-        return self.bn(torch.cat([self.conv_a(x), self.conv_b(shifted_by_one(x))], dim=1))
+        return self.bn(torch.cat([self.conv_a(half_grid(x, 0)), self.conv_b(half_grid(x, 1))], dim=1))
 
 
 class Zero(nn.Module):

@@ -23,7 +23,7 @@ from federated_nas.search_space.genotypes import Genotype, derive_genotype, edge
 from federated_nas.search_space.network import GenotypeNetwork, make_stem, stack_cells
 from federated_nas.search_space.relaxations import SoftmaxRelaxation, one_hot_argmax
 from federated_nas.search_space.relaxed import MASKED, RelaxedArchitecture  # noqa: F401  (MASKED: re-exported)
-from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op, shifted_by_one
+from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, half_grid, make_op
 
 CONV_OPS = {  # name -> (kernel, dilation, stacked DilConv stages)
     "sep_conv_3x3": (3, 1, 2),
@@ -183,8 +183,9 @@ class EdgeBundle(nn.Module):
     def _reduce_skip(self, replicated: torch.Tensor, groups: int, positions: torch.Tensor | None = None
                      ) -> torch.Tensor:
         half = self.c // 2
-        a = F.conv2d(replicated, self._weight("skip_a", positions, half), None, 2, 0, 1, groups)
-        b = F.conv2d(shifted_by_one(replicated), self._weight("skip_b", positions, half), None, 2, 0, 1, groups)
+        # stride 2 as a 1x1 conv on each half grid (see half_grid: oneDNN's strided 1x1 kernel is unsafe)
+        a = F.conv2d(half_grid(replicated, 0), self._weight("skip_a", positions, half), None, 1, 0, 1, groups)
+        b = F.conv2d(half_grid(replicated, 1), self._weight("skip_b", positions, half), None, 1, 0, 1, groups)
         n, _, h, w = a.shape
         both = torch.stack([a.view(n, groups, half, h, w), b.view(n, groups, half, h, w)], dim=2)
         return self._batch_norm("skip_bn", both.view(n, groups * self.c, h, w), positions)
