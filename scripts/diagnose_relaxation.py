@@ -1,4 +1,4 @@
-"""Why a Gumbel-relaxed supernet evaluates badly: train/eval mismatch of op weights, and of BatchNorm statistics.
+"""Why a tempered or Gumbel-relaxed supernet evaluates badly: train/eval mismatch of op weights, and of BatchNorm statistics.
 
     python scripts/diagnose_relaxation.py <search run dir> [--samples 2000]
 
@@ -8,7 +8,7 @@ Loads the run's last checkpoint at its final temperature and prints, as one JSON
 - ``accuracy_test_batch_norm``: the same with BatchNorm statistics recomputed on the test samples.
   Far above ``accuracy``, the running statistics (gathered under sampled weights) are at fault;
 - ``eval_max_weight`` / ``train_max_weight``: the mean, over edges, of the largest op weight of
-  the deterministic relaxation and of Gumbel samples at the same temperature. Evaluation computes a
+  the deterministic relaxation and of training samples at the same temperature (equal without noise). Evaluation computes a
   near-uniform mixture when the first is low, while training saw near-one-hot paths when the
   second is high: the mixture evaluated is a network never trained.
 """
@@ -30,7 +30,7 @@ from federated_nas.federation.aggregation import load_state
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.runs import build, build_data
-from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
+from federated_nas.search_space.relaxations import TemperedSoftmaxRelaxation
 
 BATCH = 200
 
@@ -53,8 +53,9 @@ def load_final_model(run_dir: Path):
     if checkpoint is None:
         raise ConfigError(f"{run_dir} has no checkpoint")
     model = algorithm.build_model(data)
-    if not isinstance(getattr(model, "relaxation", None), GumbelSoftmaxRelaxation):
-        raise ConfigError(f"algorithm={algorithm.name} does not relax its supernet with Gumbel-softmax")
+    if not isinstance(getattr(model, "relaxation", None), TemperedSoftmaxRelaxation):
+        raise ConfigError(f"algorithm={algorithm.name} does not relax its supernet with a tempered "
+                          f"(Gumbel-)softmax")
     load_state(model, checkpoint["model"])
     search = getattr(algorithm, "search", algorithm)  # FedPNAS' family runs another method's search
     search.set_temperature(model, int(checkpoint["round"]) - 1, int(checkpoint["rounds"]))

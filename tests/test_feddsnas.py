@@ -78,3 +78,42 @@ def test_two_round_feddsnas_run(tiny_cfg):
 def test_bad_temperature_schedule_is_one_line(tiny_cfg):
     with pytest.raises(ConfigError, match="algorithm.temperature"):
         run_search(tiny_cfg("search", ["algorithm=feddsnas", "logger=none", "algorithm.temperature.shape=zigzag"]))
+
+
+def test_warmup_rounds_keep_alpha_and_train_w():
+    from federated_nas.algorithms.fednas import MiLeNASSearch
+    from federated_nas.algorithms.nas import warming_up
+    from test_update_rules import run_one_step, tiny_batch
+
+    assert [warming_up(0.25, r, 8) for r in range(4)] == [True, True, False, False]
+    assert not warming_up(0.0, 0, 8)
+    torch.manual_seed(0)
+    model = SearchNetwork(1, 3, C=2, layers=1, relaxation=HardGumbelRelaxation())
+    alphas = [a.detach().clone() for a in model.arch_parameters()]
+    weights = [w.detach().clone() for w in model.weight_parameters()]
+    module = MiLeNASSearch(model, torch.optim.SGD, torch.optim.Adam, lr=0.1, val_lambda=0.0, grad_clip=None)
+    module.alpha_frozen = True
+    run_one_step(module, {"train": tiny_batch(1), "val": tiny_batch(2)})
+    assert all(torch.equal(a, b) for a, b in zip(model.arch_parameters(), alphas))
+    assert any(not torch.equal(w, b) for w, b in zip(model.weight_parameters(), weights))
+
+
+def test_recalibration_under_the_argmax_child_gives_every_op_statistics():
+    """The evaluated child alone would leave the other ops' statistics reset; they run on its node states."""
+    from federated_nas.algorithms.nas import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    net = SearchNetwork(1, 10, C=4, layers=3, relaxation=HardGumbelRelaxation())
+    recalibrate_batch_norm(net, [torch.randn(8, 1, 16, 16)])
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(not torch.equal(norm.running_var, torch.ones_like(norm.running_var)) for norm in norms)
+    assert net.training and not net.compute_every_op
+    net.eval()
+    child = net.most_likely_child()
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(net(x), child(x), rtol=0, atol=0)  # evaluation computes the child alone again
+
+
+def test_bad_warmup_is_one_line(tiny_cfg):
+    with pytest.raises(ConfigError, match="algorithm.warmup"):
+        run_search(tiny_cfg("search", ["algorithm=feddsnas", "logger=none", "algorithm.warmup=1.5"]))

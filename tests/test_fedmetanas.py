@@ -15,7 +15,10 @@ from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.network import count_parameters
 from federated_nas.search_space.operations import PRIMITIVES
-from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation, SoftmaxRelaxation, anneal
+from federated_nas.algorithms.nas import AnnealedTemperature
+from federated_nas.errors import ConfigError
+from federated_nas.search_space.relaxations import (GumbelSoftmaxRelaxation, SoftmaxRelaxation,
+                                                    TemperedSoftmaxRelaxation, anneal)
 from federated_nas.search_space.supernet import MASKED, SearchNetwork, node_input_combinations
 from conftest import assert_same_states, crash_then_resume
 from test_update_rules import grads, run_one_step, tiny_batch
@@ -51,6 +54,57 @@ def test_temperature_schedules():
     assert anneal(1.0, 0.1, 0, 10, "cosine") == pytest.approx(1.0)
     with pytest.raises(ValueError):
         anneal(1.0, 0.1, 0, 10, "zigzag")
+
+
+def test_tempered_softmax_is_the_noise_free_gumbel_softmax_in_training_too():
+    """MetaNAS' normalizer: softmax(alpha / T) in training and evaluation alike."""
+    logits = torch.tensor([[0.3, -1.0, 2.0, 0.0]])
+    relax = TemperedSoftmaxRelaxation(temperature=0.25).train()
+    torch.manual_seed(0)
+    expected = torch.softmax(logits / 0.25, -1)
+    torch.testing.assert_close(relax(logits), expected)
+    torch.testing.assert_close(relax(logits), expected)  # no draw: the same weights every call
+    torch.testing.assert_close(relax.eval()(logits), GumbelSoftmaxRelaxation(0.25).eval()(logits))
+
+
+def test_temperature_clocks():
+    """rounds: one value per round; task: each task's inner steps anneal start -> end, the query at end."""
+    per_round = AnnealedTemperature({"start": 1.0, "end": 0.1, "clock": "rounds"})
+    assert per_round.temperature_at(0, 10) == pytest.approx(1.0)
+    assert per_round.temperature_at(9, 10) == pytest.approx(0.1)
+    assert per_round.task_temperatures(3) is None
+    per_task = AnnealedTemperature({"start": 1.0, "end": 0.1, "clock": "task"})
+    assert per_task.task_temperatures(2) == pytest.approx([1.0, 0.55, 0.1])
+    assert per_task.task_temperatures(0) == pytest.approx([0.1])
+    assert per_task.temperature_at(0, 10) == per_task.temperature_at(5, 10) == pytest.approx(0.1)
+    for bad in ({"clock": "epochs"}, {"start": 0.0}, {"end": "cold"}):
+        with pytest.raises(ConfigError, match="algorithm.temperature"):
+            AnnealedTemperature(bad)
+
+
+def test_first_order_maml_step_with_a_per_task_temperature():
+    """Inner step at T = 1, query at T = 0.1 (clock: task with one inner step), then the meta step."""
+    torch.manual_seed(0)
+    model = SearchNetwork(1, 3, C=2, layers=1, relaxation=TemperedSoftmaxRelaxation(0.1))
+    support, query = tiny_batch(4), tiny_batch(5)
+    adapted = copy.deepcopy(model)
+    params = adapted.weight_parameters() + adapted.arch_parameters()
+    eta, beta = 0.05, 0.1
+    adapted.relaxation.temperature = 1.0
+    inner = grads(adapted, support, params)
+    with torch.no_grad():
+        for p, g in zip(params, inner):
+            p.sub_(eta * g)
+    adapted.relaxation.temperature = 0.1
+    meta_grad = grads(adapted, query, params)
+    start = [p.detach().clone() for p in model.weight_parameters() + model.arch_parameters()]
+    module = MetaSearch(model, torch.optim.SGD, functools.partial(torch.optim.SGD, lr=beta), lr=beta,
+                        inner_steps=1, inner_lr_w=eta, inner_lr_alpha=eta, grad_clip=None,
+                        task_temperatures=[1.0, 0.1])
+    run_one_step(module, {"support": support, "query": query})
+    for new, old, g in zip(model.weight_parameters() + model.arch_parameters(), start, meta_grad):
+        torch.testing.assert_close(new, old - beta * g, rtol=1e-4, atol=1e-6)
+    assert model.relaxation.temperature == pytest.approx(0.1)  # what the server then evaluates at
 
 
 def test_input_combinations_of_every_node():
@@ -251,3 +305,16 @@ def test_relaxation_diagnosis_script_on_a_tiny_run(tiny_cfg):
     fednas = run_search(tiny_cfg("search", ["logger=none", "algorithm=fednas"], run="fednas"))
     with pytest.raises(SystemExit):  # one line: FedNAS relaxes with a plain softmax
         load_script("diagnose_relaxation").main([fednas["run_dir"]])
+
+
+def test_default_and_paper_variants(tiny_cfg):
+    """Defaults: MetaNAS' tempered softmax over every input; fedmetanas_paper: Gumbel and 2-combinations."""
+    from federated_nas.runs import build, build_data
+
+    for variant, relaxation, combinations in (("fedmetanas", TemperedSoftmaxRelaxation, None),
+                                              ("fedmetanas_paper", GumbelSoftmaxRelaxation, 2)):
+        cfg = tiny_cfg("search", [f"algorithm={variant}", "logger=none"])
+        model = build(cfg.algorithm).build_model(build_data(cfg))
+        assert type(model.relaxation) is relaxation
+        assert (model.combinations is None) == (combinations is None)
+        assert model.relaxation.temperature == pytest.approx(1.0)  # the schedule's start

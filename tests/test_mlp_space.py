@@ -135,10 +135,10 @@ def test_vector_datasets_are_seeded_standardised_and_split():
 
 @pytest.mark.parametrize("algorithm", ["fednas", "fedmetanas"])
 def test_two_round_search_on_vector_data(tiny_cfg, algorithm):
-    """FedMetaNAS keeps its default input_combinations=2, which the chain accepts and ignores."""
+    """FedMetaNAS with the paper's input_combinations=2, which the chain accepts and ignores."""
     overrides = [*VECTOR, f"algorithm={algorithm}", "plots_every=0"]
     if algorithm == "fedmetanas":
-        overrides += ["algorithm.prune_at=[0.5]", "algorithm.prune_threshold=0.2"]
+        overrides += ["algorithm.prune_at=[0.5]", "algorithm.prune_threshold=0.2", "algorithm.input_combinations=2"]
     cfg = tiny_cfg("search", overrides)
     assert cfg.algorithm.get("input_combinations") == (2 if algorithm == "fedmetanas" else None)
     result = run_search(cfg)

@@ -6,6 +6,13 @@ about what the sampled child network costs. w and alpha move together on the tra
 (single-level, as DSNAS; ``val_lambda`` > 0 adds MiLeNAS' val term). There is no retraining:
 the final model is the supernet's most likely child (every edge's argmax op), which is what
 evaluation computes, with the weights the search trained.
+
+Two additions for small budgets (``warmup: 0`` and ``bn_recalibration_batches: 0`` turn them off):
+- warm-up, as DSNAS and SPOS do: for the first ``warmup`` fraction of the rounds alpha stays at its
+  near-uniform start, so every op's weights are trained before the sampling narrows;
+- BatchNorm recalibration for the evaluated child (SPOS): after its local search each client
+  recomputes the statistics under its argmax child, on its own train batches; the training steps
+  saw random children, so their running statistics fit no single one.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from typing import Any, Callable
 
 from federated_nas.algorithms.base import OptimizerFactory
 from federated_nas.algorithms.fednas import FedNAS, MiLeNASSearch
-from federated_nas.algorithms.nas import AnnealedTemperature, MostLikelyChild
+from federated_nas.algorithms.nas import (AnnealedTemperature, MostLikelyChild, RecalibrateBatchNorm, check_warmup,
+                                         warming_up)
+from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import HardGumbelRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
 
@@ -26,16 +35,29 @@ class FedDSNAS(MostLikelyChild, AnnealedTemperature, FedNAS):
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, temperature: dict | None = None, val_lambda: float = 0.0,
-                 **fednas_options: Any):
+                 warmup: float = 0.0, bn_recalibration_batches: int = 0, **fednas_options: Any):
         FedNAS.__init__(self, search_space, w_optimizer, alpha_optimizer, val_lambda=val_lambda, **fednas_options)
         AnnealedTemperature.__init__(self, temperature, start=1.0, end=1.0)
+        self.warmup = check_warmup(warmup)
+        if not (isinstance(bn_recalibration_batches, int) and bn_recalibration_batches >= 0):
+            raise ConfigError(f"algorithm.bn_recalibration_batches must be an integer >= 0, "
+                              f"got {bn_recalibration_batches}")
+        self.bn_recalibration_batches = bn_recalibration_batches
 
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": HardGumbelRelaxation(self.temperature["start"])}
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MiLeNASSearch:
         self.set_temperature(model, round_idx, rounds)
-        return super().local_module(model, round_idx, rounds)
+        module = super().local_module(model, round_idx, rounds)
+        module.alpha_frozen = warming_up(self.warmup, round_idx, rounds)
+        if self.bn_recalibration_batches:
+            module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, train_inputs))
+        return module
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
         return {"temperature": self.set_temperature(model, round_idx, rounds)}
+
+
+def train_inputs(pair: dict) -> Any:
+    return pair["train"][0]

@@ -23,7 +23,7 @@ from federated_nas.algorithms.nas import (AnnealedTemperature, ArchitectureSearc
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
-from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
+from federated_nas.search_space.relaxations import RELAXATIONS
 from federated_nas.search_space.supernet import SearchNetwork
 
 
@@ -45,15 +45,22 @@ def meta_parameters(model: SearchNetwork, lr_w: float, lr_alpha: float) -> tuple
 
 
 def first_order_meta_gradient(module: LocalModule, params: list[torch.nn.Parameter], rates: list[float],
-                              batch: dict, steps: int) -> torch.Tensor:
+                              batch: dict, steps: int, temperatures: list[float] | None = None) -> torch.Tensor:
     """Accumulate into ``params``' grads the first-order MAML meta-gradient of one (support, query) task.
 
     ``steps`` inner SGD steps adapt a task copy of ``params`` on the support batch; the query
     loss is differentiated at the adapted point; ``params`` then go back to the meta point,
-    where the caller's optimizer step applies that gradient (Eq. 9-10). Returns the query loss.
+    where the caller's optimizer step applies that gradient (Eq. 9-10). ``temperatures``: the
+    relaxation's temperature at each inner step and at the query (a per-task schedule).
+    Returns the query loss.
     """
     meta_point = [p.detach().clone() for p in params]
-    inner_steps(module.model, params, rates, [batch["support"]] * steps, module.loss)  # the task copy
+    for step in range(steps):  # the task copy
+        if temperatures:
+            module.model.relaxation.temperature = temperatures[step]
+        inner_steps(module.model, params, rates, [batch["support"]], module.loss)
+    if temperatures:
+        module.model.relaxation.temperature = temperatures[-1]
     query_loss = module.loss(batch["query"])
     module.manual_backward(query_loss)
     with torch.no_grad():
@@ -70,14 +77,16 @@ class MetaSearch(ArchitectureSearch):
     """One client's FedMetaNAS local search: first-order MAML over weights and architecture jointly."""
 
     def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
-                 lr: float, inner_steps: int, inner_lr_w: float, inner_lr_alpha: float, grad_clip: float | None):
+                 lr: float, inner_steps: int, inner_lr_w: float, inner_lr_alpha: float, grad_clip: float | None,
+                 task_temperatures: list[float] | None = None):
         super().__init__(model, w_optimizer, alpha_optimizer, lr, grad_clip)
         self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
+        self.task_temperatures = task_temperatures
 
     def local_step(self, batch) -> torch.Tensor:
         params, rates = meta_parameters(self.model, self.inner_lr_w, self.inner_lr_alpha)
         self.zero_grads()
-        query_loss = first_order_meta_gradient(self, params, rates, batch, self.inner_steps)
+        query_loss = first_order_meta_gradient(self, params, rates, batch, self.inner_steps, self.task_temperatures)
         self.step()
         return query_loss
 
@@ -90,7 +99,8 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
                  inner_steps: int = 1, inner_lr_w: float = 0.025, inner_lr_alpha: float = 0.003,
-                 task_size: int | None = None, temperature: dict | None = None, input_combinations: int = 2,
+                 task_size: int | None = None, relaxation: str = "softmax", temperature: dict | None = None,
+                 input_combinations: int | None = 2,
                  prune_at: Iterable[float] = (0.5, 0.75), prune_threshold: float = 0.01,
                  adapt_steps: int = 5, grad_clip: float | None = 5.0, bn_recalibration_batches: int = 0):
         SupernetAlgorithm.__init__(self, search_space)
@@ -98,6 +108,9 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         ScheduledPruning.__init__(self, prune_at, prune_threshold)
         if inner_steps < 0:
             raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
+        if relaxation not in RELAXATIONS:
+            raise ConfigError(f"algorithm.relaxation must be one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
+        self.relaxation = relaxation
         if not (isinstance(bn_recalibration_batches, int) and bn_recalibration_batches >= 0):
             raise ConfigError(f"algorithm.bn_recalibration_batches must be an integer >= 0, "
                               f"got {bn_recalibration_batches}")
@@ -108,14 +121,15 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         self.task_size, self.input_combinations, self.adapt_steps = task_size, input_combinations, adapt_steps
 
     def supernet_options(self) -> dict[str, Any]:
-        return {"relaxation": GumbelSoftmaxRelaxation(self.temperature["start"]),
+        return {"relaxation": RELAXATIONS[self.relaxation](self.temperature_at(0, 1)),
                 "input_combinations": self.input_combinations}
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MetaSearch:
         self.set_temperature(model, round_idx, rounds)
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
                             cosine_lr(self.lr, self.lr_min, round_idx, rounds), self.inner_steps,
-                            self.inner_lr_w, self.inner_lr_alpha, self.grad_clip)
+                            self.inner_lr_w, self.inner_lr_alpha, self.grad_clip,
+                            self.task_temperatures(self.inner_steps))
         if self.bn_recalibration_batches:
             module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, support_inputs))
         return module

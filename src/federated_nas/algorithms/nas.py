@@ -3,6 +3,7 @@ and the discrete model with inherited weights (the "after" column of FedMetaNAS'
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable
 
 import lightning as L
@@ -29,6 +30,7 @@ class ArchitectureSearch(LocalModule):
                  lr: float, grad_clip: float | None):
         super().__init__(model, w_optimizer, lr, grad_clip)
         self.alpha_optimizer = alpha_optimizer
+        self.alpha_frozen = False  # warm-up: only w moves, alpha keeps its (uniform) start
 
     def configure_optimizers(self):
         return [self.w_optimizer(self.weight_parameters(), lr=self.lr),
@@ -42,7 +44,8 @@ class ArchitectureSearch(LocalModule):
         w_opt, alpha_opt = self.optimizers()
         self.clip_weight_gradients(w_opt)
         w_opt.step()
-        alpha_opt.step()
+        if not self.alpha_frozen:
+            alpha_opt.step()
 
 
 @torch.no_grad()
@@ -53,11 +56,14 @@ def recalibrate_batch_norm(model: SearchNetwork, inputs: Iterable[torch.Tensor])
     Sampled relaxations (Gumbel-softmax) train near-one-hot paths, so the statistics gathered in
     training describe activations the evaluated mixture never produces. Only evaluation reads
     running statistics, so training is unchanged (one-shot NAS' BN recalibration, as in SPOS).
+    When evaluation is one child (one-hot weights), every op still runs on that child's node states,
+    so whichever op the averaged alpha picks next has statistics of the inputs it will see.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     momenta, was_training = [norm.momentum for norm in norms], model.training
     model.train()
     model.relaxation.eval()
+    model.compute_every_op = True
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average
@@ -67,6 +73,7 @@ def recalibrate_batch_norm(model: SearchNetwork, inputs: Iterable[torch.Tensor])
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
+        model.compute_every_op = False
         model.train(was_training)
 
 
@@ -110,6 +117,11 @@ class SupernetAlgorithm(FederatedAlgorithm):
         report = {
             "genotype": genotype,
             "alpha_entropy": alpha_entropy(model),
+            # both normalised by ln(#ops): 1 is uniform, 0 one op per edge; the second reads the weights the
+            # cells use (softmax(alpha / T) for tempered relaxations), which sharpen as T anneals
+            "alpha_entropy_normalized": alpha_entropy(model) / math.log(len(model.primitives)),
+            "op_weight_entropy_normalized": alpha_entropy(model, deterministic_weights=True)
+            / math.log(len(model.primitives)),
             "skip_connect_count": genotype.count("skip_connect"),
             "derived_params": count_parameters(model.derived_network()),
             "supernet_params": count_parameters(model),
@@ -166,32 +178,68 @@ class ScheduledPruning:
         return {"pruned_ops": removed["ops"], "pruned_combinations": removed["combinations"]}
 
 
-class AnnealedTemperature:
-    """A relaxation temperature annealed over rounds, set on the model the server or a client holds.
+def check_warmup(warmup: float) -> float:
+    if not (isinstance(warmup, (int, float)) and 0 <= warmup < 1):
+        raise ConfigError(f"algorithm.warmup is the fraction of rounds before alpha moves, in [0, 1), got {warmup}")
+    return float(warmup)
 
-    A function of the round alone, so a resumed run anneals exactly like an uninterrupted one.
+
+def warming_up(warmup: float, round_idx: int, rounds: int) -> bool:
+    """Whether ``round_idx`` is in the first ``warmup`` fraction of the rounds (a function of the round: resume-safe)."""
+    return round_idx < int(round(warmup * rounds))
+
+
+TEMPERATURE_CLOCKS = ("rounds", "task")
+
+
+class AnnealedTemperature:
+    """A relaxation temperature annealed from ``start`` to ``end``, set on the model the server or a client holds.
+
+    ``clock: rounds`` anneals once over the run (one value per round). ``clock: task`` anneals over each
+    task's inner steps, restarting at every task, as MetaNAS' scripts do (their ``curr_step`` is reset
+    per task): the inner steps run from ``start`` towards ``end`` and the query, the server and
+    evaluation use ``end``. Either way the value is a function of the round or step alone, so a
+    resumed run anneals exactly like an uninterrupted one.
     """
 
     def __init__(self, temperature: dict | None, start: float = 1.0, end: float = 0.1, shape: str = "linear"):
-        self.temperature = {"start": start, "end": end, "shape": shape, **(temperature or {})}
+        schedule = {"start": start, "end": end, "shape": shape, "clock": "rounds", **(temperature or {})}
+        self.clock = schedule.pop("clock")
+        self.temperature = schedule
         try:  # a bad schedule fails now, with one line, not at the first round
+            if self.clock not in TEMPERATURE_CLOCKS:
+                raise ValueError(f"clock must be one of {', '.join(TEMPERATURE_CLOCKS)}, got {self.clock!r}")
+            if not all(isinstance(t, (int, float)) and t > 0 for t in (schedule["start"], schedule["end"])):
+                raise ValueError("start and end must be positive numbers")
             anneal(**self.temperature, round_idx=0, rounds=1)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"algorithm.temperature={dict(self.temperature)}: {err}") from None
+            raise ConfigError(f"algorithm.temperature={dict(self.temperature, clock=self.clock)}: {err}") from None
 
     def temperature_at(self, round_idx: int, rounds: int) -> float:
+        if self.clock == "task":
+            return float(self.temperature["end"])
         return anneal(**self.temperature, round_idx=round_idx, rounds=rounds)
 
     def set_temperature(self, model: SearchNetwork, round_idx: int, rounds: int) -> float:
         model.relaxation.temperature = self.temperature_at(round_idx, rounds)
         return model.relaxation.temperature
 
+    def task_temperatures(self, inner_steps: int) -> list[float] | None:
+        """``clock: task``: the temperature of each inner step, then of the query (``end``); else None."""
+        if self.clock != "task":
+            return None
+        return [anneal(**self.temperature, round_idx=step, rounds=inner_steps + 1) for step in range(inner_steps)] + [
+            float(self.temperature["end"])]
 
-def alpha_entropy(model: SearchNetwork) -> float:
-    """Mean entropy (nats) of the live op distribution per edge: falls as the search commits."""
+
+def alpha_entropy(model: SearchNetwork, deterministic_weights: bool = False) -> float:
+    """Mean entropy (nats) of the live op distribution per edge: falls as the search commits.
+
+    ``deterministic_weights``: of the op weights evaluation uses (the relaxation's temperature included).
+    """
     entropies = []
     for kind in model.arch_kinds:
-        p = model.op_distribution(kind)
+        p = model.op_probabilities(kind) if deterministic_weights else model.op_distribution(kind)
         entropies.append(-(p * p.clamp_min(1e-12).log()).sum(-1))
     return float(torch.cat(entropies).mean())
 

@@ -90,6 +90,26 @@ def make_signal_dataset(num_features: int = 8, num_classes: int = 4, train_per_c
     return _vector_dataset(name, features, labels, np.arange(len(train_y)), np.arange(len(train_y), len(labels)))
 
 
+def make_planted_xor_dataset(num_features: int = 8, train_size: int = 2000, test_size: int = 500, seed: int = 0,
+                             name: str = "planted_xor") -> VectorDataset:
+    """A task with a planted architecture: the label is sign(x_0) XOR sign(x_1), the other features are noise.
+
+    No chain of ``skip_connect`` and ``linear`` layers solves it: their output is linear in x, and
+    the affine-free LayerNorm after each layer only rescales it, so the linear classifier draws one
+    half-plane through the origin, which XOR defeats (50% accuracy). One non-linear op anywhere
+    (``linear_relu``, ``linear_tanh``, ``mlp2``) solves it. A search that moves alpha the right way
+    puts its probability on those ops: ``scripts/bench_planted.py`` measures how much, per method.
+    """
+    if num_features < 2 or train_size < 2 or test_size < 1:
+        raise ConfigError(f"dataset needs num_features >= 2, train_size >= 2 and test_size >= 1, got "
+                          f"{num_features}, {train_size}, {test_size}")
+    rng = np.random.default_rng([seed, 5])
+    features = rng.normal(size=(train_size + test_size, num_features))
+    labels = ((features[:, 0] > 0) ^ (features[:, 1] > 0)).astype(np.int64)
+    return _vector_dataset(name, features, labels, np.arange(train_size),
+                           np.arange(train_size, train_size + test_size))
+
+
 def _vector_dataset(name: str, features: np.ndarray, labels: np.ndarray, train: np.ndarray,
                     test: np.ndarray) -> VectorDataset:
     x = torch.as_tensor(np.asarray(features), dtype=torch.float32)

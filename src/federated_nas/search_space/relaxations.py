@@ -29,12 +29,11 @@ def gumbel_perturbed(logits: torch.Tensor) -> torch.Tensor:
     return logits - torch.log(-torch.log(uniform))
 
 
-class GumbelSoftmaxRelaxation(nn.Module):
-    """Z = softmax((alpha + G) / temperature), G ~ Gumbel(0, 1) in training; no noise in eval.
+class TemperedSoftmaxRelaxation(nn.Module):
+    """MetaNAS' tempered softmax: Z = softmax(alpha / temperature), the same in training and evaluation.
 
-    ``alpha`` plays the role of log(alpha) in the FedMetaNAS paper's Eq. 7 (unnormalised log
-    probabilities). The noise comes from torch's global generator, which the federated loop
-    seeds per (run, round, client), so a Gumbel-sampled search reproduces.
+    No noise, so the network evaluated is the network trained (and its BatchNorm statistics fit it);
+    annealing the temperature towards 0 still sharpens the mixture towards the argmax op.
     """
 
     def __init__(self, temperature: float = 1.0):
@@ -42,13 +41,28 @@ class GumbelSoftmaxRelaxation(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(logits)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The deterministic weights: softmax(alpha / temperature)."""
+        return torch.softmax(logits / self.temperature, dim=-1)
+
+
+class GumbelSoftmaxRelaxation(TemperedSoftmaxRelaxation):
+    """Z = softmax((alpha + G) / temperature), G ~ Gumbel(0, 1) in training; no noise in eval.
+
+    ``alpha`` plays the role of log(alpha) in the FedMetaNAS paper's Eq. 7 (unnormalised log
+    probabilities). The noise comes from torch's global generator, which the federated loop
+    seeds per (run, round, client), so a Gumbel-sampled search reproduces.
+    """
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.probabilities(logits)
         return torch.softmax(gumbel_perturbed(logits) / self.temperature, dim=-1)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """No noise: softmax(alpha / temperature)."""
-        return torch.softmax(logits / self.temperature, dim=-1)
+
+RELAXATIONS = {"softmax": TemperedSoftmaxRelaxation, "gumbel": GumbelSoftmaxRelaxation}
 
 
 class HardGumbelRelaxation(GumbelSoftmaxRelaxation):

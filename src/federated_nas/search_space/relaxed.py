@@ -10,8 +10,12 @@ only use this surface; the subclass builds the layers and says how a mask remove
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
+
+from federated_nas.search_space.relaxations import one_hot_argmax
 
 MASKED = -1e9  # logit of a removed choice: exactly zero weight after any softmax that has a live choice
 
@@ -68,6 +72,20 @@ class RelaxedArchitecture:
     def prune_to(self, masks: dict[str, torch.Tensor]) -> None:
         """Adopt the masks (``adopt_masks``) and drop the removed ops' modules."""
         raise NotImplementedError
+
+    def most_likely_child(self) -> nn.Module:
+        """A copy keeping each choice point's most likely live op alone (``none`` included), with the trained weights.
+
+        The final model of the single-path methods (FedDSNAS, FedRLNAS), which evaluate every choice
+        point's argmax op rather than DARTS' two strongest inputs per node.
+        """
+        masks = self.masks()
+        for kind in self.arch_kinds:
+            live = getattr(self, f"alpha_{kind}").detach().masked_fill(~masks[f"op_mask_{kind}"], MASKED)
+            masks[f"op_mask_{kind}"] = one_hot_argmax(live).bool()
+        child = copy.deepcopy(self)
+        child.prune_to(masks)
+        return child
 
     def match_structure(self, state: dict[str, torch.Tensor]) -> None:
         """Prune this network to the structure a (pruned) state dict was saved from, before loading it."""

@@ -21,7 +21,7 @@ from torch import nn
 
 from federated_nas.search_space.genotypes import Genotype, derive_genotype, edge_index
 from federated_nas.search_space.network import GenotypeNetwork, make_stem, stack_cells
-from federated_nas.search_space.relaxations import SoftmaxRelaxation, one_hot_argmax
+from federated_nas.search_space.relaxations import SoftmaxRelaxation
 from federated_nas.search_space.relaxed import MASKED, RelaxedArchitecture  # noqa: F401  (MASKED: re-exported)
 from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, half_grid, make_op
 
@@ -388,6 +388,7 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
 
     arch_kinds = CELL_KINDS
     input_ndim = 3  # [C, H, W] images
+    compute_every_op = False  # True: ops of zero weight are computed too (recalibrate_batch_norm)
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, C: int = 16, layers: int = 8,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, stem_stride: int = 1,
@@ -451,7 +452,8 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normal, reduce = self.op_weights("normal"), self.op_weights("reduce")
-        skip_zero = getattr(self.relaxation, "one_hot", False)  # a sampled child: compute its ops alone
+        # a sampled child: compute its ops alone (but every op while BatchNorm is recalibrated)
+        skip_zero = getattr(self.relaxation, "one_hot", False) and not self.compute_every_op
         s0 = s1 = self.stem(x.contiguous(memory_format=torch.channels_last))
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal, skip_zero)
@@ -513,20 +515,6 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
                 masks[f"combo_mask_{kind}"] = combo_mask & keep
         self.prune_to(masks)
         return removed
-
-    def most_likely_child(self) -> "SearchNetwork":
-        """A copy keeping each edge's most likely live op alone (``none`` included), with the trained weights.
-
-        The final model of the single-path methods (FedDSNAS, FedRLNAS), which evaluate every edge's
-        argmax op rather than DARTS' two strongest inputs per node.
-        """
-        masks = self.masks()
-        for kind in CELL_KINDS:
-            live = getattr(self, f"alpha_{kind}").detach().masked_fill(~masks[f"op_mask_{kind}"], MASKED)
-            masks[f"op_mask_{kind}"] = one_hot_argmax(live).bool()
-        child = copy.deepcopy(self)
-        child.prune_to(masks)
-        return child
 
     def discretized(self) -> "SearchNetwork":
         """A copy keeping only the genotype's ops, with this network's trained weights (no retraining)."""
