@@ -50,6 +50,7 @@ bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead an
 	$(PYTHON) scripts/bench_supernet.py
 	$(PYTHON) scripts/bench_rounds.py
 	$(PYTHON) scripts/bench_half_grid.py --threads 1
+	$(PYTHON) scripts/bench_planted.py
 
 clean-logs:
 	rm -rf logs/search logs/train logs/mlflow.db logs/mlartifacts

@@ -83,10 +83,11 @@ def max_weights(model, draws: int) -> tuple[float, float]:
     model.relaxation.train()
     try:
         for kind in model.arch_kinds:
-            deterministic.append(model.op_probabilities(kind).max(-1).values.mean())
             alpha, mask = getattr(model, f"alpha_{kind}").detach(), getattr(model, f"op_mask_{kind}")
-            weights = model._relax(alpha.expand(draws, *alpha.shape), mask, deterministic=False)
-            sampled.append(weights.max(-1).values.mean())
+            repeated = alpha.expand(draws, *alpha.shape)  # both on the same shape: equal when there is no noise
+            for weights, into in ((model._relax(repeated, mask, deterministic=True), deterministic),
+                                  (model._relax(repeated, mask, deterministic=False), sampled)):
+                into.append(weights.max(-1).values.mean())
     finally:
         model.relaxation.eval()
     return float(torch.stack(deterministic).mean()), float(torch.stack(sampled).mean())

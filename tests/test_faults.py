@@ -36,6 +36,10 @@ def test_injected_dropouts_are_logged_and_the_run_goes_on(tiny_cfg):
     assert all(h["responders"] + h["dropped_clients"] == h["clients"] for h in history)
     assert any("injected dropout" in h["failures"].values() for h in history)
     assert torch.isfinite(torch.tensor(result["global_test_acc"]))
+    payload = history[0]["bytes_received"] / history[0]["responders"]
+    for h in history:  # a client failed by injection was sent nothing
+        sent_to = h["clients"] - list(h["failures"].values()).count("injected dropout")
+        assert h["bytes_sent"] == payload * sent_to
 
 
 def test_dropouts_depend_only_on_seed_round_and_attempt():
@@ -143,3 +147,15 @@ def test_sweep_of_two_runs_through_submitit_local(tmp_path):
     runs = sorted(tmp_path.glob("search/multiruns/*/*/FINISHED"))
     assert len(runs) == 2
     assert {OmegaConf.load(p.parent / "config.yaml").seed for p in runs} == {0, 1}
+
+
+def test_a_bad_sweep_job_fails_alone_and_the_sweep_reports_it_at_the_end(tmp_path):
+    """Before: the bad job's SystemExit left submitit no result, and the launcher gave up on the sweep."""
+    command = search_command(tmp_path, "cluster=submitit_local", "partition.alpha=0.5,-1,1.0", "federation.rounds=1",
+                             multirun=True)
+    finished = subprocess.run(command, capture_output=True, text=True, env=quiet_env(), timeout=300)
+    assert finished.returncode != 0
+    assert "partition.alpha must be > 0, got -1" in finished.stderr
+    assert len(list(tmp_path.glob("search/multiruns/*/*/FINISHED"))) == 2  # the good jobs ran to their end
+    (bad_log,) = [p for p in tmp_path.glob("search/multiruns/*/*/search.log") if "got -1" in p.read_text()]
+    assert "error: sweep job 1" in bad_log.read_text()  # the failure is in the job's own log

@@ -318,3 +318,12 @@ def test_default_and_paper_variants(tiny_cfg):
         assert type(model.relaxation) is relaxation
         assert (model.combinations is None) == (combinations is None)
         assert model.relaxation.temperature == pytest.approx(1.0)  # the schedule's start
+
+
+def test_pruning_at_the_last_round_reports_the_accuracy_it_cost(tiny_cfg):
+    """The final model is the pruned supernet; the same weights unpruned are evaluated beside it."""
+    final = run_search(tiny_cfg("search", ["algorithm=fedmetanas", "logger=none", "algorithm.prune_at=[1.0]",
+                                           "algorithm.prune_threshold=0.13"]))
+    assert final["pruned_ops"] > 0
+    assert 0.0 <= final["global_test_acc_before_pruning"] <= 1.0
+    assert final["supernet_params"] < count_parameters(SearchNetwork(1, 4, C=2, layers=2))

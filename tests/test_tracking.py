@@ -195,3 +195,34 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+CREATE_RUN = """
+import sys, time
+from lightning.pytorch.loggers import MLFlowLogger
+from federated_nas.tracking.mlflow_tracker import RunTracker, store_lock
+uri, artifacts, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.001)
+with store_lock(uri):
+    RunTracker(MLFlowLogger(experiment_name="search", tracking_uri=uri, artifact_location=artifacts))
+print("created")
+"""
+
+
+def test_sweep_jobs_starting_together_share_one_new_store(tmp_path):
+    """Unlocked, two of three jobs died in MLflow's schema migration ('duplicate column name: step')."""
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    start = time.time() + 8  # all three past their imports, then at once
+    jobs = [subprocess.Popen([sys.executable, "-c", CREATE_RUN, uri, str(tmp_path / "artifacts"), str(start)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [job.communicate(timeout=120) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], [err[-300:] for _, err in outputs]
+    experiment = MlflowClient(uri).get_experiment_by_name("search")
+    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 3

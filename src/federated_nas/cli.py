@@ -27,8 +27,29 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+class SweepJobFailed(Exception):
+    """One sweep job's bad input, as one line naming the job's overrides."""
+
+
+def in_sweep() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except ImportError:
+        return False
+
+
 def one_line_errors(main: Callable) -> Callable:
-    """Turn known bad-input errors into ``error: <message>`` on stderr and exit status 2."""
+    """Turn known bad-input errors into ``error: <message>`` on stderr and exit status 2.
+
+    Inside a sweep (``-m``) the job raises ``SweepJobFailed`` instead of exiting: ``SystemExit``
+    would get past Hydra's job runner and submitit's result handler, leaving no result, and the
+    launcher would give up on the sweep while other jobs still run. As an exception it becomes the
+    job's failed result: the line is in the job's own log, every other job runs to its end, and
+    the sweep exits non-zero once all have.
+    """
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -36,6 +57,13 @@ def one_line_errors(main: Callable) -> Callable:
             return main(*args, **kwargs)
         except (ConfigError, DataError, OmegaConfBaseException) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if in_sweep():
+                from hydra.core.hydra_config import HydraConfig
+
+                hydra_cfg = HydraConfig.get()
+                line = f"sweep job {hydra_cfg.job.num} ({hydra_cfg.runtime.output_dir}): {message}"
+                logging.getLogger("federated_nas").error("error: %s", line)  # the job's own log
+                raise SweepJobFailed(line) from None
             print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
 

@@ -23,7 +23,7 @@ from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.distributed import DistributedBackend
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
-from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri
+from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri, store_lock
 from federated_nas.tracking.run_figures import RunFigures
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     run = FederatedRun(algorithm, data, backend, settings, run_dir, int(cfg.seed), server_device(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = (checkpoint or {}).get("mlflow_run_id") or None
-    tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
+    with store_lock(cfg.logger.get("tracking_uri") if cfg.get("logger") else None):  # concurrent sweep jobs
+        tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
     run.attach(tracker, RunFigures(run_dir, tracker, plots_every) if plots_every is not None else None)
     if checkpoint is not None:
         run.restore(checkpoint)

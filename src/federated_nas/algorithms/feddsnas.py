@@ -21,9 +21,8 @@ from typing import Any, Callable
 
 from federated_nas.algorithms.base import OptimizerFactory
 from federated_nas.algorithms.fednas import FedNAS, MiLeNASSearch
-from federated_nas.algorithms.nas import (AnnealedTemperature, MostLikelyChild, RecalibrateBatchNorm, check_warmup,
-                                         warming_up)
-from federated_nas.errors import ConfigError
+from federated_nas.algorithms.nas import (AnnealedTemperature, MostLikelyChild, RecalibrateBatchNorm,
+                                         check_recalibration_batches, check_warmup, warming_up)
 from federated_nas.search_space.relaxations import HardGumbelRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
 
@@ -39,10 +38,7 @@ class FedDSNAS(MostLikelyChild, AnnealedTemperature, FedNAS):
         FedNAS.__init__(self, search_space, w_optimizer, alpha_optimizer, val_lambda=val_lambda, **fednas_options)
         AnnealedTemperature.__init__(self, temperature, start=1.0, end=1.0)
         self.warmup = check_warmup(warmup)
-        if not (isinstance(bn_recalibration_batches, int) and bn_recalibration_batches >= 0):
-            raise ConfigError(f"algorithm.bn_recalibration_batches must be an integer >= 0, "
-                              f"got {bn_recalibration_batches}")
-        self.bn_recalibration_batches = bn_recalibration_batches
+        self.bn_recalibration_batches = check_recalibration_batches(bn_recalibration_batches)
 
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": HardGumbelRelaxation(self.temperature["start"])}

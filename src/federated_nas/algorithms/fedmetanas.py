@@ -19,7 +19,7 @@ import torch
 
 from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss, cosine_lr
 from federated_nas.algorithms.nas import (AnnealedTemperature, ArchitectureSearch, RecalibrateBatchNorm, ScheduledPruning,
-                                         SupernetAlgorithm, recalibrate_batch_norm)
+                                         SupernetAlgorithm, check_recalibration_batches, recalibrate_batch_norm)
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
@@ -111,10 +111,7 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"algorithm.relaxation must be one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
         self.relaxation = relaxation
-        if not (isinstance(bn_recalibration_batches, int) and bn_recalibration_batches >= 0):
-            raise ConfigError(f"algorithm.bn_recalibration_batches must be an integer >= 0, "
-                              f"got {bn_recalibration_batches}")
-        self.bn_recalibration_batches = bn_recalibration_batches
+        self.bn_recalibration_batches = check_recalibration_batches(bn_recalibration_batches)
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
         self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha

@@ -178,6 +178,12 @@ class ScheduledPruning:
         return {"pruned_ops": removed["ops"], "pruned_combinations": removed["combinations"]}
 
 
+def check_recalibration_batches(batches: int) -> int:
+    if not (isinstance(batches, int) and batches >= 0):
+        raise ConfigError(f"algorithm.bn_recalibration_batches must be an integer >= 0, got {batches}")
+    return batches
+
+
 def check_warmup(warmup: float) -> float:
     if not (isinstance(warmup, (int, float)) and 0 <= warmup < 1):
         raise ConfigError(f"algorithm.warmup is the fraction of rounds before alpha moves, in [0, 1), got {warmup}")

@@ -7,6 +7,7 @@ never interrupted.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from contextlib import nullcontext
@@ -31,6 +32,7 @@ from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.run_figures import RunFigures
 
 log = logging.getLogger(__name__)
+INJECTED_DROPOUT = "injected dropout"
 
 
 @dataclass
@@ -169,7 +171,7 @@ class FederatedRun:
         s = self.settings
         average, failures, collected = self.algorithm.aggregator(self.model, global_state), {}, []
         dropped = injected_dropouts(self.seed, round_idx, attempt, selected, s.dropout_probability)
-        failures.update({k: "injected dropout" for k in dropped})
+        failures.update({k: INJECTED_DROPOUT for k in dropped})
         dispatched = [self.data.clients[k] for k in selected if k not in dropped]
         trainable = [name for name, _ in self.model.named_parameters()]
         self._show_progress(0, len(selected))
@@ -229,7 +231,8 @@ class FederatedRun:
             "dropped_clients": len(failures),
             "round_attempts": attempt + 1,
             "failures": {str(k): v for k, v in failures.items()},  # who dropped and why (history only)
-            "bytes_sent": payload * len(selected),
+            # clients failed by injection were never sent the model (a real dropout is only known later)
+            "bytes_sent": payload * (len(selected) - sum(v == INJECTED_DROPOUT for v in failures.values())),
             "bytes_received": payload * average.count,
             "client_compute_seconds": float(sum(u.compute_seconds for u in collected)),
             # sampling, client runs, aggregation: compared with the compute above, the loop's overhead
@@ -241,9 +244,15 @@ class FederatedRun:
         train_losses = [u.metrics["train_loss"] for u in collected if "train_loss" in u.metrics]
         if train_losses:
             metrics["client_train_loss"] = float(np.mean(train_losses))
+        last = round_idx == s.rounds - 1
+        unpruned = copy.deepcopy(self.model) if last else None
         metrics.update(self.algorithm.after_aggregation(self.model, round_idx, s.rounds))
         metrics["model_bytes"] = state_bytes(self.model.state_dict())
-        last = round_idx == s.rounds - 1
+        if unpruned is not None and (metrics.get("pruned_ops") or metrics.get("pruned_combinations")):
+            # Table 3 of FedMetaNAS: what pruning the final model cost, same weights and temperature
+            unpruned.relaxation = copy.deepcopy(self.model.relaxation)
+            metrics["global_test_acc_before_pruning"] = evaluate(unpruned, self.data.global_test,
+                                                                 s.eval_batch_size, self.device)[0]
         if last or (round_idx + 1) % s.eval_every == 0:
             acc, loss = evaluate(self.model, self.data.global_test, s.eval_batch_size, self.device,
                                  None if last else s.global_test_samples)

@@ -6,6 +6,8 @@ Round metrics are logged by the server loop with ``step=round``; client Trainers
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import socket
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,29 @@ def check_tracking_uri(uri: str | None, timeout: float = CONNECT_TIMEOUT_SECONDS
         local.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"logger.tracking_uri={uri}: cannot create the local store ({err})") from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str | None):
+    """Hold an exclusive lock beside a local SQLite store while it is created or migrated.
+
+    Sweep jobs that start together would each create the schema: one then fails inside MLflow's
+    migrations (``duplicate column name: step``). Under the lock the first job creates the store and
+    its experiment, and the others find them. Wrap both the logger's construction (which opens the
+    store) and its first ``experiment`` access (which creates the experiment and run). Other stores
+    need no lock.
+    """
+    if not uri or not str(uri).startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(str(uri).removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class RunTracker:
