@@ -327,3 +327,25 @@ def test_pruning_at_the_last_round_reports_the_accuracy_it_cost(tiny_cfg):
     assert final["pruned_ops"] > 0
     assert 0.0 <= final["global_test_acc_before_pruning"] <= 1.0
     assert final["supernet_params"] < count_parameters(SearchNetwork(1, 4, C=2, layers=2))
+
+
+def test_a_run_resumed_after_its_last_round_personalizes_at_the_final_temperature(tiny_cfg, monkeypatch):
+    """Before, the temperature was not saved: a crash during personalization resumed at the start value (1.0)."""
+    from federated_nas import runs
+
+    seen = []
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash during personalization")
+
+    def record(algorithm, model, *args, **kwargs):
+        seen.append(model.relaxation.temperature)
+        return {}
+
+    overrides = ["algorithm=fedmetanas", "logger=none", "personalize=true", "run_name=personal-crash"]
+    monkeypatch.setattr(runs, "personalize_clients", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny_cfg("search", overrides, run="first"))
+    monkeypatch.setattr(runs, "personalize_clients", record)
+    run_search(tiny_cfg("search", overrides + ["resume=true"], run="second"))
+    assert seen == [pytest.approx(0.1)]  # the schedule's end, as the uninterrupted run had it

@@ -143,6 +143,8 @@ class FederatedRun:
         load_state(self.model, checkpoint["model"])
         self.history = list(checkpoint["history"])
         self.personal = {int(k): v for k, v in checkpoint.get("personal", {}).items()}
+        if checkpoint.get("temperature") is not None:  # the schedule's value, for work after the last round
+            self.model.relaxation.temperature = float(checkpoint["temperature"])
         self.start_round = int(checkpoint["round"])
         self.elapsed_before = float(checkpoint["elapsed_seconds"])
         log.info("resuming after round %d of %d", self.start_round, self.settings.rounds)
@@ -283,6 +285,9 @@ class FederatedRun:
             "personal": {str(k): v for k, v in self.personal.items()},
             "history": self.history,
             "elapsed_seconds": metrics["elapsed_seconds"],
+            # a relaxation's annealed temperature is no tensor of the model: kept here, so a run resumed after
+            # its last round (to personalize) evaluates at the final value, not the schedule's start
+            "temperature": getattr(getattr(self.model, "relaxation", None), "temperature", None),
             "mlflow_run_id": self.tracker.run_id or "",
         })
         if self.figures is not None:
