@@ -1,12 +1,13 @@
-"""FedMetaNAS (Huang, Gao): Gumbel-softmax relaxation, first-order MAML over (w, alpha), soft pruning.
+"""FedMetaNAS (Huang, Gao): a tempered relaxation, first-order MAML over (w, alpha), soft pruning.
 
 Local search (the paper's Algorithm 1): each local step takes a support task (a batch of the
 client's train split) and a query task (a batch of its val split); M inner SGD steps adapt a task
 copy of (w, alpha) on the support task; the meta step moves the client's (w, alpha) along the
-query-loss gradient taken at the adapted point (first-order MAML, Eq. 9-10). The op choice and
-each node's choice among k-combinations of its inputs (Eq. 8) are both relaxed with Gumbel-softmax
-at an annealed temperature. Pruning is decided on the server's aggregated architecture, so every
-client receives the same smaller model; the pruned supernet is the final model (no retraining).
+query-loss gradient taken at the adapted point (first-order MAML, Eq. 9-10). The op choice (and,
+with ``input_combinations=k``, each node's choice among k-combinations of its inputs, Eq. 8) is
+relaxed at an annealed temperature: MetaNAS' tempered softmax by default, the paper's Gumbel-softmax
+(Eq. 1) with ``relaxation=gumbel``. Pruning is decided on the server's aggregated architecture, so
+every client receives the same smaller model; the pruned supernet is the final model (no retraining).
 """
 
 from __future__ import annotations
