@@ -247,7 +247,7 @@ class FederatedRun:
         if train_losses:
             metrics["client_train_loss"] = float(np.mean(train_losses))
         last = round_idx == s.rounds - 1
-        unpruned = copy.deepcopy(self.model) if last else None
+        unpruned = copy.deepcopy(self.model) if last and hasattr(self.model, "relaxation") else None
         metrics.update(self.algorithm.after_aggregation(self.model, round_idx, s.rounds))
         metrics["model_bytes"] = state_bytes(self.model.state_dict())
         if unpruned is not None and (metrics.get("pruned_ops") or metrics.get("pruned_combinations")):
