@@ -113,15 +113,14 @@ class SupernetAlgorithm(FederatedAlgorithm):
                                  **self.supernet_options())
 
     def round_report(self, model: SearchNetwork) -> dict[str, Any]:
-        genotype = model.genotype()
+        genotype, entropy, uniform = model.genotype(), alpha_entropy(model), math.log(len(model.primitives))
         report = {
             "genotype": genotype,
-            "alpha_entropy": alpha_entropy(model),
+            "alpha_entropy": entropy,
             # both normalised by ln(#ops): 1 is uniform, 0 one op per edge; the second reads the weights the
             # cells use (softmax(alpha / T) for tempered relaxations), which sharpen as T anneals
-            "alpha_entropy_normalized": alpha_entropy(model) / math.log(len(model.primitives)),
-            "op_weight_entropy_normalized": alpha_entropy(model, deterministic_weights=True)
-            / math.log(len(model.primitives)),
+            "alpha_entropy_normalized": entropy / uniform,
+            "op_weight_entropy_normalized": alpha_entropy(model, deterministic_weights=True) / uniform,
             "skip_connect_count": genotype.count("skip_connect"),
             "derived_params": count_parameters(model.derived_network()),
             "supernet_params": count_parameters(model),
