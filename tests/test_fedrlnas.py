@@ -229,3 +229,18 @@ def test_two_round_fedrlnas_run_and_resume_equality(tiny_cfg, monkeypatch):
     assert int(final["reinforce.updates"]) == 2 and float(final["reinforce.baseline"]) > 0
     resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)
     assert_same_states(final, load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")["model"])
+
+
+def test_fixed_child_is_keyed_by_cell_kind_not_by_call_order():
+    """Before, the children cycled by call count: one extra call swapped the normal and the reduce child."""
+    torch.manual_seed(0)
+    net = SearchNetwork(1, 10, C=2, layers=3)
+    child = sample_child(net)
+    fresh = copy.deepcopy(net)
+    net.relaxation = FixedChild(one_hot_weights(net, child))
+    fresh.relaxation = FixedChild(one_hot_weights(fresh, child))
+    net.op_weights("normal")  # an extra call, as a forward pass that failed after the normal cells would leave
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(net(x), fresh(x), rtol=0, atol=0)
+    for kind in ("normal", "reduce"):
+        assert torch.equal(net.op_weights(kind), one_hot_weights(net, child)[("normal", "reduce").index(kind)])

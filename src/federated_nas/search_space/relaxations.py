@@ -121,24 +121,27 @@ class ArgmaxChild(nn.Module):
 
 
 class FixedChild(nn.Module):
-    """A child sampled once and held fixed: the given one-hot op weights whatever the logits.
+    """A child sampled once and held fixed: the given one-hot op weights of each cell kind, whatever the logits.
 
-    ``children`` are in the order the network relaxes its cell kinds within one forward
-    (``SearchNetwork`` relaxes normal, then reduce); the calls cycle through them.
+    ``children`` maps a cell kind to its ``[edges, ops]`` weights (a list is taken in ``kinds`` order).
+    The network passes the kind it relaxes (``by_kind``), so no call order is assumed: an extra call,
+    or a forward pass that failed halfway, cannot swap the normal and the reduce child.
     """
 
     one_hot = True
+    by_kind = True
 
-    def __init__(self, children: list[torch.Tensor]):
+    def __init__(self, children: dict[str, torch.Tensor] | list[torch.Tensor],
+                 kinds: tuple[str, ...] = ("normal", "reduce")):
         super().__init__()
-        self.children_weights = [child.detach() for child in children]
-        self._calls = 0
+        if not isinstance(children, dict):
+            children = dict(zip(kinds, children, strict=True))
+        self.children_weights = {kind: child.detach() for kind, child in children.items()}
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        child = self.children_weights[self._calls % len(self.children_weights)]
-        self._calls += 1
+    def forward(self, logits: torch.Tensor, kind: str) -> torch.Tensor:
+        child = self.children_weights[kind]
         if child.shape != logits.shape:
-            raise ValueError(f"fixed child of shape {tuple(child.shape)} for logits of shape {tuple(logits.shape)}")
+            raise ValueError(f"fixed {kind} child of shape {tuple(child.shape)} for logits of shape {tuple(logits.shape)}")
         return child.to(device=logits.device, dtype=logits.dtype)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

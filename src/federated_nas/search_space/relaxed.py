@@ -35,9 +35,16 @@ class RelaxedArchitecture:
         arch = {id(p) for p in self.arch_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
-    def _relax(self, logits: torch.Tensor, mask: torch.Tensor, deterministic: bool) -> torch.Tensor:
+    def _relax(self, logits: torch.Tensor, mask: torch.Tensor, deterministic: bool, kind: str | None = None
+               ) -> torch.Tensor:
+        """``kind``: which choice points these are, for relaxations that hold per-kind weights (``by_kind``)."""
         masked = logits.masked_fill(~mask, MASKED)
-        weights = self.relaxation.probabilities(masked) if deterministic else self.relaxation(masked)
+        if deterministic:
+            weights = self.relaxation.probabilities(masked)
+        elif getattr(self.relaxation, "by_kind", False):
+            weights = self.relaxation(masked, kind)
+        else:
+            weights = self.relaxation(masked)
         return weights * mask
 
     def op_distribution(self, kind: str) -> torch.Tensor:

@@ -445,7 +445,7 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
 
     def op_weights(self, kind: str, deterministic: bool = False) -> torch.Tensor:
         """``[edges, ops]`` weights the cells use: relaxed alpha, times the edge's combination weight."""
-        weights = self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), deterministic)
+        weights = self._relax(getattr(self, f"alpha_{kind}"), getattr(self, f"op_mask_{kind}"), deterministic, kind)
         if self.combinations is not None:
             weights = weights * (self.combo_incidence @ self.combination_weights(kind, deterministic)).unsqueeze(1)
         return weights
