@@ -28,7 +28,7 @@ def quiet_libraries() -> None:
 
 
 class SweepJobFailed(Exception):
-    """One sweep job's bad input, as one line naming the job's overrides."""
+    """One sweep job's bad input, as one line naming the job and its run dir."""
 
 
 def in_sweep() -> bool:
