@@ -31,14 +31,14 @@ class SweepJobFailed(Exception):
     """One sweep job's bad input, as one line naming the job and its run dir."""
 
 
-def in_sweep() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+def sweep_job():
+    """Hydra's config of this job when it runs inside a sweep (``-m``), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except ImportError:
-        return False
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get()
+    return None
 
 
 def one_line_errors(main: Callable) -> Callable:
@@ -57,10 +57,8 @@ def one_line_errors(main: Callable) -> Callable:
             return main(*args, **kwargs)
         except (ConfigError, DataError, OmegaConfBaseException) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            if in_sweep():
-                from hydra.core.hydra_config import HydraConfig
-
-                hydra_cfg = HydraConfig.get()
+            hydra_cfg = sweep_job()
+            if hydra_cfg is not None:
                 line = f"sweep job {hydra_cfg.job.num} ({hydra_cfg.runtime.output_dir}): {message}"
                 logging.getLogger("federated_nas").error("error: %s", line)  # the job's own log
                 raise SweepJobFailed(line) from None

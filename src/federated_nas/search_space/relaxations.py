@@ -59,7 +59,7 @@ class GumbelSoftmaxRelaxation(TemperedSoftmaxRelaxation):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return self.probabilities(logits)
-        return torch.softmax(gumbel_perturbed(logits) / self.temperature, dim=-1)
+        return self.probabilities(gumbel_perturbed(logits))  # the tempered softmax of the perturbed logits
 
 
 RELAXATIONS = {"softmax": TemperedSoftmaxRelaxation, "gumbel": GumbelSoftmaxRelaxation}
@@ -83,7 +83,7 @@ class HardGumbelRelaxation(GumbelSoftmaxRelaxation):
             return one_hot_argmax(logits)
         perturbed = gumbel_perturbed(logits)
         chosen = perturbed.argmax(-1, keepdim=True)
-        soft_chosen = torch.softmax(perturbed / self.temperature, dim=-1).gather(-1, chosen)
+        soft_chosen = self.probabilities(perturbed).gather(-1, chosen)
         return torch.zeros_like(logits).scatter(-1, chosen, 1.0) * (soft_chosen / soft_chosen.detach())
 
 

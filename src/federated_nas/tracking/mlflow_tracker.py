@@ -22,6 +22,11 @@ MAX_PARAM_LENGTH = 250  # MLflow rejects longer param values
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
+def sqlite_file(uri: str) -> Path:
+    """The database file of a ``sqlite:///<path>`` tracking URI."""
+    return Path(str(uri).removeprefix("sqlite:///"))
+
+
 def check_tracking_uri(uri: str | None, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
     """Fail in seconds when the tracking store cannot be reached or created.
 
@@ -40,7 +45,7 @@ def check_tracking_uri(uri: str | None, timeout: float = CONNECT_TIMEOUT_SECONDS
                               "or drop the override to use the local store under logs/") from None
         return
     if parsed.scheme == "sqlite":
-        local = Path(str(uri).removeprefix("sqlite:///")).parent
+        local = sqlite_file(uri).parent
     elif parsed.scheme in ("file", ""):
         local = Path(parsed.path)
     else:
@@ -61,10 +66,11 @@ def store_lock(uri: str | None):
     store) and its first ``experiment`` access (which creates the experiment and run). Other stores
     need no lock.
     """
-    if not uri or not str(uri).startswith("sqlite:///"):
+    if not uri or urlparse(str(uri)).scheme != "sqlite":
         yield
         return
-    lock_path = Path(str(uri).removeprefix("sqlite:///") + ".lock")
+    database = sqlite_file(uri)
+    lock_path = database.with_name(database.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
