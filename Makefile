@@ -46,11 +46,12 @@ compare-personal: EXPERIMENT = compare_cpu
 compare-personal:  ## personalization table and client-accuracy histograms: make compare-personal [EXPERIMENT=compare_cpu]
 	$(PYTHON) scripts/compare_runs.py --kind personalization --experiment $(EXPERIMENT) --filter "$(FILTER)"
 
-bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead and pruned traffic (not part of `make test`)
+bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead and pruned traffic; start-up (not part of `make test`)
 	$(PYTHON) scripts/bench_supernet.py
 	$(PYTHON) scripts/bench_rounds.py
 	$(PYTHON) scripts/bench_half_grid.py --threads 1
 	$(PYTHON) scripts/bench_planted.py
+	$(PYTHON) scripts/bench_startup.py --first-round
 
 clean-logs:
 	rm -rf logs/search logs/train logs/mlflow.db logs/mlartifacts

@@ -4,6 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from federated_nas.cli import one_line_errors, quiet_libraries, set_project_root
+from federated_nas.config_checks import check_config
 
 set_project_root()
 
@@ -11,6 +12,7 @@ set_project_root()
 @hydra.main(version_base="1.3", config_path="../configs", config_name="search")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
+    check_config(cfg)  # in a second, before torch and the data load
     from federated_nas.runs import run_search
 
     quiet_libraries()

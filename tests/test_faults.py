@@ -155,7 +155,18 @@ def test_a_bad_sweep_job_fails_alone_and_the_sweep_reports_it_at_the_end(tmp_pat
                              multirun=True)
     finished = subprocess.run(command, capture_output=True, text=True, env=quiet_env(), timeout=300)
     assert finished.returncode != 0
-    assert "partition.alpha must be > 0, got -1" in finished.stderr
+    assert "partition.alpha must be a number > 0, got -1" in finished.stderr
     assert len(list(tmp_path.glob("search/multiruns/*/*/FINISHED"))) == 2  # the good jobs ran to their end
     (bad_log,) = [p for p in tmp_path.glob("search/multiruns/*/*/search.log") if "got -1" in p.read_text()]
     assert "error: sweep job 1" in bad_log.read_text()  # the failure is in the job's own log
+
+
+def test_client_seeds_differ_for_every_run_round_and_client():
+    """The old linear mix gave (round 1, client 0) and (round 0, client 10,007) one seed."""
+    from federated_nas.federation.backends import client_seed
+
+    assert client_seed(0, 1, 0) != client_seed(0, 0, 10_007)
+    assert client_seed(1, 0, 0) != client_seed(0, 0, 1_000_003)
+    triples = [(seed, round_idx, client) for seed in range(3) for round_idx in range(50) for client in range(200)]
+    assert len({client_seed(*triple) for triple in triples}) == len(triples)
+    assert client_seed(3, 7, 11) == client_seed(3, 7, 11) and 0 <= client_seed(3, 7, 11) < 2**32

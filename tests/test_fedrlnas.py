@@ -244,3 +244,17 @@ def test_fixed_child_is_keyed_by_cell_kind_not_by_call_order():
     torch.testing.assert_close(net(x), fresh(x), rtol=0, atol=0)
     for kind in ("normal", "reduce"):
         assert torch.equal(net.op_weights(kind), one_hot_weights(net, child)[("normal", "reduce").index(kind)])
+
+
+@pytest.mark.parametrize("overrides, name", [
+    (["algorithm.local_step=maml"], "fedrlnas"),
+    (["algorithm.local_step=maml", "algorithm.name=meta_fedrlnas"], "meta_fedrlnas"),
+])
+def test_a_method_has_one_name_for_its_run_dir_and_its_tags(tiny_cfg, overrides, name):
+    """The YAML name labels the run dir and the MLflow tag alike (once the class renamed its maml variant)."""
+    from federated_nas.runs import build, run_tags
+
+    cfg = tiny_cfg("search", ["algorithm=fedrlnas", *overrides])
+    algorithm = build(cfg.algorithm)
+    assert algorithm.maml is not None and algorithm.name == name
+    assert cfg.run_name.startswith(f"{name}-") and run_tags(cfg, algorithm.name)["algorithm"] == name

@@ -128,7 +128,7 @@ def test_two_round_perfedrlnas_run_keeps_policies_per_client_and_resumes_exactly
 def test_maml_child_step_known_answer():
     """meta-: w <- w - lr * dL_query(w - inner_lr * dL_support(w)) on the child's weights, alpha untouched."""
     algorithm, model = tiny_algorithm(local_step="maml", inner_lr=0.05, lr=0.1, lr_min=0.1, grad_clip=None)
-    assert algorithm.name == "meta_perfedrlnas"
+    assert algorithm.maml == (1, 0.05)
     client = tiny_client(0, seed=3)
     update = run_client(algorithm, model, client, personal={})
 

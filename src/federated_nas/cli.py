@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -41,6 +42,26 @@ def sweep_job():
     return None
 
 
+def remove_empty_run_dir() -> None:
+    """Drop the dir Hydra made for a run that failed on bad input, if it holds only Hydra's own files.
+
+    Bad input must leave nothing behind; a dir with a config and a log but no run in it would
+    clutter ``logs/`` and the listing ``resume=true`` searches.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    hydra_files = {hydra_cfg.output_subdir, f"{hydra_cfg.job.name}.log"}
+    if run_dir.is_dir() and {path.name for path in run_dir.iterdir()} <= hydra_files:
+        logging.shutdown()  # the job's log file handler lets go of the file
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir.parent.parent.name == "runs" and not any(run_dir.parent.iterdir()):
+            run_dir.parent.rmdir()  # the run name's dir (hydra.run.dir's layout), had this been its only run
+
+
 def one_line_errors(main: Callable) -> Callable:
     """Turn known bad-input errors into ``error: <message>`` on stderr and exit status 2.
 
@@ -63,6 +84,7 @@ def one_line_errors(main: Callable) -> Callable:
                 logging.getLogger("federated_nas").error("error: %s", line)  # the job's own log
                 raise SweepJobFailed(line) from None
             print(f"error: {message}", file=sys.stderr)
+            remove_empty_run_dir()
             sys.exit(2)
 
     return wrapper

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.config_checks import check_config
 from federated_nas.data.federated_data import FederatedData, build_federated_data
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
@@ -34,13 +35,16 @@ def build(node: DictConfig, keep_name: bool = False, **kwargs: Any) -> Any:
     """Instantiate a config node, surfacing our own one-line errors from inside constructors.
 
     A node's ``name`` labels runs and tags; it is passed on only where it is the target's own
-    argument (``keep_name``, e.g. a dataset's name).
+    argument (``keep_name``, e.g. a dataset's name). An algorithm's YAML ``name`` is its one name:
+    the run dir (``run_name``), the MLflow tag and the log all say it.
     """
     spec = OmegaConf.to_container(node, resolve=True)
-    if not keep_name:
-        spec.pop("name", None)
+    name = None if keep_name else spec.pop("name", None)
     try:
-        return instantiate(spec, **kwargs)
+        built = instantiate(spec, **kwargs)
+        if name is not None and isinstance(built, FederatedAlgorithm):
+            built.name = name
+        return built
     except InstantiationException as err:
         if isinstance(err.__cause__, (ConfigError, DataError)):
             raise err.__cause__ from None
@@ -94,6 +98,7 @@ def build_backend(cfg: DictConfig) -> Any:
 def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     """Shared by search and train: data, tracker, loop, resume, artifacts."""
     backend = build_backend(cfg)
+    device = server_device(cfg)  # a GPU asked for but not there fails here, before the data load
     if isinstance(backend, DistributedBackend) and backend.is_worker:
         backend.serve(algorithm)  # a torchrun / SLURM rank other than 0: runs clients for rank 0, writes nothing
         return {}
@@ -104,11 +109,9 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     run_dir, checkpoint = resolve_run_dir(cfg)
     settings = FederationSettings(**{k: v for k, v in cfg.federation.items() if k not in FEDERATION_KEYS})
     plots_every = cfg.get("plots_every")
-    if plots_every is not None and (not isinstance(plots_every, int) or plots_every < 0):
-        raise ConfigError(f"plots_every must be an integer >= 0 or null (no figures), got {plots_every}")
     data = build_data(cfg)
     # the model is built before anything is written: bad input leaves no run dir and no MLflow run
-    run = FederatedRun(algorithm, data, backend, settings, run_dir, int(cfg.seed), server_device(cfg))
+    run = FederatedRun(algorithm, data, backend, settings, run_dir, int(cfg.seed), device)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = (checkpoint or {}).get("mlflow_run_id") or None
     with store_lock(cfg.logger.get("tracking_uri") if cfg.get("logger") else None):  # concurrent sweep jobs
@@ -160,6 +163,7 @@ def summary(final: dict[str, Any]) -> str:
 
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
     return run_federated(cfg, build(cfg.algorithm))
 
 
@@ -185,6 +189,7 @@ def genotype_of_search(search_run: str, tracking_uri: str | None) -> Path:
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
     """The FedNAS second stage: FedAvg on the network of the genotype a search found."""
+    check_config(cfg)
     if not cfg.get("search_run"):
         raise ConfigError("search_run is required: the run dir or MLflow run id of a finished search")
     tracking_uri = cfg.logger.tracking_uri if cfg.get("logger") else None

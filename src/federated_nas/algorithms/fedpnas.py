@@ -30,11 +30,13 @@ from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.personalized import PersonalizedSearchNetwork, personalized_factory
 
-LOCAL_SEARCHES = {"fednas": ("fedpnas", FedNAS), "fedmetanas": ("meta_fedpnas", FedMetaNAS)}
+LOCAL_SEARCHES = {"fednas": FedNAS, "fedmetanas": FedMetaNAS}
 
 
 class FedPNAS(FederatedAlgorithm):
     """Personal cells on top of a supernet method's search; every other option is that method's."""
+
+    name = "fedpnas"
 
     def __init__(self, local_search: str = "fednas", personal_cells: int = 1, new_client_steps: int = 5,
                  new_client_lr: float = 0.025, **search_options: Any):
@@ -43,7 +45,7 @@ class FedPNAS(FederatedAlgorithm):
                               f"got {local_search!r}")
         if not (isinstance(new_client_steps, int) and new_client_steps >= 0):
             raise ConfigError(f"algorithm.new_client_steps must be an integer >= 0, got {new_client_steps}")
-        self.name, search_class = LOCAL_SEARCHES[local_search]
+        search_class = LOCAL_SEARCHES[local_search]
         unknown = sorted(set(search_options) - set(inspect.signature(search_class).parameters))
         if unknown:  # e.g. a MAML option left over after switching local_search to fednas
             raise ConfigError(f"algorithm.{unknown[0]} is not an option of algorithm.local_search={local_search}")

@@ -232,8 +232,6 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
         if inner_steps < 0:
             raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
         self.maml = (inner_steps, inner_lr) if local_step == "maml" else None
-        if self.maml is not None:  # runs and tags say which variant ran
-            self.name = f"meta_{type(self).name}"
         self.task_size = task_size
         if alpha_update not in ALPHA_UPDATES:
             raise ConfigError(f"algorithm.alpha_update must be one of {', '.join(ALPHA_UPDATES)}, got {alpha_update!r}")

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import ClientData
+from federated_nas.errors import ConfigError
 from federated_nas.federation.aggregation import load_state
 
 State = dict[str, torch.Tensor]
@@ -44,10 +46,18 @@ class ClientFailure:
     reason: str
 
 
+# Stream tags: one (seed, round) seeds each of the run's random streams differently, so that no
+# stream repeats another's draws (client sampling, injected dropouts, the clients' own work).
+SAMPLING_STREAM, DROPOUT_STREAM, CLIENT_STREAM = 17, 29, 41
+
+
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
-    """One seed per (run, round, client): client work is reproducible whatever ran before it."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(
-        seed * 1_000_003 + round_idx * 10_007 + client_id)).item())
+    """One seed per (run, round, client): client work is reproducible whatever ran before it.
+
+    NumPy's SeedSequence hashes the triple, as the partitions' seeds are drawn: no structure makes two
+    triples share a seed, as a linear mix (seed * P + round * Q + client) does once client ids reach Q.
+    """
+    return int(np.random.SeedSequence([seed, round_idx, CLIENT_STREAM, client_id]).generate_state(1)[0])
 
 
 def compile_options(compile: bool | Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -58,6 +68,10 @@ def compile_options(compile: bool | Mapping[str, Any] | None) -> dict[str, Any] 
 
 
 def visible_gpus(accelerator: str) -> int:
+    """GPUs the clients may use; asking for a GPU where none is visible is an error, not a CPU run."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible to torch "
+                          f"(torch.cuda.is_available() is False); use trainer.accelerator=cpu or auto")
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.cuda.device_count()
     return 0

@@ -25,7 +25,8 @@ from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.aggregation import WeightedAverage, clip_update, load_state
-from federated_nas.federation.backends import ClientFailure, ClientUpdate, LocalBackend
+from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,
+                                                LocalBackend)
 from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
@@ -79,14 +80,14 @@ def injected_dropouts(seed: int, round_idx: int, attempt: int, clients: list[int
     """The clients that fail on purpose in this attempt: a function of (seed, round, attempt) only."""
     if probability <= 0:
         return set()
-    draws = np.random.default_rng([seed, round_idx, attempt, 29]).random(len(clients))
+    draws = np.random.default_rng([seed, round_idx, attempt, DROPOUT_STREAM]).random(len(clients))
     return {client for client, draw in zip(clients, draws) if draw < probability}
 
 
 def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float) -> list[int]:
     """The clients of a round: a fixed-size sample that depends only on (seed, round)."""
     count = max(1, int(round(fraction * num_clients)))
-    rng = np.random.default_rng([seed, round_idx, 17])
+    rng = np.random.default_rng([seed, round_idx, SAMPLING_STREAM])
     return sorted(int(k) for k in rng.choice(num_clients, size=count, replace=False))
 
 

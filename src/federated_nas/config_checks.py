@@ -1,0 +1,257 @@
+"""Type and range checks of every setting, run on the composed config before torch or data load.
+
+A bad value then costs a second, not the 10-100 s of imports and data loading that come before
+the objects that would notice it, and leaves nothing behind. The rules are a table of setting
+patterns, so a new setting is one line here (``tests/test_config_checks.py`` fails until it has
+one). Checks that need the data or other objects (a partition too fine for the dataset, a model
+that cannot read the samples) stay with those objects. This module imports only OmegaConf.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from federated_nas.errors import ConfigError
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Number:
+    """A real (or integer) value in an interval; ``None`` allowed where ``nullable``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    nullable: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def bound(self) -> str:
+        """The interval in words: ``>= 1``, ``in (0, 1]``, or nothing."""
+        low = None if self.low is None else ("(" if self.low_open else "[") + _number(self.low)
+        high = None if self.high is None else _number(self.high) + (")" if self.high_open else "]")
+        if low and high:
+            return f" in {low}, {high}"
+        if low:
+            return f" {'>' if self.low_open else '>='} {_number(self.low)}"
+        if high:
+            return f" {'<' if self.high_open else '<='} {_number(self.high)}"
+        return ""
+
+    def expectation(self) -> str:
+        return ("an integer" if self.integer else "a number") + self.bound() + (" or null" if self.nullable else "")
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """A list of numbers, each checked by ``item``, of a fixed ``length`` where given."""
+
+    item: Number
+    length: int | None = None
+    total: float | None = None  # the items must sum to this
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length):
+            return False
+        if not all(self.item.accepts(v) for v in value):
+            return False
+        return self.total is None or math.isclose(sum(value), self.total, abs_tol=1e-6)
+
+    def expectation(self) -> str:
+        count = f"{self.length} " if self.length is not None else ""
+        kind = "integers" if self.item.integer else "numbers"
+        each = f", each{self.item.bound()}" if self.item.bound() else ""
+        total = f", summing to {_number(self.total)}" if self.total is not None else ""
+        return f"a list of {count}{kind}{each}{total}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few words."""
+
+    choices: tuple[Any, ...]
+
+    def accepts(self, value: Any) -> bool:
+        return any(value == choice and type(value) is type(choice) for choice in self.choices)
+
+    def expectation(self) -> str:
+        return "one of " + ", ".join("null" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
+                                     for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A non-empty string (names, paths, class paths); ``None`` allowed where ``nullable``."""
+
+    nullable: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        return (value is None and self.nullable) or (isinstance(value, str) and value.strip() != "")
+
+    def expectation(self) -> str:
+        return "a non-empty string" + (" or null" if self.nullable else "")
+
+
+@dataclass(frozen=True)
+class FlagOrPath:
+    """``resume``: true, false, or a run dir."""
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool) or value is None or (isinstance(value, str) and value.strip() != "")
+
+    def expectation(self) -> str:
+        return "true, false or a run dir"
+
+
+FLAG = OneOf((True, False))
+POSITIVE = Number(low=0, low_open=True)
+NON_NEGATIVE = Number(low=0)
+COUNT = Number(low=1, integer=True)  # at least one
+STEPS = Number(low=0, integer=True)  # zero allowed
+FRACTION = Number(low=0, high=1)
+DECAY = Number(low=0, high=1, high_open=True)
+UNCHECKED = None  # structure, not a setting: targets, Hydra's own nodes
+
+# First matching pattern wins: specific patterns before the general ones below them.
+RULES: tuple[tuple[str, Any], ...] = (
+    ("hydra.*", UNCHECKED),
+    ("*._target_", UNCHECKED),
+    ("*._partial_", UNCHECKED),
+    ("model", OneOf((None,))),  # a group left empty (model: null, logger: null); chosen, it is a node
+    ("logger", OneOf((None,))),
+    ("paths.*", Text()),
+    ("task_name", Text()),
+    ("run_name", Text()),
+    ("search_run", Text(nullable=True)),
+    ("seed", Number(low=0, high=2**32 - 1, integer=True)),
+    ("resume", FlagOrPath()),
+    ("personalize", FLAG),
+    ("plots_every", Number(low=0, integer=True, nullable=True)),
+    # the federation
+    ("federation.split", Numbers(FRACTION, length=3, total=1.0)),
+    ("federation.client_fraction", Number(low=0, high=1, low_open=True)),
+    ("federation.dropout_probability", DECAY),
+    ("federation.local_batches", Number(low=1, integer=True, nullable=True)),
+    ("federation.global_test_samples", Number(low=1, integer=True, nullable=True)),
+    ("federation.deadline_seconds", Number(low=0, low_open=True, nullable=True)),
+    ("federation.update_clip_norm", Number(low=0, low_open=True, nullable=True)),
+    ("federation.*", COUNT),
+    # data
+    ("dataset.name", Text()),
+    ("dataset.data_dir", Text()),
+    ("dataset.download", FLAG),
+    ("dataset.test_fraction", Number(low=0, high=1, low_open=True, high_open=True)),
+    ("dataset.signal", POSITIVE),
+    ("dataset.*seed", Number(low=0, integer=True)),
+    ("dataset.num_classes", Number(low=2, integer=True)),
+    ("dataset.*", COUNT),
+    ("partition.name", Text()),
+    ("partition.alpha", POSITIVE),
+    ("partition.min_client_size", STEPS),
+    ("partition.*", COUNT),
+    # search spaces and fixed models
+    ("search_space.primitives", Text()),  # a list: checked item by item below
+    ("search_space.primitives.*", Text()),
+    ("search_space.*", COUNT),
+    ("model.genotype", Text(nullable=True)),
+    ("model.size", OneOf(("small", "large"))),
+    ("model.width_mult", POSITIVE),
+    ("model.drop_rate", DECAY),
+    ("model.channels", Numbers(COUNT)),
+    ("model.block_config", Numbers(COUNT)),
+    ("model.hidden", COUNT),  # an int or a list of ints: lists are checked item by item below
+    ("model.hidden.*", COUNT),
+    ("model.*", COUNT),
+    # the methods
+    ("algorithm.name", Text()),
+    ("algorithm.local_step", OneOf(("sgd", "maml"))),
+    ("algorithm.local_search", OneOf(("fednas", "fedmetanas"))),
+    ("algorithm.alpha_update", OneOf(("adam", "ascent"))),
+    ("algorithm.relaxation", OneOf(("softmax", "gumbel"))),
+    ("algorithm.temperature.clock", OneOf(("rounds", "task"))),
+    ("algorithm.temperature.shape", OneOf(("linear", "exponential", "cosine"))),
+    ("algorithm.temperature.*", POSITIVE),
+    ("algorithm.prune_at", Numbers(Number(low=0, high=1, low_open=True))),
+    ("algorithm.prune_threshold", Number(low=0, high=1, high_open=True)),
+    ("algorithm.warmup", Number(low=0, high=1, high_open=True)),
+    ("algorithm.val_lambda", NON_NEGATIVE),
+    ("algorithm.lam", NON_NEGATIVE),
+    ("algorithm.mu", NON_NEGATIVE),
+    ("algorithm.baseline_decay", DECAY),
+    ("algorithm.input_combinations", Number(low=1, integer=True, nullable=True)),
+    ("algorithm.personal_cells", STEPS),
+    ("algorithm.task_size", Number(low=1, integer=True, nullable=True)),
+    ("algorithm.reward_batches", Number(low=1, integer=True, nullable=True)),
+    ("algorithm.grad_clip", Number(low=0, low_open=True, nullable=True)),
+    ("algorithm.*betas", Numbers(DECAY, length=2)),
+    ("algorithm.*momentum", DECAY),
+    ("algorithm.*weight_decay", NON_NEGATIVE),
+    ("algorithm.*eps", POSITIVE),
+    ("algorithm.finetune_lr", Number(low=0, low_open=True, nullable=True)),
+    ("algorithm.personal_lr", Number(low=0, low_open=True, nullable=True)),
+    ("algorithm.*lr*", POSITIVE),
+    ("algorithm.*steps", STEPS),
+    ("algorithm.*batches", STEPS),
+    # how it runs
+    ("trainer.accelerator", OneOf(("cpu", "gpu", "cuda", "mps", "auto"))),
+    ("trainer.precision", OneOf(("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true",
+                                 "64-true", "64"))),
+    ("cluster.backend.compile", FLAG),
+    ("cluster.backend.launch", OneOf(("spawn", "env"))),
+    ("cluster.backend.workers", Number(low=1, integer=True, nullable=True)),
+    ("cluster.backend.*seconds", POSITIVE),
+    ("logger.*", Text()),
+)
+
+
+def rule_for(key: str) -> Any:
+    """The rule of a setting's dotted key (list items as ``key.<index>`` fall back to ``key.*``)."""
+    for pattern, rule in RULES:
+        if fnmatchcase(key, pattern):
+            return rule
+    return UNCHECKED
+
+
+def settings(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf the user can type; interpolations are checked where they point."""
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, _ in items:
+        child = node._get_node(key)
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if child is None or child._is_interpolation() or child._is_missing():
+            continue
+        if isinstance(child, DictConfig):
+            yield from settings(child, dotted)
+        elif isinstance(child, ListConfig) and isinstance(rule_for(dotted), (Numbers, type(None))):
+            yield dotted, OmegaConf.to_container(child)
+        elif isinstance(child, ListConfig):
+            yield from settings(child, dotted)
+        else:
+            yield dotted, child._value()
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` naming the first setting whose value has the wrong type or range."""
+    for key, value in settings(cfg):
+        rule = rule_for(key)
+        if rule is not None and not rule.accepts(value):
+            raise ConfigError(f"{key} must be {rule.expectation()}, got {value!r}")

@@ -1,0 +1,113 @@
+"""Every setting has a type and range check that names it, run before torch loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from federated_nas.config_checks import RULES, UNCHECKED, check_config, rule_for, settings
+from federated_nas.errors import ConfigError
+from federated_nas.runs import run_search
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+GROUPS = ("algorithm", "dataset", "partition", "search_space", "model", "trainer", "logger", "cluster", "preset",
+          "experiment", "debug", "paths")
+NEEDS_A_MODEL = {"fedavg", "fedprox", "ditto", "fedrep", "fedbabu", "perfedavg"}
+
+
+def every_shipped_config():
+    """Each file of each config group composed into search.yaml, and train.yaml."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        yield "train", compose("train")
+        for group in GROUPS:
+            for path in sorted((CONFIGS / group).glob("*.yaml")):
+                overrides = [f"{group}={path.stem}"]
+                if group == "algorithm" and path.stem in NEEDS_A_MODEL:
+                    overrides.append("model=cnn")
+                if group == "model":
+                    overrides.append("algorithm=fedavg")
+                yield " ".join(overrides), compose("search", overrides=overrides)
+
+
+def test_every_shipped_setting_has_a_check_and_passes_it():
+    """A new setting fails here until RULES says what values it takes."""
+    seen = set()
+    for name, cfg in every_shipped_config():
+        check_config(cfg)  # the shipped defaults are valid
+        for key, _ in settings(cfg):
+            seen.add(key)
+            structural = key.endswith(("._target_", "._partial_"))
+            assert structural or rule_for(key) is not UNCHECKED, f"{key} (composed by {name}) has no rule"
+    assert len(seen) > 100
+    patterns = [pattern for pattern, rule in RULES if rule is not UNCHECKED]
+    assert len(patterns) == len(set(patterns))
+
+
+@pytest.mark.parametrize("override, message", [
+    # found failing: each ran for minutes, printed a traceback, or left a half-written run
+    ("algorithm.lr=-0.1", "algorithm.lr must be a number > 0, got -0.1"),
+    ("partition.alpha=abc", "partition.alpha must be a number > 0, got 'abc'"),
+    ("seed=-5", "seed must be an integer in [0, 4294967295], got -5"),
+    # one of each kind of rule
+    ("federation.rounds=2.5", "federation.rounds must be an integer >= 1, got 2.5"),
+    ("federation.client_fraction=0", "federation.client_fraction must be a number in (0, 1], got 0"),
+    ("federation.local_batches=0", "federation.local_batches must be an integer >= 1 or null, got 0"),
+    ("federation.split=[0.5,0.6,0.1]", "federation.split must be a list of 3 numbers, each in [0, 1], summing to 1"),
+    ("federation.deadline_seconds=-1", "federation.deadline_seconds must be a number > 0 or null"),
+    ("plots_every=often", "plots_every must be an integer >= 0 or null, got 'often'"),
+    ("personalize=yes", "personalize must be one of true, false, got 'yes'"),
+    ("trainer.accelerator=tpu", "trainer.accelerator must be one of cpu, gpu, cuda, mps, auto, got 'tpu'"),
+    ("algorithm.w_optimizer.momentum=1.0", "algorithm.w_optimizer.momentum must be a number in [0, 1), got 1.0"),
+    ("algorithm.alpha_optimizer.betas=[0.5]", "algorithm.alpha_optimizer.betas must be a list of 2 numbers"),
+    ("search_space.C=0", "search_space.C must be an integer >= 1, got 0"),
+    ("dataset.num_classes=1", "dataset.num_classes must be an integer >= 2, got 1"),
+])
+def test_a_bad_value_is_one_line_naming_the_setting(tiny_cfg, override, message):
+    cfg = tiny_cfg("search", ["logger=none", override])
+    with pytest.raises(ConfigError) as raised:
+        check_config(cfg)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        run_search(cfg)  # the library entry checks too
+    assert not Path(cfg.paths.output_dir).exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algorithm=fedmetanas algorithm.temperature.shape=step", "algorithm.temperature.shape must be one of linear"),
+    ("algorithm=fedmetanas algorithm.prune_at=[0.5,1.5]", "algorithm.prune_at must be a list of numbers, each in (0, 1]"),
+    ("algorithm=fedrlnas algorithm.local_step=adam", "algorithm.local_step must be one of sgd, maml, got 'adam'"),
+    ("algorithm=fedavg model=mlp model.hidden=[16,0]", "model.hidden.1 must be an integer >= 1, got 0"),
+    ("algorithm=ditto model=cnn algorithm.personal_lr=0", "algorithm.personal_lr must be a number > 0 or null"),
+    ("cluster=multiprocess cluster.backend.workers=0", "cluster.backend.workers must be an integer >= 1 or null"),
+])
+def test_method_and_backend_settings_are_checked(tiny_cfg, override, message):
+    with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.").replace("[", r"\[").replace("(", r"\(")):
+        check_config(tiny_cfg("search", override.split()))
+
+
+def test_a_config_error_on_the_command_line_comes_before_torch_and_leaves_no_run_dir(tmp_path):
+    run_dir = tmp_path / "runs" / "bad" / "now"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "src" / "search.py"), "partition.alpha=abc", "logger=none",
+         f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == ["error: partition.alpha must be a number > 0, got 'abc'"]
+    assert "omegaconf" in imported and "torch" not in imported and "lightning" not in imported
+    assert not run_dir.exists() and not run_dir.parent.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_a_gpu_asked_for_where_there_is_none_fails_before_the_data_loads(tiny_cfg):
+    cfg = tiny_cfg("search", ["logger=none", "trainer.accelerator=gpu"])
+    with pytest.raises(ConfigError, match=r"^trainer\.accelerator=gpu but no GPU is visible"):
+        run_search(cfg)
+    assert not Path(cfg.paths.output_dir).exists()
