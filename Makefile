@@ -2,7 +2,11 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install data test test-avx2 search train mlflow-ui compare compare-personal bench clean-logs
+.PHONY: help install data test test-avx2 search train mlflow-ui compare compare-personal bench clean-logs
+.DEFAULT_GOAL := help
+
+help:  ## this list of targets and what each does
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-17s %s\n", $$1, $$2}'
 
 install: data  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
 	$(PIP) install -e ".[dev]"
@@ -53,5 +57,5 @@ bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead an
 	$(PYTHON) scripts/bench_planted.py
 	$(PYTHON) scripts/bench_startup.py --first-round
 
-clean-logs:
+clean-logs:  ## delete every run, the MLflow store and its artifacts under logs/
 	rm -rf logs/search logs/train logs/mlflow.db logs/mlartifacts

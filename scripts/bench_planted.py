@@ -28,7 +28,7 @@ BUDGET = ["federation.local_epochs=3", "algorithm.lr=0.1"]
 
 def planted_run(method: str, seed: int, rounds: int, out: Path, extra: list[str] = ()) -> dict:
     """One search on the planted task: the planted op's weight by round, the final genotype and accuracy."""
-    from federated_nas.cli import quiet_libraries
+    from federated_nas.compat import quiet_libraries
     from federated_nas.federation.checkpoint import load_latest_checkpoint
     from federated_nas.runs import run_search
 

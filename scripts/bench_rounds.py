@@ -25,7 +25,7 @@ OUT = ROOT / "benchmarks"
 
 def run_history(name: str, overrides: list[str], tmp: Path) -> list[dict]:
     """The per-round history of a search run with evaluation off."""
-    from federated_nas.cli import quiet_libraries
+    from federated_nas.compat import quiet_libraries
     from federated_nas.federation.checkpoint import load_latest_checkpoint
     from federated_nas.runs import run_search
 

@@ -29,7 +29,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import TensorDataset
 
-from federated_nas.cli import quiet_libraries
+from federated_nas.compat import quiet_libraries
 from federated_nas.data.federated_data import ClientData
 from federated_nas.runs import build
 from federated_nas.search_space.reference import ReferenceSearchNetwork

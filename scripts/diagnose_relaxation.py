@@ -24,9 +24,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
+from federated_nas.algorithms.aggregation import load_state
 from federated_nas.cli import one_line_errors
 from federated_nas.errors import ConfigError
-from federated_nas.federation.aggregation import load_state
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.runs import build, build_data

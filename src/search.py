@@ -3,7 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from federated_nas.cli import one_line_errors, quiet_libraries, set_project_root
+from federated_nas.cli import one_line_errors, set_project_root
+from federated_nas.compat import quiet_libraries
 from federated_nas.config_checks import check_config
 
 set_project_root()

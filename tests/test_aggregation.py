@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from federated_nas.algorithms.aggregation import WeightedAverage, weighted_average
 from federated_nas.errors import DataError
-from federated_nas.federation.aggregation import WeightedAverage, weighted_average
 from federated_nas.federation.server import sample_clients
 
 

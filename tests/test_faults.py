@@ -13,8 +13,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from federated_nas.algorithms.aggregation import clip_update
 from federated_nas.federation import backends
-from federated_nas.federation.aggregation import clip_update
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.server import RoundFailed, injected_dropouts
 from federated_nas.runs import run_search

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from federated_nas.algorithms.aggregation import MaskedAverage, WeightedAverage
 from federated_nas.algorithms.fedrlnas import FedRLNAS, adam_ascent, reinforce_direction
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.federation.aggregation import MaskedAverage, WeightedAverage
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.children import argmax_child, child_entry_masks, one_hot_weights, sample_child

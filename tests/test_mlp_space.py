@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from federated_nas.algorithms.aggregation import load_state
 from federated_nas.data.vectors import load_tabular_dataset, make_signal_dataset
 from federated_nas.errors import ConfigError
-from federated_nas.federation.aggregation import load_state
 from federated_nas.runs import run_search, run_train
+from federated_nas.search_space.architecture import MASKED
 from federated_nas.search_space.mlp import MLP_PRIMITIVES, MixedLayer, MLPGenotype, MLPSearchNetwork
 from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
-from federated_nas.search_space.relaxed import MASKED
 
 OPS = {name: k for k, name in enumerate(MLP_PRIMITIVES)}
 VECTOR = ["dataset=synthetic_vector", "search_space.hidden=8", "search_space.layers=2", "logger=none"]

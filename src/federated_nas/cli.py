@@ -22,12 +22,6 @@ def set_project_root() -> None:
     os.environ.setdefault("PROJECT_ROOT", str(PROJECT_ROOT))
 
 
-def quiet_libraries() -> None:
-    """Silence per-client Lightning banners at their logger (each client fit would print them)."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 class SweepJobFailed(Exception):
     """One sweep job's bad input, as one line naming the job and its run dir."""
 

@@ -11,50 +11,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.builders import build, build_data
 from federated_nas.config_checks import check_config
-from federated_nas.data.federated_data import FederatedData, build_federated_data
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
-from federated_nas.federation.distributed import DistributedBackend
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri, store_lock
+from federated_nas.tracking.plots import plot_partition_heatmap
 from federated_nas.tracking.run_figures import RunFigures
 
 log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
-
-
-def build(node: DictConfig, keep_name: bool = False, **kwargs: Any) -> Any:
-    """Instantiate a config node, surfacing our own one-line errors from inside constructors.
-
-    A node's ``name`` labels runs and tags; it is passed on only where it is the target's own
-    argument (``keep_name``, e.g. a dataset's name). An algorithm's YAML ``name`` is its one name:
-    the run dir (``run_name``), the MLflow tag and the log all say it.
-    """
-    spec = OmegaConf.to_container(node, resolve=True)
-    name = None if keep_name else spec.pop("name", None)
-    try:
-        built = instantiate(spec, **kwargs)
-        if name is not None and isinstance(built, FederatedAlgorithm):
-            built.name = name
-        return built
-    except InstantiationException as err:
-        if isinstance(err.__cause__, (ConfigError, DataError)):
-            raise err.__cause__ from None
-        raise
-
-
-def build_data(cfg: DictConfig) -> FederatedData:
-    dataset = build(cfg.dataset, keep_name=True)
-    return build_federated_data(dataset, build(cfg.partition), int(cfg.federation.num_clients), int(cfg.seed),
-                                tuple(cfg.federation.split))
 
 
 def resolve_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, Any] | None]:
@@ -90,8 +63,7 @@ def run_tags(cfg: DictConfig, algorithm_name: str) -> dict[str, Any]:
 def build_backend(cfg: DictConfig) -> Any:
     """The execution backend; a distributed one keeps the run config its workers rebuild data and method from."""
     backend = instantiate(cfg.cluster.backend, trainer=instantiate(cfg.trainer))
-    if isinstance(backend, DistributedBackend):
-        backend.configure(cfg)
+    backend.prepare(cfg)
     return backend
 
 
@@ -99,7 +71,7 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     """Shared by search and train: data, tracker, loop, resume, artifacts."""
     backend = build_backend(cfg)
     device = server_device(cfg)  # a GPU asked for but not there fails here, before the data load
-    if isinstance(backend, DistributedBackend) and backend.is_worker:
+    if backend.is_worker:
         backend.serve(algorithm)  # a torchrun / SLURM rank other than 0: runs clients for rank 0, writes nothing
         return {}
     if cfg.get("personalize") and type(algorithm).adapt is FederatedAlgorithm.adapt:
@@ -124,7 +96,9 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
         tracker.log_config(cfg)
         tracker.set_tags(run_tags(cfg, algorithm.name))
         tracker.log_artifact(run_dir / "config.yaml")
-        for path in data.save_partition(run_dir / "partition"):
+        heatmap = plot_partition_heatmap(data.class_counts, run_dir / "partition" / "partition_heatmap.png",
+                                         title="Samples per class and client")
+        for path in [*data.save_partition(run_dir / "partition"), heatmap]:
             tracker.log_artifact(path, "partition")
     try:
         final = run.run()
@@ -136,8 +110,7 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
         tracker.finish("FAILED")
         raise
     finally:
-        if isinstance(backend, DistributedBackend):
-            backend.close()  # stops the worker processes, after a failure too
+        backend.close()  # stops any worker processes, after a failure too
     (run_dir / "FINISHED").touch()
     tracker.finish()
     final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri)

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from federated_nas.algorithms.aggregation import WeightedAverage
 from federated_nas.compat import use_torch_leaf_factory_in_lightning
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
-from federated_nas.federation.aggregation import WeightedAverage
 
 use_torch_leaf_factory_in_lightning()  # before any client fit
 

@@ -143,12 +143,12 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:
         """Personalization: a few inner-loop steps on the client's own train split, from the meta-learned start."""
-        personal = copy.deepcopy(model).train()
+        adapted = copy.deepcopy(model).train()
         batches = list(batch_loader(client.train, self.task_size or batch_size, shuffle=True, seed=seed))
         batches = (batches * self.adapt_steps)[: self.adapt_steps]
-        params, rates = meta_parameters(personal, self.inner_lr_w, self.inner_lr_alpha)
-        inner_steps(personal, params, rates, batches, functools.partial(classification_loss, personal))
+        params, rates = meta_parameters(adapted, self.inner_lr_w, self.inner_lr_alpha)
+        inner_steps(adapted, params, rates, batches, functools.partial(classification_loss, adapted))
         if self.bn_recalibration_batches:
             device = params[0].device
-            recalibrate_batch_norm(personal, [x.to(device) for x, _ in batches[: self.bn_recalibration_batches]])
-        return personal.eval()
+            recalibrate_batch_norm(adapted, [x.to(device) for x, _ in batches[: self.bn_recalibration_batches]])
+        return adapted.eval()

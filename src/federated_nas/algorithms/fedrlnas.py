@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
+from federated_nas.algorithms.aggregation import MaskedAverage, State
 from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.fedmetanas import first_order_meta_gradient
@@ -39,7 +40,6 @@ from federated_nas.algorithms.nas import MostLikelyChild, ScheduledPruning, Supe
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.federation.aggregation import MaskedAverage, State
 from federated_nas.search_space.children import Child, check_child, child_entry_masks, one_hot_weights, sample_child
 from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork

@@ -25,11 +25,11 @@ import copy
 
 import torch
 
+from federated_nas.algorithms.aggregation import State
 from federated_nas.algorithms.base import cosine_lr
 from federated_nas.algorithms.fedrlnas import ChildTraining, FedRLNAS, ReinforceAggregator
 from federated_nas.algorithms.personal import KeepPersonalPart, load_parameter_values
 from federated_nas.data.federated_data import ClientData
-from federated_nas.federation.aggregation import State
 from federated_nas.search_space.children import Child, sample_child
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 

@@ -64,18 +64,12 @@ class FederatedData:
         return tuple(self.global_test.tensors[0].shape[1:])
 
     def save_partition(self, directory) -> list[Path]:
-        """Write partition.json, partition_counts.csv and partition_heatmap.png so a run's split can be inspected."""
-        # Deferred so importing the data package does not pull in matplotlib or the tracking package.
-        from federated_nas.tracking.plots import plot_partition_heatmap
-
+        """Write partition.json and partition_counts.csv so a run's split can be inspected (the run draws it)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         json_path = _write_text_atomically(directory / "partition.json", self._partition_json())
         csv_path = _write_text_atomically(directory / "partition_counts.csv", self._counts_csv())
-        heatmap_path = plot_partition_heatmap(
-            self.class_counts, directory / "partition_heatmap.png", title="Samples per class and client"
-        )
-        return [json_path, csv_path, heatmap_path]
+        return [json_path, csv_path]
 
     def _partition_json(self) -> str:
         clients = [

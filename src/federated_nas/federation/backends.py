@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from federated_nas.algorithms.aggregation import load_state
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
-from federated_nas.federation.aggregation import load_state
 
 State = dict[str, torch.Tensor]
 log = logging.getLogger(__name__)
@@ -92,6 +92,24 @@ class LocalBackend:
         self.compile = compile_options(compile)  # the worker copy is compiled once: it serves every client after
         self._worker: nn.Module | None = None
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    # The lifecycle every backend has, so a run never asks which backend it holds. Here, in one
+    # process, there is nothing to prepare, serve or stop.
+
+    def prepare(self, cfg: Any) -> None:
+        """Take what the backend needs from the run config before the first round."""
+
+    @property
+    def is_worker(self) -> bool:
+        """Whether this process serves another's rounds instead of running its own."""
+        return False
+
+    def serve(self, algorithm: FederatedAlgorithm) -> None:
+        """A worker process's whole life; a backend without workers has none."""
+        raise RuntimeError(f"{type(self).__name__} has no worker processes to serve")
+
+    def close(self) -> None:
+        """Stop what ``prepare`` or the rounds started; called after a failure too."""
 
     def device_for(self, position: int) -> dict[str, Any]:
         gpus = visible_gpus(self.accelerator)

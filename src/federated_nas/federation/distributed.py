@@ -47,10 +47,12 @@ from lightning.pytorch.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from federated_nas.algorithms.aggregation import load_state
 from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.builders import build, build_data
+from federated_nas.compat import quiet_libraries
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.federation.aggregation import load_state
 from federated_nas.federation.backends import ClientFailure, ClientUpdate, LocalBackend, State, compile_options
 
 log = logging.getLogger(__name__)
@@ -269,8 +271,6 @@ def crash_if_asked(rank: int, round_idx: int) -> None:
 def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
                  algorithm: FederatedAlgorithm | None = None) -> None:
     """A worker's life: rebuild data, method and model, report ready, then run what the server sends."""
-    from federated_nas.runs import build, build_data  # runs imports this module
-
     cfg = OmegaConf.create(config)
     algorithm = algorithm or build(cfg.algorithm)
     data = build_data(cfg)
@@ -300,8 +300,6 @@ def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, A
                    timeout_seconds: float, joining: Any, compile: dict[str, Any] | None = None) -> None:
     """Entry of a worker process the server started (``launch: spawn``); ``joining`` is set once imported."""
     from hydra.utils import instantiate
-
-    from federated_nas.cli import quiet_libraries
 
     logging.basicConfig(level=logging.INFO, format=f"[worker {rank}] %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
@@ -355,7 +353,7 @@ class DistributedBackend:
         self._live: set[int] = set()
         self._lost: dict[int, str] = {}  # rank -> why it was dropped
 
-    def configure(self, cfg: DictConfig) -> None:
+    def prepare(self, cfg: DictConfig) -> None:
         """Keep what the workers rebuild data and method from; read where this process stands."""
         self.config = worker_config(cfg)
         if self.launch == "env":

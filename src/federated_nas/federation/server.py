@@ -21,10 +21,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from federated_nas.algorithms.aggregation import WeightedAverage, clip_update, load_state
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.federation.aggregation import WeightedAverage, clip_update, load_state
 from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,
                                                 LocalBackend)
 from federated_nas.federation.checkpoint import save_checkpoint

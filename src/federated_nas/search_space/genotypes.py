@@ -18,6 +18,7 @@ from federated_nas.errors import DataError
 from federated_nas.search_space.operations import PRIMITIVES
 
 Edge = tuple[str, int]  # (op name, input node index); inputs 0 and 1 are the cell inputs
+CELL_KINDS = ("normal", "reduce")  # a DARTS network's two cell kinds: its genotype has one of each
 
 
 class ArchitectureRecord:

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from federated_nas.errors import ConfigError, DataError
+from federated_nas.search_space.architecture import MASKED, RelaxedArchitecture
 from federated_nas.search_space.genotypes import ArchitectureRecord
 from federated_nas.search_space.relaxations import SoftmaxRelaxation
-from federated_nas.search_space.relaxed import MASKED, RelaxedArchitecture
 
 MLP_PRIMITIVES = ("none", "skip_connect", "linear", "linear_relu", "linear_tanh", "mlp2")
 LAYER_KIND = "layers"

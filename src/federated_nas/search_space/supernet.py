@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated_nas.search_space.genotypes import Genotype, derive_genotype, edge_index
+from federated_nas.search_space.architecture import MASKED, RelaxedArchitecture  # noqa: F401  (MASKED: re-exported)
+from federated_nas.search_space.genotypes import CELL_KINDS, Genotype, derive_genotype, edge_index
 from federated_nas.search_space.network import GenotypeNetwork, make_stem, stack_cells
 from federated_nas.search_space.relaxations import SoftmaxRelaxation
-from federated_nas.search_space.relaxed import MASKED, RelaxedArchitecture  # noqa: F401  (MASKED: re-exported)
 from federated_nas.search_space.operations import PRIMITIVES, FactorizedReduce, ReLUConvBN, half_grid, make_op
 
 CONV_OPS = {  # name -> (kernel, dilation, stacked DilConv stages)
@@ -370,9 +370,6 @@ class SearchCell(nn.Module):
 def node_input_combinations(steps: int, k: int) -> list[tuple[int, tuple[int, ...]]]:
     """(node, sources) for every k-combination of every intermediate node's predecessors."""
     return [(node, combo) for node in range(steps) for combo in itertools.combinations(range(node + 2), k)]
-
-
-CELL_KINDS = ("normal", "reduce")
 
 
 class SearchNetwork(RelaxedArchitecture, nn.Module):

@@ -13,12 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from federated_nas.search_space.genotypes import Genotype
+from federated_nas.search_space.genotypes import CELL_KINDS, Genotype
 from federated_nas.tracking.cell_drawing import draw_genotype
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.plots import plot_alpha_evolution, plot_round_curves
-
-CELL_KINDS = ("normal", "reduce")
 
 
 class RunFigures:

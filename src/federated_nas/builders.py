@@ -1,0 +1,43 @@
+"""Objects from config nodes: what a run and a distributed worker both build, the same way.
+
+A worker process rebuilds the method and the data from the run config the server sends it, so these
+builders sit below both the run (``runs``) and the backends (``federation``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.data.federated_data import FederatedData, build_federated_data
+from federated_nas.errors import ConfigError, DataError
+
+
+def build(node: DictConfig, keep_name: bool = False, **kwargs: Any) -> Any:
+    """Instantiate a config node, surfacing our own one-line errors from inside constructors.
+
+    A node's ``name`` labels runs and tags; it is passed on only where it is the target's own
+    argument (``keep_name``, e.g. a dataset's name). An algorithm's YAML ``name`` is its one name:
+    the run dir (``run_name``), the MLflow tag and the log all say it.
+    """
+    spec = OmegaConf.to_container(node, resolve=True)
+    name = None if keep_name else spec.pop("name", None)
+    try:
+        built = instantiate(spec, **kwargs)
+        if name is not None and isinstance(built, FederatedAlgorithm):
+            built.name = name
+        return built
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ConfigError, DataError)):
+            raise err.__cause__ from None
+        raise
+
+
+def build_data(cfg: DictConfig) -> FederatedData:
+    dataset = build(cfg.dataset, keep_name=True)
+    return build_federated_data(dataset, build(cfg.partition), int(cfg.federation.num_clients), int(cfg.seed),
+                                tuple(cfg.federation.split))
