@@ -56,6 +56,7 @@ bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead an
 	$(PYTHON) scripts/bench_half_grid.py --threads 1
 	$(PYTHON) scripts/bench_planted.py
 	$(PYTHON) scripts/bench_startup.py --first-round
+	$(PYTHON) scripts/bench_clients.py
 
 clean-logs:  ## delete every run, the MLflow store and its artifacts under logs/
 	rm -rf logs/search logs/train logs/mlflow.db logs/mlartifacts
