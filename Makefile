@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install data test test-avx2 search train mlflow-ui compare compare-personal bench clean-logs
+.PHONY: install data test test-avx2 test-slurm search train mlflow-ui compare compare-personal bench clean-logs
 
 install: data  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
 	$(PIP) install -e ".[dev]"
@@ -27,6 +27,9 @@ test:  ## the whole suite, then the supernet and method tests on AVX2 kernels (a
 
 test-avx2:  ## the supernet and method tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PYTHON) -m pytest $(AVX2_TESTS)
+
+test-slurm:  ## SLURM sweeps and a 2- and 3-task distributed run on a real local SLURM (apt-get installs it; root; about 2 min)
+	PYTHON=$(PYTHON) bash scripts/slurm_local.sh
 
 search:  ## FedNAS with the default CPU preset on Fashion-MNIST
 	$(PYTHON) src/search.py
