@@ -145,3 +145,20 @@ def test_the_distributed_launcher_takes_task_0s_result_and_submits_as_the_stock_
     assert (mine.cluster, mine.init, mine.parameters) == (stock.cluster, stock.init, stock.parameters)
     # overrides, dir key, job numbers, job ids (the last, Hydra's singletons, are equal copies)
     assert [list(a) for a in mine.arguments[:4]] == [list(a) for a in stock.arguments[:4]]
+
+
+def test_a_local_run_on_a_machine_with_srun_does_not_warn_about_srun(tiny_cfg, tmp_path, monkeypatch):
+    """Before: Lightning's SLURM autodetect warned "srun is available but not used" on every local run."""
+    import warnings
+
+    fake = tmp_path / "bin" / "srun"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("srun") == str(fake)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_search(tiny_cfg("search", ["logger=none", "federation.rounds=1", "cluster=local"]))
+    assert Path(result["run_dir"], "FINISHED").exists()
+    assert [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if "srun" in str(w.message)] == []

@@ -43,7 +43,6 @@ from typing import Any, Callable, Iterator
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
@@ -245,15 +244,11 @@ def free_port() -> int:
 # ---------------------------------------------------------------- the worker side
 
 class WorkerBackend(LocalBackend):
-    """A worker's LocalBackend: its clients run on its own GPU, in Trainers blind to the launcher.
-
-    Lightning reads torchrun's and SLURM's variables and would treat a client fit as one rank
-    of that world; an explicit ``LightningEnvironment`` keeps each fit a plain single-device fit.
-    """
+    """A worker's LocalBackend: its clients run on its own GPU (LocalBackend's Trainers ignore the launcher)."""
 
     def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str, gpu_slot: int,
                  compile: dict[str, Any] | None = None):
-        super().__init__(lambda **kwargs: trainer(plugins=[LightningEnvironment()], **kwargs), accelerator, compile)
+        super().__init__(trainer, accelerator, compile)
         self.gpu_slot = gpu_slot
 
     def device_for(self, position: int) -> dict[str, Any]:
