@@ -15,8 +15,8 @@ Launch modes (``cluster.backend.launch``):
   stays silent past its time limit is dropped; the run goes on with the others.
 * ``env`` (``cluster=torchrun``, ``cluster=slurm_distributed``): every rank runs the entry
   point; rank 0 runs the normal run, the others serve it and return without writing anything.
-  torchrun's agent (and SLURM, for a failed task) ends the whole group when one process dies,
-  so surviving a worker crash is only guaranteed with ``spawn``.
+  torchrun's agent ends the whole group when one process dies. SLURM (default KillOnBadExit=0)
+  leaves the other tasks running, so the server drops a dead worker task and finishes the run.
 
 Wire format (tensors only, no pickles): a state dict travels as a length-prefixed uint8
 tensor holding a UTF-8 JSON list of [key, shape, dtype], then one flat float64 tensor of all
