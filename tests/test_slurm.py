@@ -7,9 +7,11 @@ sets FEDNAS_SLURM_TESTS=1 and SLURM_CONF, because `make test` must not wait on a
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,10 +33,17 @@ DISTRIBUTED = ["cluster=slurm_distributed", "hydra.launcher.gpus_per_task=null",
                "cluster.backend.worker_timeout_seconds=120", *JOB]
 
 
+def sweep_command(log_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "src" / "search.py"), "-m", *TINY, f"paths.log_dir={log_dir}", *overrides]
+
+
+def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(extra or {})}
+
+
 def sweep(log_dir: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / "src" / "search.py"), "-m", *TINY, f"paths.log_dir={log_dir}", *overrides]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=420)
+    return subprocess.run(sweep_command(log_dir, *overrides), capture_output=True, text=True, env=quiet_env(env),
+                          timeout=420)
 
 
 @needs_slurm
@@ -53,6 +62,34 @@ def test_a_bad_job_fails_alone_in_a_real_slurm_sweep(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
     assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]  # jobs started together, one store
+
+
+@needs_slurm
+def test_a_sweep_killed_on_slurm_is_finished_by_resume_true(tmp_path):
+    """Each job of the new sweep continues its own killed run (before: none was found, every job failed)."""
+    overrides = ["cluster=slurm", "hydra.launcher.gpus_per_node=0", *JOB, "logger=none", "federation.rounds=8",
+                 "seed=0,1"]
+    victim = subprocess.Popen(sweep_command(tmp_path, *overrides), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=quiet_env())
+    deadline = time.time() + 240
+    while len(list(tmp_path.glob(f"search/multiruns/*/*/checkpoints/{LAST}"))) < 2:
+        assert victim.poll() is None and time.time() < deadline, "the sweep ended before both jobs checkpointed"
+        time.sleep(0.1)
+    victim.kill()
+    victim.wait()
+    subprocess.run(["scancel", f"--user={pwd.getpwuid(os.getuid()).pw_name}"], check=True)  # a private cluster
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True, check=True).stdout.strip():
+        assert time.time() < deadline + 60, "scancel left jobs in the queue"
+        time.sleep(0.5)
+    killed = {OmegaConf.load(p.parent.parent / "config.yaml").seed: p.parent.parent
+              for p in tmp_path.glob(f"search/multiruns/*/*/checkpoints/{LAST}")}
+    assert sorted(killed) == [0, 1] and not any((run / "FINISHED").exists() for run in killed.values())
+
+    finished = sweep(tmp_path, *overrides, "resume=true")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    for seed, run in killed.items():
+        assert (run / "FINISHED").exists() and load_latest_checkpoint(run / "checkpoints")["round"] == 8, seed
+    assert len(list(tmp_path.glob(f"search/multiruns/*/*/checkpoints/{LAST}"))) == 2  # no new runs
 
 
 @needs_slurm
