@@ -28,8 +28,8 @@ test:  ## the whole suite, then the supernet and method tests on AVX2 kernels (a
 test-avx2:  ## the supernet and method tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PYTHON) -m pytest $(AVX2_TESTS)
 
-test-slurm:  ## SLURM sweeps and a 2- and 3-task distributed run on a real local SLURM (apt-get installs it; root; about 2 min)
-	PYTHON=$(PYTHON) bash scripts/slurm_local.sh
+test-slurm:  ## SLURM sweeps and a 2- and 3-task distributed run on a real local SLURM (apt-get installs it; root; about 3 min on 2 cores)
+	PYTHON="$(PYTHON)" bash scripts/slurm_local.sh
 
 search:  ## FedNAS with the default CPU preset on Fashion-MNIST
 	$(PYTHON) src/search.py

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-[ $# -gt 0 ] || set -- "$PYTHON" -m pytest tests/test_slurm.py -v
+[ $# -gt 0 ] || set -- $PYTHON -m pytest tests/test_slurm.py -v  # $PYTHON may carry words (env ...)
 
 skip() { echo "test-slurm skipped: $*"; exit 0; }
 
