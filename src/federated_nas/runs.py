@@ -91,8 +91,9 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, Any] | None]:
     output_dir = Path(cfg.paths.output_dir)
     if cfg.resume in (False, None):
         return output_dir, None
-    if cfg.resume is True and sweep_job() is not None:
-        run_dir = own_sweep_run(sweep_job(), output_dir)
+    job = sweep_job() if cfg.resume is True else None
+    if job is not None:
+        run_dir = own_sweep_run(job, output_dir)
         if run_dir is None:
             log.info("resume=true: no unfinished run of this sweep job's overrides; starting a new one")
             return output_dir, None
