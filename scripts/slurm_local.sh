@@ -26,7 +26,7 @@ fi
 DIR=${SLURM_LOCAL_DIR:-/tmp/fednas-slurm}
 NODE=$(hostname -s)
 MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
-rm -rf "$DIR" && mkdir -p "$DIR"/{state,spool,log}
+rm -rf "$DIR"/{state,spool,log} && mkdir -p "$DIR"/{state,spool,log}  # a fresh cluster state each time
 STARTED=()  # PIDs of the daemons this script started, stopped in reverse order
 
 stop_all() {
@@ -40,7 +40,7 @@ stop_all() {
     done
     for pid in "${STARTED[@]}"; do
         for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-        kill -9 "$pid" 2>/dev/null || true
+        ! kill -0 "$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
     done
     [ ${#STARTED[@]} -eq 0 ] || echo "stopped the daemons started here (PIDs ${STARTED[*]})"
     exit $status
@@ -52,6 +52,7 @@ trap 'exit 130' INT TERM
 if ! (munge -n | unmunge) >/dev/null 2>&1; then
     mkdir -p /run/munge /var/log/munge && chown munge:munge /run/munge /var/log/munge
     [ -s /etc/munge/munge.key ] || su -s /bin/sh munge -c "mungekey --create"
+    rm -f /run/munge/munged.pid  # a stale one would name the wrong process
     su -s /bin/sh munge -c "/usr/sbin/munged --force"
     for _ in $(seq 20); do [ -s /run/munge/munged.pid ] && break; sleep 0.25; done
     STARTED+=("$(cat /run/munge/munged.pid)")
