@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install data test test-avx2 search train mlflow-ui compare compare-personal bench clean-logs
+.PHONY: help install data test test-avx2 test-slurm search train mlflow-ui compare compare-personal bench clean-logs
 .DEFAULT_GOAL := help
 
 help:  ## this list of targets and what each does
@@ -31,6 +31,9 @@ test:  ## the whole suite, then the supernet and method tests on AVX2 kernels (a
 
 test-avx2:  ## the supernet and method tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PYTHON) -m pytest $(AVX2_TESTS)
+
+test-slurm:  ## SLURM sweeps and a 2- and 3-task distributed run on a real local SLURM (apt-get installs it; root; about 3 min on 2 cores)
+	PYTHON="$(PYTHON)" bash scripts/slurm_local.sh
 
 search:  ## FedNAS with the default CPU preset on Fashion-MNIST
 	$(PYTHON) src/search.py

@@ -161,6 +161,31 @@ def test_a_bad_sweep_job_fails_alone_and_the_sweep_reports_it_at_the_end(tmp_pat
     assert "error: sweep job 1" in bad_log.read_text()  # the failure is in the job's own log
 
 
+def test_resume_true_in_a_sweep_continues_each_jobs_own_run(tmp_path):
+    """Before: resume=true looked only in the new sweep's dir, which holds no run of any job, and failed."""
+    sweep = search_command(tmp_path, "seed=0,1", multirun=True)  # Hydra's basic launcher: jobs in turn
+    victim = subprocess.Popen(sweep, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet_env())
+    deadline = time.time() + 240
+    while not list(tmp_path.glob(f"search/multiruns/*/1/checkpoints/{LAST}")):  # job 0 done, job 1 under way
+        assert victim.poll() is None and time.time() < deadline, "the sweep ended before job 1's first checkpoint"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (killed_sweep,) = tmp_path.glob("search/multiruns/*")
+    assert (killed_sweep / "0" / "FINISHED").exists() and not (killed_sweep / "1" / "FINISHED").exists()
+
+    # an unfinished run of seed=1 sits next to job 0 (seed=0): it must not be taken for job 0's
+    finished = subprocess.run([*sweep, "resume=true"], capture_output=True, text=True, env=quiet_env(), timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    (new_sweep,) = [d for d in tmp_path.glob("search/multiruns/*") if d != killed_sweep]
+    resumed = load_latest_checkpoint(killed_sweep / "1" / "checkpoints")
+    assert (killed_sweep / "1" / "FINISHED").exists() and resumed["round"] == 4  # job 1 went on in its own dir
+    assert OmegaConf.load(killed_sweep / "1" / "config.yaml").seed == 1
+    assert not (new_sweep / "1" / "checkpoints").exists()
+    assert (new_sweep / "0" / "FINISHED").exists()  # job 0 had no unfinished run: a new one, not seed=1's
+    assert OmegaConf.load(new_sweep / "0" / "config.yaml").seed == 0
+
+
 def test_client_seeds_differ_for_every_run_round_and_client():
     """The old linear mix gave (round 1, client 0) and (round 0, client 10,007) one seed."""
     from federated_nas.federation.backends import client_seed

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.plugins.environments import LightningEnvironment
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -20,6 +21,7 @@ from federated_nas.algorithms.personal import cycled, finetune
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader
 from federated_nas.errors import ConfigError
+from federated_nas.federation.backends import no_srun_hint
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.federation.server import sample_clients
 from federated_nas.models import densenet, mobilenet_v3, resnet18, small_cnn
@@ -49,8 +51,9 @@ class Batches:
 def run_steps(module, batches) -> None:
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=len(batches), logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, train_dataloaders=Batches(batches))
+                        num_sanity_val_steps=0, limit_val_batches=0, plugins=[LightningEnvironment()])
+    with no_srun_hint():  # as LocalBackend's client fits: no SLURM hint where srun is installed
+        trainer.fit(module, train_dataloaders=Batches(batches))
 
 
 def headed_model() -> nn.Sequential:

@@ -9,10 +9,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.environments import LightningEnvironment
 
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.fednas import FedNAS, MiLeNASSearch
 from federated_nas.algorithms.base import cosine_lr
+from federated_nas.federation.backends import no_srun_hint
 from federated_nas.search_space.supernet import SearchNetwork
 
 SGD = functools.partial(torch.optim.SGD)
@@ -34,8 +36,9 @@ class OneBatch:
 def run_one_step(module, batch):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0)
-    trainer.fit(module, train_dataloaders=OneBatch(batch))
+                        num_sanity_val_steps=0, limit_val_batches=0, plugins=[LightningEnvironment()])
+    with no_srun_hint():  # as LocalBackend's client fits: no SLURM hint where srun is installed
+        trainer.fit(module, train_dataloaders=OneBatch(batch))
 
 
 def tiny_batch(seed):

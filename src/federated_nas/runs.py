@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.builders import build, build_data
+from federated_nas.cli import sweep_job
 from federated_nas.config_checks import check_config
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
@@ -30,15 +31,51 @@ log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
 
 
+def unfinished_runs(root: Path, pattern: str, exclude: Path) -> list[Path]:
+    """Run dirs under ``root`` (``pattern`` + checkpoints/last.pt) with a checkpoint and no FINISHED, oldest first."""
+    found = sorted(root.glob(f"{pattern}/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime)
+    runs = [p.parent.parent for p in found]
+    return [run for run in runs if run != exclude and not (run / "FINISHED").exists()]
+
+
+def without_resume(overrides: Any) -> list[str]:
+    """A job's command-line overrides minus ``resume=...``, in a canonical order."""
+    return sorted(str(o) for o in overrides if not str(o).lstrip("+~").startswith("resume="))
+
+
+def own_sweep_run(hydra_cfg: Any, output_dir: Path) -> Path | None:
+    """This sweep job's newest unfinished run in any sweep of its task, or None.
+
+    A sweep job's dir is ``<task>/multiruns/<time>/<job>``: the new sweep's dir holds no run of this
+    job, and its siblings ran other configs. A run is this job's when its saved
+    ``.hydra/overrides.yaml`` lists this job's overrides, ``resume`` aside.
+    """
+    sweep_dir, output_dir = Path(hydra_cfg.sweep.dir).resolve(), output_dir.resolve()
+    depth = len(output_dir.relative_to(sweep_dir).parts) if output_dir.is_relative_to(sweep_dir) else 1
+    wanted = without_resume(hydra_cfg.overrides.task)
+    mine = [run for run in unfinished_runs(sweep_dir.parent, "/".join(["*"] * (depth + 1)), output_dir)
+            if (run / ".hydra" / "overrides.yaml").is_file()
+            and without_resume(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == wanted]
+    return mine[-1] if mine else None
+
+
 def resolve_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, Any] | None]:
-    """(run dir, checkpoint to resume from or None) for ``resume`` = false, true or a run dir."""
+    """(run dir, checkpoint to resume from or None) for ``resume`` = false, true or a run dir.
+
+    Inside a sweep, ``resume=true`` continues each job's own unfinished run (``own_sweep_run``); a job
+    that has none (it finished, or never started) starts a new run, so a killed sweep is resumed whole.
+    """
     output_dir = Path(cfg.paths.output_dir)
     if cfg.resume in (False, None):
         return output_dir, None
-    if cfg.resume is True:
-        candidates = sorted(output_dir.parent.glob(f"*/checkpoints/{LAST}"), key=lambda p: p.stat().st_mtime)
-        unfinished = [p.parent.parent for p in candidates
-                      if p.parent.parent != output_dir and not (p.parent.parent / "FINISHED").exists()]
+    job = sweep_job() if cfg.resume is True else None
+    if job is not None:
+        run_dir = own_sweep_run(job, output_dir)
+        if run_dir is None:
+            log.info("resume=true: no unfinished run of this sweep job's overrides; starting a new one")
+            return output_dir, None
+    elif cfg.resume is True:
+        unfinished = unfinished_runs(output_dir.parent, "*", output_dir)
         if not unfinished:
             raise ConfigError(f"resume=true but no unfinished run named {cfg.run_name!r} under {output_dir.parent}")
         run_dir = unfinished[-1]

@@ -11,12 +11,16 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.plugins.environments import LightningEnvironment
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from federated_nas.algorithms.aggregation import load_state
@@ -67,6 +71,21 @@ def compile_options(compile: bool | Mapping[str, Any] | None) -> dict[str, Any] 
     return {} if compile else None
 
 
+@contextmanager
+def no_srun_hint():
+    """Mute Lightning's "srun is available but not used" hint for the span of one client fit.
+
+    ``Trainer.fit`` asks ``SLURMEnvironment.detect()`` whether to resume an "hpc" checkpoint, even
+    with an explicit cluster environment, and that check warns wherever ``srun`` is on PATH but
+    did not start this process: on every local run of a machine with SLURM installed. A client fit
+    is never a SLURM rank, so the hint is always wrong here; only that message is muted.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used",
+                                category=PossibleUserWarning)
+        yield
+
+
 def visible_gpus(accelerator: str) -> int:
     """GPUs the clients may use; asking for a GPU where none is visible is an error, not a CPU run."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -82,7 +101,10 @@ class LocalBackend:
 
     A Trainer cannot be reused for a second fit, so each client gets one; it is built with
     logging, checkpointing, progress bars and sanity checks off, because per-client Trainers
-    would otherwise write files and banners on every fit.
+    would otherwise write files and banners on every fit. A client fit is a single-device fit
+    whatever launched this process, so each Trainer gets an explicit ``LightningEnvironment``:
+    Lightning would otherwise read torchrun's or SLURM's variables as a world of ranks (see
+    ``no_srun_hint`` for the one SLURM check left).
     """
 
     def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str = "cpu",
@@ -157,8 +179,10 @@ class LocalBackend:
             **self.device_for(position), max_epochs=local_epochs, limit_train_batches=local_batches,
             logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+            plugins=[LightningEnvironment()],
         )
-        trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
+        with no_srun_hint():
+            trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         state = {k: v.detach().to("cpu", copy=True) for k, v in self._worker.state_dict().items()}
         kept = {k: v.detach().to("cpu", copy=True) for k, v in module.personal.items()}

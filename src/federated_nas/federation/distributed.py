@@ -15,8 +15,8 @@ Launch modes (``cluster.backend.launch``):
   stays silent past its time limit is dropped; the run goes on with the others.
 * ``env`` (``cluster=torchrun``, ``cluster=slurm_distributed``): every rank runs the entry
   point; rank 0 runs the normal run, the others serve it and return without writing anything.
-  torchrun's agent (and SLURM, for a failed task) ends the whole group when one process dies,
-  so surviving a worker crash is only guaranteed with ``spawn``.
+  torchrun's agent ends the whole group when one process dies. SLURM (default KillOnBadExit=0)
+  leaves the other tasks running, so the server drops a dead worker task and finishes the run.
 
 Wire format (tensors only, no pickles): a state dict travels as a length-prefixed uint8
 tensor holding a UTF-8 JSON list of [key, shape, dtype], then one flat float64 tensor of all
@@ -43,7 +43,6 @@ from typing import Any, Callable, Iterator
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
@@ -247,15 +246,11 @@ def free_port() -> int:
 # ---------------------------------------------------------------- the worker side
 
 class WorkerBackend(LocalBackend):
-    """A worker's LocalBackend: its clients run on its own GPU, in Trainers blind to the launcher.
-
-    Lightning reads torchrun's and SLURM's variables and would treat a client fit as one rank
-    of that world; an explicit ``LightningEnvironment`` keeps each fit a plain single-device fit.
-    """
+    """A worker's LocalBackend: its clients run on its own GPU (LocalBackend's Trainers ignore the launcher)."""
 
     def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str, gpu_slot: int,
                  compile: dict[str, Any] | None = None):
-        super().__init__(lambda **kwargs: trainer(plugins=[LightningEnvironment()], **kwargs), accelerator, compile)
+        super().__init__(trainer, accelerator, compile)
         self.gpu_slot = gpu_slot
 
     def device_for(self, position: int) -> dict[str, Any]:
