@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from federated_nas.config_checks import RULES, UNCHECKED, check_config, rule_for, settings
+from federated_nas.config_checks import (RULES, UNCHECKED, FlagOrPath, OneOf, Text, check_config, rule_for,
+                                         settings)
 from federated_nas.errors import ConfigError
 from federated_nas.runs import run_search
 
@@ -111,3 +114,32 @@ def test_a_gpu_asked_for_where_there_is_none_fails_before_the_data_loads(tiny_cf
     with pytest.raises(ConfigError, match=r"^trainer\.accelerator=gpu but no GPU is visible"):
         run_search(cfg)
     assert not Path(cfg.paths.output_dir).exists()
+
+
+def a_bad_value(rule):
+    """A value the rule rejects: the wrong type for every kind of rule."""
+    if isinstance(rule, Text):
+        return 5
+    if isinstance(rule, FlagOrPath):
+        return 5
+    if isinstance(rule, OneOf):
+        return "no-such-choice"
+    return "abc"  # Number, Numbers
+
+
+def test_every_setting_rejects_a_bad_value_in_one_line_naming_it():
+    """Each setting's check, run on a value of the wrong type, names that setting (the group slots aside)."""
+    configs = {}
+    for _, cfg in every_shipped_config():
+        for key, _ in settings(cfg):
+            rule = rule_for(key)
+            if rule is not UNCHECKED and rule != OneOf((None,)) and key not in configs:
+                configs[key] = cfg
+    assert len(configs) > 100
+    for key, cfg in configs.items():
+        bad = copy.deepcopy(cfg)
+        OmegaConf.update(bad, key, a_bad_value(rule_for(key)), force_add=True)
+        with pytest.raises(ConfigError) as raised:
+            check_config(bad)
+        message = str(raised.value)
+        assert message.startswith(f"{key} must be ") and "\n" not in message, message
