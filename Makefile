@@ -34,8 +34,9 @@ search:  ## FedNAS with the default CPU preset on Fashion-MNIST
 train:  ## the FedNAS train stage: make train SEARCH_RUN=<run dir or MLflow run id>
 	$(PYTHON) src/train.py search_run=$(SEARCH_RUN)
 
-mlflow-ui:  ## MLflow UI on the project's tracking store
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/logs/mlflow.db --default-artifact-root $(CURDIR)/logs/mlartifacts
+MLFLOW_PORT ?= 5000
+mlflow-ui:  ## MLflow UI on the project's store: prints each experiment's runs URL, then serves it with one worker
+	$(PYTHON) scripts/mlflow_ui.py --port $(MLFLOW_PORT)
 
 EXPERIMENT ?= search
 FILTER ?=
