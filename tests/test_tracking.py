@@ -128,12 +128,13 @@ def mlflow_store(tmp_path_factory):
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
         if accuracy is not None:
-            for step, value in enumerate((accuracy - 0.2, accuracy)):  # the table shows the last round's value
-                client.log_metric(run_id, "global_test_acc", value, step=step)
-            client.log_metric(run_id, "client_test_acc_mean", accuracy - 0.02)
-            client.log_metric(run_id, "client_test_acc_std", 0.031)
-            client.log_metric(run_id, "derived_params", 123_456)
-            client.log_metric(run_id, "elapsed_seconds", 754.0)
+            for step, value in enumerate((accuracy - 0.2, accuracy - 0.01), start=1):  # the round curve
+                client.log_metric(run_id, "test/acc", value, step=step)
+            client.log_metric(run_id, "test/final_acc", accuracy, step=2)  # the table shows the whole test set's
+            client.log_metric(run_id, "clients/test_acc_mean", accuracy - 0.02)
+            client.log_metric(run_id, "clients/test_acc_std", 0.031)
+            client.log_metric(run_id, "arch/final_model_params", 123_456)
+            client.log_metric(run_id, "time/elapsed_seconds", 754.0)
         if genotype is not None:
             client.log_artifact(run_id, str(genotype.save(tmp_path / name / "genotype.json")))
         client.set_terminated(run_id)

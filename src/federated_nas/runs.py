@@ -25,6 +25,7 @@ from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri, store_lock
 from federated_nas.tracking.run_figures import RunFigures
+from federated_nas.tracking.run_record import run_description
 
 log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
@@ -33,10 +34,11 @@ FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is Fede
 def build(node: DictConfig, keep_name: bool = False, **kwargs: Any) -> Any:
     """Instantiate a config node, surfacing our own one-line errors from inside constructors.
 
-    A node's ``name`` labels runs and tags; it is passed on only where it is the target's own
-    argument (``keep_name``, e.g. a dataset's name).
+    A node's ``name`` labels runs and tags, its ``label`` (a partition's ``dir0.5``) run names; ``name``
+    is passed on only where it is the target's own argument (``keep_name``, e.g. a dataset's name).
     """
     spec = OmegaConf.to_container(node, resolve=True)
+    spec.pop("label", None)
     if not keep_name:
         spec.pop("name", None)
     try:
@@ -77,10 +79,12 @@ def server_device(cfg: DictConfig) -> str:
     return "cuda" if visible_gpus(cfg.trainer.accelerator) else "cpu"
 
 
-def run_tags(cfg: DictConfig, algorithm_name: str) -> dict[str, Any]:
-    partition = {k: v for k, v in cfg.partition.items() if not str(k).startswith("_")}
-    return {"algorithm": algorithm_name, "dataset": cfg.dataset.name, "num_clients": cfg.federation.num_clients,
-            "seed": cfg.seed, **{f"partition.{k}" if k != "name" else "partition": v for k, v in partition.items()}}
+def run_tags(cfg: DictConfig, algorithm: FederatedAlgorithm) -> dict[str, Any]:
+    """Tags to filter runs by; ``final_model`` names the metric ``final_model_params`` repeats."""
+    partition = {k: v for k, v in cfg.partition.items() if not str(k).startswith("_") and k != "label"}
+    return {"algorithm": algorithm.name, "dataset": cfg.dataset.name, "num_clients": cfg.federation.num_clients,
+            "seed": cfg.seed, "final_model": algorithm.final_params_metric,
+            **{f"partition.{k}" if k != "name" else "partition": v for k, v in partition.items()}}
 
 
 def build_backend(cfg: DictConfig) -> Any:
@@ -113,13 +117,13 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     run_id = (checkpoint or {}).get("mlflow_run_id") or None
     with store_lock(cfg.logger.get("tracking_uri") if cfg.get("logger") else None):  # concurrent sweep jobs
         tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
-    run.attach(tracker, RunFigures(run_dir, tracker, plots_every) if plots_every is not None else None)
+    run.attach(tracker, RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None)
     if checkpoint is not None:
         run.restore(checkpoint)
     else:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         tracker.log_config(cfg)
-        tracker.set_tags(run_tags(cfg, algorithm.name))
+        tracker.set_tags(run_tags(cfg, algorithm))
         tracker.log_artifact(run_dir / "config.yaml")
         for path in data.save_partition(run_dir / "partition"):
             tracker.log_artifact(path, "partition")
@@ -136,6 +140,8 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
         if isinstance(backend, DistributedBackend):
             backend.close()  # stops the worker processes, after a failure too
     (run_dir / "FINISHED").touch()
+    genotype = repr(run.latest_genotype) if run.latest_genotype is not None else None
+    tracker.describe(run_description(final, run_tags(cfg, algorithm), settings.rounds, genotype))
     tracker.finish()
     final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri)
     log.info(summary(final))

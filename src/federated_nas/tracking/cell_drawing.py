@@ -155,13 +155,18 @@ def draw_cell(edges: list[tuple[str, int]], concat: list[int], path: str | Path,
         plt.close(fig)
 
 
-def draw_genotype(genotype: Genotype, directory: str | Path, stem: str = "") -> list[Path]:
-    """``normal.png`` and ``reduce.png`` in ``directory``; a stem joins with one underscore (``round_005_normal.png``)."""
+def draw_genotype(genotype: Genotype, directory: str | Path, stem: str = "", title: str | None = None) -> list[Path]:
+    """``normal.png`` and ``reduce.png`` in ``directory``; a stem joins with one underscore (``round_005_normal.png``).
+
+    ``title`` (run, round, accuracy) follows the cell's kind in each picture's title.
+    """
     directory = Path(directory)
     prefix = f"{stem.rstrip('_')}_" if stem else ""
+    suffix = f"\n{title}" if title else ""
     return [
-        draw_cell(genotype.normal, genotype.normal_concat, directory / f"{prefix}normal.png", "normal cell"),
-        draw_cell(genotype.reduce, genotype.reduce_concat, directory / f"{prefix}reduce.png", "reduction cell"),
+        draw_cell(genotype.normal, genotype.normal_concat, directory / f"{prefix}normal.png", "normal cell" + suffix),
+        draw_cell(genotype.reduce, genotype.reduce_concat, directory / f"{prefix}reduce.png",
+                  "reduction cell" + suffix),
     ]
 
 

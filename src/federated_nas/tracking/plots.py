@@ -173,10 +173,14 @@ def plot_client_histogram(accuracies: Sequence[float], path: str | Path,
 
 
 def _series(history: Sequence[Mapping[str, object]], key: str) -> tuple[list[float], list[float]]:
-    """(rounds, values) of the rounds that recorded ``key`` as a finite number."""
+    """(rounds, values) of the rounds that recorded ``key`` as a finite number.
+
+    Where a round also has ``<key>_sampled`` (the last round, evaluated on the whole test set and on
+    the sample the other rounds used), the sampled point is the curve's, like in MLflow.
+    """
     rounds, values = [], []
     for position, record in enumerate(history):
-        value = record.get(key)
+        value = record.get(f"{key}_sampled", record.get(key))
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             if "round" not in record:
                 raise DataError(f"round history entry {position} has {key} but no 'round'")
