@@ -2,9 +2,9 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install data test test-avx2 search train mlflow-ui compare compare-personal bench clean-logs
+.PHONY: install data browser test test-avx2 search train mlflow-ui compare compare-personal bench clean-logs
 
-install: data  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
+install: data browser  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
 	$(PIP) install -e ".[dev]"
 
 data:  ## offline Fashion-MNIST from Debian's dataset-fashion-mnist, where apt-get exists
@@ -14,6 +14,14 @@ data:  ## offline Fashion-MNIST from Debian's dataset-fashion-mnist, where apt-g
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist || \
 		echo "warning: could not install dataset-fashion-mnist; torchvision will try to download"; \
 	else echo "no apt-get: Fashion-MNIST will be downloaded by torchvision on first use"; fi
+
+browser:  ## Debian's chromium and chromium-driver for tests/test_mlflow_ui.py, where apt-get exists (else it skips)
+	@if command -v chromedriver >/dev/null 2>&1; then echo "chromedriver: already installed"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver || \
+		echo "warning: could not install chromium and chromium-driver; the MLflow UI test will be skipped"; \
+	else echo "no apt-get: the MLflow UI test is skipped unless chromium and chromedriver are on PATH"; fi
 
 # the supernet and the methods' local steps, run again on oneDNN's AVX2 kernels (an AVX-512 machine
 # picks others): AVX2-only CPUs once aborted the suite inside oneDNN (tests/test_onednn_kernels.py)

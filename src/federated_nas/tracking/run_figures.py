@@ -1,7 +1,7 @@
 """A run's pictures, redrawn as it goes so the MLflow UI shows a long search while it runs.
 
 Every ``every`` rounds and at the last round: the derived cells, the alpha heatmap over rounds
-and the round curves. The cells go to MLflow as images keyed ``normal_cell``/``reduce_cell`` with
+and the round curves. The cells go to MLflow as images keyed ``arch/normal_cell``/``arch/reduce_cell`` with
 the round as step, so the UI browses the architecture's history with a slider, run beside run;
 the other figures are artifacts, overwritten, as they always cover the whole history so far.
 """
@@ -21,6 +21,11 @@ from federated_nas.tracking.plots import plot_alpha_evolution, plot_round_curves
 from federated_nas.tracking.run_record import curve_accuracy
 
 CELL_KINDS = ("normal", "reduce")
+
+
+def cell_image_key(kind: str) -> str:
+    """The MLflow image key of a cell kind's drawings: in the UI's ``arch`` section, beside alpha's entropy."""
+    return f"arch/{kind}_cell"
 
 
 class RunFigures:
@@ -46,7 +51,7 @@ class RunFigures:
             cells = draw_genotype(genotype, self.directory / "cells", stem=f"round_{round_idx + 1:03d}_",
                                   title=title)
             for kind, path in zip(CELL_KINDS, cells):
-                self.tracker.log_image(path, key=f"{kind}_cell", step=round_idx + 1)
+                self.tracker.log_image(path, key=cell_image_key(kind), step=round_idx + 1)
             if round_idx == rounds - 1:
                 paths += draw_genotype(genotype, self.directory, title=title)
         paths += self._alpha_heatmaps(history)

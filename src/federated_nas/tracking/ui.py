@@ -28,10 +28,9 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
-    """MLflow's side-by-side comparison of ``run_ids`` (params, metrics, charts)."""
-    quoted = ",".join(f"%22{run_id}%22" for run_id in run_ids)
-    return f"{base.rstrip('/')}/#/compare-runs?runs=[{quoted}]&experiments=[%22{experiment_id}%22]"
+def compare_url(base: str, experiment_id: str) -> str:
+    """The runs' charts side by side (the runs table's chart view): every metric and step image, run beside run."""
+    return f"{runs_url(base, experiment_id)}&compareRunsMode=CHART"
 
 
 def experiment_urls(tracking_uri: str, base: str) -> list[tuple[str, str]]:
