@@ -227,3 +227,67 @@ def test_sweep_jobs_starting_together_share_one_new_store(tmp_path):
     assert [job.returncode for job in jobs] == [0, 0, 0], [err[-300:] for _, err in outputs]
     experiment = MlflowClient(uri).get_experiment_by_name("search")
     assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 3
+
+
+# --- the run record MLflow gets, and where the UI shows it --------------------------------------------
+
+def test_metrics_go_to_ui_sections_and_the_last_round_keeps_its_curve_point():
+    from federated_nas.tracking.run_record import SECTIONS, mlflow_metrics
+
+    round_metrics = {"global_test_acc": 0.5, "global_test_loss": 1.2, "client_test_acc_mean": 0.4, "bytes_sent": 10,
+                     "round_seconds": 2.0, "alpha_entropy": 1.9, "final_model_params": 1234, "clients": 3,
+                     "best_global_test_acc": 0.5, "best_round": 4, "failures": {}, "genotype": "{}"}
+    named = mlflow_metrics(round_metrics)
+    assert named == {"test/acc": 0.5, "test/loss": 1.2, "clients/test_acc_mean": 0.4, "comm/bytes_sent": 10.0,
+                     "time/round_seconds": 2.0, "arch/alpha_entropy": 1.9, "arch/final_model_params": 1234.0,
+                     "clients/sampled": 3.0, "test/best_acc": 0.5, "test/best_round": 4.0}
+    assert {name.split("/")[0] for name in named} <= set(SECTIONS)
+
+    last = {"global_test_acc": 0.81, "global_test_acc_sampled": 0.78, "global_test_loss": 0.5,
+            "global_test_loss_sampled": 0.6, "global_test_acc_discrete": 0.8}
+    assert mlflow_metrics(last, final_round=True) == {
+        "test/final_acc": 0.81, "test/acc": 0.78,  # the whole test set apart; the curve stays on its sample
+        "test/final_loss": 0.5, "test/loss": 0.6,
+        "test/final_acc_discrete": 0.8, "test/acc_discrete": 0.8}  # no sample (global_test_samples=null)
+
+
+def test_params_are_what_a_researcher_varies():
+    from federated_nas.tracking.run_record import researcher_params
+
+    config = {"seed": 1, "run_name": "x", "paths": {"log_dir": "/abs/logs"}, "logger": {"run_name": "x"},
+              "dataset": {"_target_": "f", "name": "mnist", "data_dir": "/abs/data"},
+              "search_space": {"_partial_": True, "C": 8}, "algorithm": {"lr": 0.1, "search_space": {"C": 8}},
+              "partition": {"name": "dirichlet", "label": "dir0.5", "alpha": 0.5}, "model": {"note": "y" * 300}}
+    params = researcher_params(config)
+    assert params == {"seed": "1", "dataset.name": "mnist", "search_space.C": "8", "algorithm.lr": "0.1",
+                      "partition.name": "dirichlet", "partition.alpha": "0.5", "model.note": "y" * 250}
+
+
+def test_run_description_names_the_setting_accuracies_and_genotype():
+    from federated_nas.tracking.run_record import run_description
+
+    tags = {"algorithm": "fednas", "dataset": "fashion_mnist", "partition": "dirichlet", "partition.alpha": 0.5,
+            "num_clients": 10, "seed": 0}
+    final = {"global_test_acc": 0.812, "best_global_test_acc": 0.805, "best_round": 47,
+             "client_test_acc_mean": 0.79, "client_test_acc_std": 0.05}
+    text = run_description(final, tags, 50, "Genotype(normal=[('sep_conv_3x3', 0)], ...)")
+    first_line = "**fednas · fashion_mnist · dirichlet(alpha=0.5) · 10 clients · 50 rounds · seed 0**"
+    assert text.splitlines()[0] == first_line
+    assert "- global test accuracy, whole test set: 81.2%" in text
+    assert "- best round accuracy: 80.5% (round 47)" in text
+    assert "- clients' local test accuracy, mean: 79.0% ± 5.0" in text
+    assert text.endswith("Genotype: `Genotype(normal=[('sep_conv_3x3', 0)], ...)`")
+
+
+def test_mlflow_ui_script_prints_each_experiments_runs_url(mlflow_store, tmp_path, capsys):
+    from federated_nas.tracking.ui import ui_command
+
+    script = load_script("mlflow_ui")
+    script.main(["--tracking-uri", mlflow_store, "--port", "5123", "--print-only"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("search: http://127.0.0.1:5123/#/experiments/")
+    assert lines[0].endswith("/runs?workflowType=machine_learning")  # the runs table, not the GenAI overview
+    script.main(["--tracking-uri", f"sqlite:///{tmp_path}/none.db", "--print-only"])
+    assert capsys.readouterr().out.startswith("no runs in sqlite:///")
+    assert not (tmp_path / "none.db").exists()  # looking created no store
+    assert ui_command(mlflow_store, tmp_path, 5123)[-2:] == ["--workers", "1"]

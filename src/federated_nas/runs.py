@@ -117,7 +117,8 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     run_id = (checkpoint or {}).get("mlflow_run_id") or None
     with store_lock(cfg.logger.get("tracking_uri") if cfg.get("logger") else None):  # concurrent sweep jobs
         tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
-    run.attach(tracker, RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None)
+    figures = RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None
+    run.attach(tracker, figures)
     if checkpoint is not None:
         run.restore(checkpoint)
     else:
