@@ -77,6 +77,8 @@ def test_two_round_fednas_then_train_stage(tiny_cfg, tmp_path):
     by_run_id = run_train(tiny_cfg("train", [f"search_run={result['mlflow_run_id']}", "federation.rounds=1"],
                                    run="by_id"))
     assert by_run_id["params"] == trained["params"]  # the same genotype, found through MLflow
+    for stage in (trained, by_run_id):  # the train runs name the search they continue
+        assert client.get_run(stage["mlflow_run_id"]).data.tags["search_run_id"] == result["mlflow_run_id"]
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_cfg, monkeypatch):

@@ -95,8 +95,8 @@ def build_backend(cfg: DictConfig) -> Any:
     return backend
 
 
-def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
-    """Shared by search and train: data, tracker, loop, resume, artifacts."""
+def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Shared by search and train: data, tracker, loop, resume, artifacts; ``tags`` join the run's own."""
     backend = build_backend(cfg)
     if isinstance(backend, DistributedBackend) and backend.is_worker:
         backend.serve(algorithm)  # a torchrun / SLURM rank other than 0: runs clients for rank 0, writes nothing
@@ -124,7 +124,7 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     else:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         tracker.log_config(cfg)
-        tracker.set_tags(run_tags(cfg, algorithm))
+        tracker.set_tags({**run_tags(cfg, algorithm), **(tags or {})})
         tracker.log_artifact(run_dir / "config.yaml")
         for path in data.save_partition(run_dir / "partition"):
             tracker.log_artifact(path, "partition")
@@ -198,5 +198,18 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     genotype_path = genotype_of_search(str(cfg.search_run), tracking_uri)
     OmegaConf.update(cfg, "model.genotype", str(genotype_path), force_add=True)
     log.info("training the genotype of %s", genotype_path)
-    return run_federated(cfg, build(cfg.algorithm))
+    search_id = search_run_id(str(cfg.search_run), genotype_path)
+    return run_federated(cfg, build(cfg.algorithm), {"search_run_id": search_id} if search_id else None)
+
+
+def search_run_id(search_run: str, genotype_path: Path) -> str | None:
+    """The MLflow run id of the search a train stage continues: given, or kept in that search's checkpoint.
+
+    Tagged on the train run (``search_run_id``), so the UI filters a search's retrainings with
+    ``tags.search_run_id = '<id>'``.
+    """
+    if not Path(search_run).exists():
+        return search_run  # genotype_of_search found it in MLflow by this id
+    checkpoint = load_latest_checkpoint(genotype_path.parent / "checkpoints")
+    return (checkpoint or {}).get("mlflow_run_id") or None
 
