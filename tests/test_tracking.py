@@ -92,9 +92,9 @@ def test_alpha_evolution_one_panel_per_op(tmp_path):
 def test_round_curves_with_and_without_alpha(tmp_path):
     search = [{"round": r, "global_test_acc": 0.5 + 0.1 * r, "global_test_acc_discrete": 0.45 + 0.1 * r,
                "client_test_acc_mean": 0.5 + 0.05 * r, "client_test_acc_std": 0.05,
-               "alpha_entropy": 2.0 - 0.2 * r, "skip_connect_count": r % 3} for r in range(4)]
+               "alpha_entropy_normalized": 1.0 - 0.1 * r, "skip_connect_count": r % 3} for r in range(4)]
     del search[1]["global_test_acc"], search[2]["client_test_acc_std"]  # sparse evaluation rounds
-    assert_real_image(plot_round_curves(search, tmp_path / "search.png"))
+    assert_real_image(plot_round_curves(search, tmp_path / "search.png", "fednas-dir0.5-r4-s0 · round 4"))
     fixed = [{"round": r, "global_test_acc": 0.6 + 0.05 * r, "genotype": "{}"} for r in range(3)]
     assert_real_image(plot_round_curves(fixed, tmp_path / "fixed.png"))
 

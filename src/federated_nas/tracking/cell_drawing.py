@@ -115,7 +115,7 @@ def draw_cell_on_axes(ax: Axes, edges: list[tuple[str, int]], concat: list[int],
     """Draw one cell onto ``ax``; ``compact`` shrinks fonts for thumbnails in a grid."""
     graph = cell_graph(edges, concat)
     positions = node_positions(graph.steps)
-    label_size, node_size = (5.0, 6.5) if compact else (7.0, 9.0)
+    label_size, node_size = (5.0, 6.5) if compact else (8.0, 9.5)
     boxes = {key: _node_box(ax, key, xy, graph, node_size) for key, xy in positions.items()}
 
     repeats: Counter[tuple[int, int]] = Counter()

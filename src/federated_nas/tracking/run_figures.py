@@ -41,20 +41,20 @@ class RunFigures:
     def after_round(self, round_idx: int, rounds: int, history: list[dict[str, Any]]) -> list[Path]:
         if not history or not self.due(round_idx, rounds):
             return []
-        paths = [plot_round_curves(history, self.directory / "round_curves.png")]
         latest = history[-1]
+        title = self._title(round_idx, latest)
+        paths = [plot_round_curves(history, self.directory / "round_curves.png", title)]
         recorded = json.loads(latest["genotype"]) if latest.get("genotype") else {}
         cells = []
         if "normal" in recorded:  # DARTS cells are drawn; an MLP chain's genotype is its list of ops (logged)
             genotype = Genotype.from_dict(recorded)
-            title = self._title(round_idx, latest)
             cells = draw_genotype(genotype, self.directory / "cells", stem=f"round_{round_idx + 1:03d}_",
                                   title=title)
             for kind, path in zip(CELL_KINDS, cells):
                 self.tracker.log_image(path, key=cell_image_key(kind), step=round_idx + 1)
             if round_idx == rounds - 1:
                 paths += draw_genotype(genotype, self.directory, title=title)
-        paths += self._alpha_heatmaps(history)
+        paths += self._alpha_heatmaps(history, title)
         for path in paths:
             self.tracker.log_artifact(path, str(path.parent.relative_to(self.directory.parent)))
         return paths + cells
@@ -68,15 +68,17 @@ class RunFigures:
             parts.append(f"global acc {100 * accuracy:.1f}%")
         return " · ".join(parts)
 
-    def _alpha_heatmaps(self, history: list[dict[str, Any]]) -> list[Path]:
-        recorded = [entry["alpha_probabilities"] for entry in history if entry.get("alpha_probabilities")]
-        if not recorded:
+    def _alpha_heatmaps(self, history: list[dict[str, Any]], title: str) -> list[Path]:
+        entries = [entry for entry in history if entry.get("alpha_probabilities")]
+        if not entries:
             return []
+        recorded = [entry["alpha_probabilities"] for entry in entries]
+        rounds = [entry["round"] + 1 for entry in entries]  # the history counts rounds from 0
         primitives = recorded[-1]["primitives"]
         kinds = [kind for kind in recorded[-1] if kind != "primitives"]  # normal and reduce, or the MLP's layers
         return [plot_alpha_evolution(np.asarray([entry[kind] for entry in recorded]), primitives,
                                      self.directory / f"alpha_{kind}.png",
-                                     f"{kind} cell: op probabilities per edge over rounds" if kind in CELL_KINDS
-                                     else f"{kind}: op probabilities per layer over rounds",
-                                     None if kind in CELL_KINDS else "layer")
+                                     f"{kind} cell: op probabilities per edge over rounds · {title}"
+                                     if kind in CELL_KINDS else f"{kind}: op probabilities per layer · {title}",
+                                     None if kind in CELL_KINDS else "layer", rounds)
                 for kind in kinds]
