@@ -152,9 +152,10 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
 def summary(final: dict[str, Any]) -> str:
     """The one screen a user reads when the run ends."""
     lines = ["run finished"]
-    for key in ("global_test_acc", "global_test_acc_discrete", "client_test_acc_mean", "client_test_acc_std",
-                "personalized_acc_before_mean", "personalized_acc_after_mean", "derived_params", "supernet_params",
-                "params", "elapsed_seconds"):
+    for key in ("global_test_acc", "global_test_acc_discrete", "best_global_test_acc", "best_round",
+                "client_test_acc_mean", "client_test_acc_std", "personalized_acc_before_mean",
+                "personalized_acc_after_mean", "derived_params", "supernet_params", "params", "final_model_params",
+                "elapsed_seconds"):
         if key in final:
             lines.append(f"  {key}: {final[key]:.4g}" if isinstance(final[key], float) else f"  {key}: {final[key]}")
     if "genotype" in final:

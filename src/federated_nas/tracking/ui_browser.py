@@ -133,9 +133,10 @@ def search_charts(driver, text: str) -> None:
     box.send_keys(text)
 
 
-def chart_legend(driver, metric: str) -> str:
-    """Search for ``metric``'s chart and wait until it is drawn; the page text (its legend names the runs)."""
-    search_charts(driver, metric)
+def chart_legend(driver, metric: str, search: str | None = None) -> str:
+    """Search the charts for ``search`` (default: ``metric``) and wait until ``metric``'s is drawn;
+    the page text, in which its legend names the runs."""
+    search_charts(driver, search or metric)
     return wait(driver, lambda d: f"({metric})" in page_text(d) and d.find_elements(By.CSS_SELECTOR, "svg.main-svg")
                 and page_text(d), f"the {metric} chart")
 
