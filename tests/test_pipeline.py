@@ -36,6 +36,7 @@ def test_two_round_fednas_then_train_stage(tiny_cfg, tmp_path):
     client = MlflowClient(cfg.logger.tracking_uri)
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.run_name == "fednas-dir0.5-r2-s0"
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["synthetic-dir0.5"]  # the runs table's Dataset
     assert run.data.tags["algorithm"] == "fednas" and run.data.tags["partition"] == "dirichlet"
     assert run.data.params["federation.num_clients"] == "3" and run.data.params["search_space.C"] == "2"
     for key in run.data.params:  # only what a researcher varies; config.yaml holds the rest

@@ -126,8 +126,11 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
         tracker.log_config(cfg)
         tracker.set_tags({**run_tags(cfg, algorithm), **(tags or {})})
         tracker.log_artifact(run_dir / "config.yaml")
-        for path in data.save_partition(run_dir / "partition"):
+        partition_files = data.save_partition(run_dir / "partition")
+        for path in partition_files:
             tracker.log_artifact(path, "partition")
+        tracker.log_data_setting(f"{cfg.dataset.name}-{cfg.partition.get('label', cfg.partition.name)}",
+                                 partition_files[0])
     try:
         final = run.run()
         if cfg.get("personalize"):

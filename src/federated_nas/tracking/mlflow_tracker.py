@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -137,6 +140,18 @@ class RunTracker:
             return
         with Image.open(path) as image:
             self.client.log_image(self.run_id, image.convert("RGB"), key=key, step=step)
+
+    def log_data_setting(self, name: str, partition_file: Path) -> None:
+        """The run's federated data as an MLflow dataset input: the runs table's *Dataset* column.
+
+        Named ``<dataset>-<partition label>``; its digest is the partition file's, so runs on the very
+        same split share it (and differ when seed, clients or split differ).
+        """
+        if self.logger is None:
+            return
+        digest = hashlib.sha256(Path(partition_file).read_bytes()).hexdigest()[:12]
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=str(partition_file))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
 
     def log_table_rows(self, rows: dict[str, list[Any]], artifact_file: str) -> None:
         """Append ``rows`` (column -> values) to the run's table ``artifact_file`` (``.json``)."""
