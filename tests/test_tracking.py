@@ -291,3 +291,24 @@ def test_mlflow_ui_script_prints_each_experiments_runs_url(mlflow_store, tmp_pat
     assert capsys.readouterr().out.startswith("no runs in sqlite:///")
     assert not (tmp_path / "none.db").exists()  # looking created no store
     assert ui_command(mlflow_store, tmp_path, 5123)[-2:] == ["--workers", "1"]
+
+
+def test_sweep_jobs_nest_under_one_parent_run(tmp_path):
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    from federated_nas.tracking.mlflow_tracker import PARENT_TAG, RunTracker, store_lock
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parents = []
+    for _ in range(2):  # two jobs of one sweep, one after the other
+        with store_lock(uri):
+            tracker = RunTracker(MLFlowLogger(experiment_name="search", tracking_uri=uri,
+                                              artifact_location=str(tmp_path / "artifacts")))
+            parents.append(tracker.join_sweep("/logs/search/multiruns/2026-12-01_20-00-00_000000"))
+    client = MlflowClient(uri)
+    parent = client.get_run(parents[0])
+    assert parents[0] == parents[1] and parent.info.run_name == "sweep-2026-12-01_20-00-00_000000"
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parents[0]}'")
+    assert len(children) == 2

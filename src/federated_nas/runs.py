@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.cli import sweep_job
 from federated_nas.data.federated_data import FederatedData, build_federated_data
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
@@ -117,6 +118,9 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     run_id = (checkpoint or {}).get("mlflow_run_id") or None
     with store_lock(cfg.logger.get("tracking_uri") if cfg.get("logger") else None):  # concurrent sweep jobs
         tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
+        job = sweep_job()
+        if job is not None and checkpoint is None:
+            tracker.join_sweep(str(Path(job.runtime.output_dir).parent))  # the sweep dir as made on disk
     figures = RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None
     run.attach(tracker, figures)
     if checkpoint is not None:

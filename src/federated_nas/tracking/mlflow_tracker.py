@@ -26,6 +26,8 @@ from federated_nas.tracking.run_record import mlflow_metrics, researcher_params
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows as the run's description
+PARENT_TAG = "mlflow.parentRunId"  # the UI nests a run under this one
+SWEEP_TAG = "sweep_dir"  # a sweep's parent run, found by its Hydra sweep dir
 
 
 def sqlite_file(uri: str) -> Path:
@@ -140,6 +142,24 @@ class RunTracker:
             return
         with Image.open(path) as image:
             self.client.log_image(self.run_id, image.convert("RGB"), key=key, step=step)
+
+    def join_sweep(self, sweep_dir: str) -> str | None:
+        """Nest this run under its sweep's parent run, made by the sweep's first job: the runs table then
+        folds a sweep into one row. Call under ``store_lock``, so concurrent jobs find one parent.
+        Returns the parent's run id."""
+        if self.logger is None:
+            return None
+        experiment_id = self.logger.experiment_id
+        found = self.client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep_dir}'", max_results=1)
+        if found:
+            parent_id = found[0].info.run_id
+        else:
+            parent = self.client.create_run(experiment_id, run_name=f"sweep-{Path(sweep_dir).name}",
+                                            tags={SWEEP_TAG: sweep_dir})
+            parent_id = parent.info.run_id
+            self.client.set_terminated(parent_id)  # a folder for the jobs, not work that runs
+        self.set_tags({PARENT_TAG: parent_id})
+        return parent_id
 
     def log_data_setting(self, name: str, partition_file: Path) -> None:
         """The run's federated data as an MLflow dataset input: the runs table's *Dataset* column.
