@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         page_text,
         serve_ui,
         step_images,
+        wait,
         wait_until_up,
     )
+    from selenium.webdriver.common.by import By
 
     client = open_store(args.tracking_uri)
     experiment_id = find_experiment(client, args.experiment, args.tracking_uri)
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     shots = []
     with serve_ui(args.tracking_uri, args.artifact_root) as (base, server), chromium() as browser:
+        browser.set_window_size(1600, 1300)
         wait_until_up(base, server)
 
         def shoot(name: str) -> None:
@@ -73,12 +76,17 @@ def main(argv: list[str] | None = None) -> None:
         open_page(browser, run_url(base, experiment_id, newest.info.run_id),
                   lambda d: "Description" in page_text(d), "the run's page")
         shoot("mlflow_run.png")
-        open_page(browser, f"{run_url(base, experiment_id, newest.info.run_id)}/model-metrics",
+        open_page(browser, run_url(base, experiment_id, newest.info.run_id, "model-metrics"),
                   lambda d: "arch" in page_text(d), "the run's charts")
         step_images(browser, "_cell", last_round)
+        cell = browser.find_element(By.CSS_SELECTOR, "img[src*='normal_cell']")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)  # below the run's params
         shoot("mlflow_run_cells.png")
         open_page(browser, compare_url(base, experiment_id), lambda d: "test" in page_text(d), "the chart view")
         chart_legend(browser, "test/acc", search="test/")
+        section = browser.find_element(By.XPATH, "//*[normalize-space(text())='test']")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", section)  # past the image charts
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.main-svg")) >= 6, "six test charts drawn")
         shoot("mlflow_compare.png")
     for path in shots:
         print(path)

@@ -73,7 +73,7 @@ def test_runs_page_run_page_and_compare_view(ui, browser):
     assert genotype.split("], normal_concat")[0] in description  # the description's full one-line genotype
     assert "global test accuracy, whole test set" in description
 
-    open_page(browser, f"{run_url(base, experiment_id, run_id)}/model-metrics",
+    open_page(browser, run_url(base, experiment_id, run_id, "model-metrics"),
               lambda d: "test" in page_text(d), "the run's metric sections")
     assert f"{name} (test/acc)" in chart_legend(browser, "test/acc")
     assert any(run_id in src for src in step_images(browser, "normal_cell", LAST_ROUND))

@@ -23,9 +23,10 @@ def runs_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{RUNS_VIEW}"
 
 
-def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    """One run's overview page."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+def run_url(base: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """One run's page: its overview, or ``tab`` (``model-metrics``: its charts and step images)."""
+    page = f"{run_id}/{tab}" if tab else run_id
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{page}?{RUNS_VIEW}"
 
 
 def compare_url(base: str, experiment_id: str) -> str:

@@ -161,7 +161,8 @@ def _steps_set(driver, step: int) -> bool:
         for box in boxes:
             if box.get_attribute("value") != str(step):
                 driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)
-                box.send_keys(Keys.END, Keys.BACKSPACE, Keys.BACKSPACE, Keys.BACKSPACE, str(step), Keys.ENTER)
+                box.send_keys(Keys.CONTROL, "a")  # a number box keeps its caret before the text: select, then type
+                box.send_keys(str(step), Keys.ENTER)
         return bool(boxes) and all(box.get_attribute("value") == str(step) for box in boxes)
     except (ElementNotInteractableException, StaleElementReferenceException):
         return False
