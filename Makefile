@@ -2,13 +2,13 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install data test test-avx2 test-slurm search train mlflow-ui compare compare-personal bench clean-logs
+.PHONY: help install data browser test test-avx2 test-slurm search train mlflow-ui compare compare-personal bench clean-logs
 .DEFAULT_GOAL := help
 
 help:  ## this list of targets and what each does
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-17s %s\n", $$1, $$2}'
 
-install: data  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
+install: data browser  ## the project and its dependencies (torch 2.14.1 / torchvision 0.29.1 pinned)
 	$(PIP) install -e ".[dev]"
 
 data:  ## offline Fashion-MNIST from Debian's dataset-fashion-mnist, where apt-get exists
@@ -18,6 +18,14 @@ data:  ## offline Fashion-MNIST from Debian's dataset-fashion-mnist, where apt-g
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist || \
 		echo "warning: could not install dataset-fashion-mnist; torchvision will try to download"; \
 	else echo "no apt-get: Fashion-MNIST will be downloaded by torchvision on first use"; fi
+
+browser:  ## Debian's chromium and chromium-driver for tests/test_mlflow_ui.py, where apt-get exists (else it skips)
+	@if command -v chromedriver >/dev/null 2>&1; then echo "chromedriver: already installed"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver || \
+		echo "warning: could not install chromium and chromium-driver; the MLflow UI test will be skipped"; \
+	else echo "no apt-get: the MLflow UI test is skipped unless chromium and chromedriver are on PATH"; fi
 
 # the supernet and the methods' local steps, run again on oneDNN's AVX2 kernels (an AVX-512 machine
 # picks others): AVX2-only CPUs once aborted the suite inside oneDNN (tests/test_onednn_kernels.py)
@@ -41,8 +49,9 @@ search:  ## FedNAS with the default CPU preset on Fashion-MNIST
 train:  ## the FedNAS train stage: make train SEARCH_RUN=<run dir or MLflow run id>
 	$(PYTHON) src/train.py search_run=$(SEARCH_RUN)
 
-mlflow-ui:  ## MLflow UI on the project's tracking store
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/logs/mlflow.db --default-artifact-root $(CURDIR)/logs/mlartifacts
+MLFLOW_PORT ?= 5000
+mlflow-ui:  ## MLflow UI on the project's store: prints each experiment's runs URL, then serves it with one worker
+	$(PYTHON) scripts/mlflow_ui.py --port $(MLFLOW_PORT)
 
 EXPERIMENT ?= search
 FILTER ?=

@@ -147,19 +147,21 @@ def personalized_store(tmp_path_factory):
     final = run_search(cfg)
     client = MlflowClient(cfg.logger.tracking_uri)
     experiment_id = client.get_experiment_by_name("search").experiment_id
-    made = [("fedmetanas-made", "fedmetanas", {"personalized_acc_after_mean": 0.9, "personalized_acc_after_std": 0.05,
-                                               "supernet_params": 2000, "derived_params": 500}),
-            ("fedavg-made", "fedavg", {"client_test_acc_mean": 0.4, "client_test_acc_std": 0.1, "params": 1234})]
-    for name, algorithm, metrics in made:
+    made = [("fedmetanas-made", "fedmetanas", "supernet_params",
+             {"clients/personalized_acc_after_mean": 0.9, "clients/personalized_acc_after_std": 0.05,
+              "arch/supernet_params": 2000, "arch/derived_params": 500, "arch/final_model_params": 2000}),
+            ("fedavg-made", "fedavg", "params", {"clients/test_acc_mean": 0.4, "clients/test_acc_std": 0.1,
+                                                 "arch/params": 1234, "arch/final_model_params": 1234})]
+    for name, algorithm, final_model, metrics in made:
         run_id = client.create_run(experiment_id, run_name=name).info.run_id
         for key, value in {"algorithm": algorithm, "dataset": "synthetic", "partition": "label_skew",
-                           "partition.classes_per_client": "4", "seed": "1"}.items():
+                           "partition.classes_per_client": "4", "seed": "1", "final_model": final_model}.items():
             client.set_tag(run_id, key, value)
-        for key, value in {**metrics, "global_test_acc": 0.5, "elapsed_seconds": 65.0}.items():
+        for key, value in {**metrics, "test/final_acc": 0.5, "time/elapsed_seconds": 65.0}.items():
             client.log_metric(run_id, key, value)
-        for step, sent, received in ((0, 100, 50), (1, 200, 60), (1, 200, 60)):  # round 1 logged again
-            client.log_metric(run_id, "bytes_sent", sent, step=step)
-            client.log_metric(run_id, "bytes_received", received, step=step)
+        for step, sent, received in ((1, 100, 50), (2, 200, 60), (2, 200, 60)):  # round 2 logged again
+            client.log_metric(run_id, "comm/bytes_sent", sent, step=step)
+            client.log_metric(run_id, "comm/bytes_received", received, step=step)
         if algorithm == "fedmetanas":
             path = tmp_path / name / "client_accuracy.json"
             path.parent.mkdir()
@@ -233,7 +235,8 @@ def test_comparison_experiments_compose(experiment, partition):
     assert params.algorithm.split(",") == SWEPT and str(params.seed) == "0"
     assert (cfg.task_name, cfg.dataset.name, cfg.personalize, cfg.plots_every) == ("compare_cpu", "fashion_mnist",
                                                                                     True, None)
-    assert {k: v for k, v in cfg.partition.items() if not k.startswith("_") and k != "min_client_size"} == partition
+    assert {k: v for k, v in cfg.partition.items() if not k.startswith("_") and k not in ("min_client_size", "label")
+            } == partition
     assert cfg.model._target_.endswith("small_cnn")
     fed = cfg.federation
     assert (fed.num_clients, fed.client_fraction, fed.local_batches, fed.batch_size, fed.global_test_samples) == (

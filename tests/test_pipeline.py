@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search, run_train
+from federated_nas.search_space.genotypes import Genotype
 from conftest import assert_same_states, crash_then_resume
 
 
@@ -22,7 +23,8 @@ def final_state(run_dir) -> dict[str, torch.Tensor]:
 
 
 def test_two_round_fednas_then_train_stage(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("search", ["plots_every=5"])  # the last round is drawn whatever N
+    # the last round is drawn whatever N; between rounds the curve is measured on 20 of the 40 test images
+    cfg = tiny_cfg("search", ["plots_every=5", "federation.global_test_samples=20"])
     result = run_search(cfg)
     run_dir = Path(result["run_dir"])
     genotype = json.loads((run_dir / "genotype.json").read_text())
@@ -33,17 +35,38 @@ def test_two_round_fednas_then_train_stage(tiny_cfg, tmp_path):
 
     client = MlflowClient(cfg.logger.tracking_uri)
     run = client.get_run(result["mlflow_run_id"])
+    assert run.info.run_name == "fednas-dir0.5-r2-s0"
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["synthetic-dir0.5"]  # the runs table's Dataset
     assert run.data.tags["algorithm"] == "fednas" and run.data.tags["partition"] == "dirichlet"
-    assert run.data.params["federation.num_clients"] == "3"
-    history = client.get_metric_history(run.info.run_id, "global_test_acc")
-    assert [m.step for m in history] == [0, 1]
-    for metric in ("alpha_entropy", "skip_connect_count", "derived_params", "bytes_sent", "client_test_acc_std"):
-        assert metric in run.data.metrics
+    assert run.data.params["federation.num_clients"] == "3" and run.data.params["search_space.C"] == "2"
+    for key in run.data.params:  # only what a researcher varies; config.yaml holds the rest
+        assert not key.startswith(("logger.", "paths.", "algorithm.search_space.")) and "_target_" not in key
+        assert not run.data.params[key].startswith("/")
+    curve = client.get_metric_history(run.info.run_id, "test/acc")
+    assert [m.step for m in curve] == [1, 2]  # rounds count from 1, as in the log
+    last = load_latest_checkpoint(run_dir / "checkpoints")["history"][-1]
+    assert curve[-1].value == last["global_test_acc_sampled"]  # the curve's last point: the same 20 images
+    metrics = run.data.metrics
+    assert metrics["test/final_acc"] == result["global_test_acc"]  # the whole test set, a metric of its own
+    assert metrics["test/best_acc"] == max(m.value for m in curve)
+    assert metrics["test/best_round"] in (1, 2)
+    assert metrics["arch/final_model_params"] == metrics["arch/derived_params"] == result["derived_params"]
+    for metric in ("arch/alpha_entropy", "arch/skip_connect_count", "comm/bytes_sent", "clients/test_acc_std",
+                   "time/round_seconds"):
+        assert metric in metrics
+    assert not [key for key in metrics if "/" not in key]  # every metric in a section of the UI
+    genotype_line = repr(Genotype.from_dict(genotype))
+    assert run.data.tags["genotype"] == genotype_line
+    assert genotype_line in run.data.tags["mlflow.note.content"] and "%" in run.data.tags["mlflow.note.content"]
     assert "genotype.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/normal.png", "figures/reduce.png", "figures/alpha_normal.png", "figures/round_curves.png"} <= figures
-    cells = {a.path for a in client.list_artifacts(run.info.run_id, "figures/cells")}
-    assert "figures/cells/round_002_normal.png" in cells  # the last round is always drawn
+    images = {a.path for a in client.list_artifacts(run.info.run_id, "images")}
+    for kind in ("normal", "reduce"):  # images/<key, / as ~>+step+<round>+...
+        assert any(path.startswith(f"images/arch~{kind}_cell+step+2+") for path in images), images
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "architecture_history.json",
+                                                      str(tmp_path))).read_text())
+    assert [row[0] for row in table["data"]] == [1, 2] and table["data"][-1][1] == genotype_line
     history = load_latest_checkpoint(run_dir / "checkpoints")["history"]
     assert len(history[-1]["alpha_probabilities"]["normal"]) == 14  # kept per round for the heatmap
 
@@ -55,6 +78,8 @@ def test_two_round_fednas_then_train_stage(tiny_cfg, tmp_path):
     by_run_id = run_train(tiny_cfg("train", [f"search_run={result['mlflow_run_id']}", "federation.rounds=1"],
                                    run="by_id"))
     assert by_run_id["params"] == trained["params"]  # the same genotype, found through MLflow
+    for stage in (trained, by_run_id):  # the train runs name the search they continue
+        assert client.get_run(stage["mlflow_run_id"]).data.tags["search_run_id"] == result["mlflow_run_id"]
 
 
 def test_resumed_run_equals_uninterrupted_run(tiny_cfg, monkeypatch):

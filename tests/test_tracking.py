@@ -92,9 +92,9 @@ def test_alpha_evolution_one_panel_per_op(tmp_path):
 def test_round_curves_with_and_without_alpha(tmp_path):
     search = [{"round": r, "global_test_acc": 0.5 + 0.1 * r, "global_test_acc_discrete": 0.45 + 0.1 * r,
                "client_test_acc_mean": 0.5 + 0.05 * r, "client_test_acc_std": 0.05,
-               "alpha_entropy": 2.0 - 0.2 * r, "skip_connect_count": r % 3} for r in range(4)]
+               "alpha_entropy_normalized": 1.0 - 0.1 * r, "skip_connect_count": r % 3} for r in range(4)]
     del search[1]["global_test_acc"], search[2]["client_test_acc_std"]  # sparse evaluation rounds
-    assert_real_image(plot_round_curves(search, tmp_path / "search.png"))
+    assert_real_image(plot_round_curves(search, tmp_path / "search.png", "fednas-dir0.5-r4-s0 · round 4"))
     fixed = [{"round": r, "global_test_acc": 0.6 + 0.05 * r, "genotype": "{}"} for r in range(3)]
     assert_real_image(plot_round_curves(fixed, tmp_path / "fixed.png"))
 
@@ -128,12 +128,13 @@ def mlflow_store(tmp_path_factory):
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
         if accuracy is not None:
-            for step, value in enumerate((accuracy - 0.2, accuracy)):  # the table shows the last round's value
-                client.log_metric(run_id, "global_test_acc", value, step=step)
-            client.log_metric(run_id, "client_test_acc_mean", accuracy - 0.02)
-            client.log_metric(run_id, "client_test_acc_std", 0.031)
-            client.log_metric(run_id, "derived_params", 123_456)
-            client.log_metric(run_id, "elapsed_seconds", 754.0)
+            for step, value in enumerate((accuracy - 0.2, accuracy - 0.01), start=1):  # the round curve
+                client.log_metric(run_id, "test/acc", value, step=step)
+            client.log_metric(run_id, "test/final_acc", accuracy, step=2)  # the table shows the whole test set's
+            client.log_metric(run_id, "clients/test_acc_mean", accuracy - 0.02)
+            client.log_metric(run_id, "clients/test_acc_std", 0.031)
+            client.log_metric(run_id, "arch/final_model_params", 123_456)
+            client.log_metric(run_id, "time/elapsed_seconds", 754.0)
         if genotype is not None:
             client.log_artifact(run_id, str(genotype.save(tmp_path / name / "genotype.json")))
         client.set_terminated(run_id)
@@ -226,3 +227,88 @@ def test_sweep_jobs_starting_together_share_one_new_store(tmp_path):
     assert [job.returncode for job in jobs] == [0, 0, 0], [err[-300:] for _, err in outputs]
     experiment = MlflowClient(uri).get_experiment_by_name("search")
     assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 3
+
+
+# --- the run record MLflow gets, and where the UI shows it --------------------------------------------
+
+def test_metrics_go_to_ui_sections_and_the_last_round_keeps_its_curve_point():
+    from federated_nas.tracking.run_record import SECTIONS, mlflow_metrics
+
+    round_metrics = {"global_test_acc": 0.5, "global_test_loss": 1.2, "client_test_acc_mean": 0.4, "bytes_sent": 10,
+                     "round_seconds": 2.0, "alpha_entropy": 1.9, "final_model_params": 1234, "clients": 3,
+                     "best_global_test_acc": 0.5, "best_round": 4, "failures": {}, "genotype": "{}"}
+    named = mlflow_metrics(round_metrics)
+    assert named == {"test/acc": 0.5, "test/loss": 1.2, "clients/test_acc_mean": 0.4, "comm/bytes_sent": 10.0,
+                     "time/round_seconds": 2.0, "arch/alpha_entropy": 1.9, "arch/final_model_params": 1234.0,
+                     "clients/sampled": 3.0, "test/best_acc": 0.5, "test/best_round": 4.0}
+    assert {name.split("/")[0] for name in named} <= set(SECTIONS)
+
+    last = {"global_test_acc": 0.81, "global_test_acc_sampled": 0.78, "global_test_loss": 0.5,
+            "global_test_loss_sampled": 0.6, "global_test_acc_discrete": 0.8}
+    assert mlflow_metrics(last, final_round=True) == {
+        "test/final_acc": 0.81, "test/acc": 0.78,  # the whole test set apart; the curve stays on its sample
+        "test/final_loss": 0.5, "test/loss": 0.6,
+        "test/final_acc_discrete": 0.8, "test/acc_discrete": 0.8}  # no sample (global_test_samples=null)
+
+
+def test_params_are_what_a_researcher_varies():
+    from federated_nas.tracking.run_record import researcher_params
+
+    config = {"seed": 1, "run_name": "x", "paths": {"log_dir": "/abs/logs"}, "logger": {"run_name": "x"},
+              "dataset": {"_target_": "f", "name": "mnist", "data_dir": "/abs/data"},
+              "search_space": {"_partial_": True, "C": 8}, "algorithm": {"lr": 0.1, "search_space": {"C": 8}},
+              "partition": {"name": "dirichlet", "label": "dir0.5", "alpha": 0.5}, "model": {"note": "y" * 300}}
+    params = researcher_params(config)
+    assert params == {"seed": "1", "dataset.name": "mnist", "search_space.C": "8", "algorithm.lr": "0.1",
+                      "partition.name": "dirichlet", "partition.alpha": "0.5", "model.note": "y" * 250}
+
+
+def test_run_description_names_the_setting_accuracies_and_genotype():
+    from federated_nas.tracking.run_record import run_description
+
+    tags = {"algorithm": "fednas", "dataset": "fashion_mnist", "partition": "dirichlet", "partition.alpha": 0.5,
+            "num_clients": 10, "seed": 0}
+    final = {"global_test_acc": 0.812, "best_global_test_acc": 0.805, "best_round": 47,
+             "client_test_acc_mean": 0.79, "client_test_acc_std": 0.05}
+    text = run_description(final, tags, 50, "Genotype(normal=[('sep_conv_3x3', 0)], ...)")
+    first_line = "**fednas · fashion_mnist · dirichlet(alpha=0.5) · 10 clients · 50 rounds · seed 0**"
+    assert text.splitlines()[0] == first_line
+    assert "- global test accuracy, whole test set: 81.2%" in text
+    assert "- best round accuracy: 80.5% (round 47)" in text
+    assert "- clients' local test accuracy, mean: 79.0% ± 5.0" in text
+    assert text.endswith("Genotype: `Genotype(normal=[('sep_conv_3x3', 0)], ...)`")
+
+
+def test_mlflow_ui_script_prints_each_experiments_runs_url(mlflow_store, tmp_path, capsys):
+    from federated_nas.tracking.ui import ui_command
+
+    script = load_script("mlflow_ui")
+    script.main(["--tracking-uri", mlflow_store, "--port", "5123", "--print-only"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("search: http://127.0.0.1:5123/#/experiments/")
+    assert lines[0].endswith("/runs?workflowType=machine_learning")  # the runs table, not the GenAI overview
+    script.main(["--tracking-uri", f"sqlite:///{tmp_path}/none.db", "--print-only"])
+    assert capsys.readouterr().out.startswith("no runs in sqlite:///")
+    assert not (tmp_path / "none.db").exists()  # looking created no store
+    assert ui_command(mlflow_store, tmp_path, 5123)[-2:] == ["--workers", "1"]
+
+
+def test_sweep_jobs_nest_under_one_parent_run(tmp_path):
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    from federated_nas.tracking.mlflow_tracker import PARENT_TAG, RunTracker, store_lock
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parents = []
+    for _ in range(2):  # two jobs of one sweep, one after the other
+        with store_lock(uri):
+            tracker = RunTracker(MLFlowLogger(experiment_name="search", tracking_uri=uri,
+                                              artifact_location=str(tmp_path / "artifacts")))
+            parents.append(tracker.join_sweep("/logs/search/multiruns/2026-12-01_20-00-00_000000"))
+    client = MlflowClient(uri)
+    parent = client.get_run(parents[0])
+    assert parents[0] == parents[1] and parent.info.run_name == "sweep-2026-12-01_20-00-00_000000"
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parents[0]}'")
+    assert len(children) == 2

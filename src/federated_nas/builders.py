@@ -20,11 +20,12 @@ from federated_nas.errors import ConfigError, DataError
 def build(node: DictConfig, keep_name: bool = False, **kwargs: Any) -> Any:
     """Instantiate a config node, surfacing our own one-line errors from inside constructors.
 
-    A node's ``name`` labels runs and tags; it is passed on only where it is the target's own
-    argument (``keep_name``, e.g. a dataset's name). An algorithm's YAML ``name`` is its one name:
-    the run dir (``run_name``), the MLflow tag and the log all say it.
+    A node's ``name`` labels runs and tags, its ``label`` (a partition's ``dir0.5``) run names; ``name``
+    is passed on only where it is the target's own argument (``keep_name``, e.g. a dataset's name).
+    An algorithm's YAML ``name`` is its one name: the run dir, the MLflow tag and the log all say it.
     """
     spec = OmegaConf.to_container(node, resolve=True)
+    spec.pop("label", None)
     name = None if keep_name else spec.pop("name", None)
     try:
         built = instantiate(spec, **kwargs)

@@ -165,6 +165,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("dataset.num_classes", Number(low=2, integer=True)),
     ("dataset.*", COUNT),
     ("partition.name", Text()),
+    ("partition.label", Text()),  # its short form in run names (dir0.5, tau4, iid)
     ("partition.alpha", POSITIVE),
     ("partition.min_client_size", STEPS),
     ("partition.*", COUNT),

@@ -26,6 +26,7 @@ from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri, store_lock
 from federated_nas.tracking.plots import plot_partition_heatmap
 from federated_nas.tracking.run_figures import RunFigures
+from federated_nas.tracking.run_record import run_description
 
 log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
@@ -91,10 +92,12 @@ def server_device(cfg: DictConfig) -> str:
     return "cuda" if visible_gpus(cfg.trainer.accelerator) else "cpu"
 
 
-def run_tags(cfg: DictConfig, algorithm_name: str) -> dict[str, Any]:
-    partition = {k: v for k, v in cfg.partition.items() if not str(k).startswith("_")}
-    return {"algorithm": algorithm_name, "dataset": cfg.dataset.name, "num_clients": cfg.federation.num_clients,
-            "seed": cfg.seed, **{f"partition.{k}" if k != "name" else "partition": v for k, v in partition.items()}}
+def run_tags(cfg: DictConfig, algorithm: FederatedAlgorithm) -> dict[str, Any]:
+    """Tags to filter runs by; ``final_model`` names the metric ``final_model_params`` repeats."""
+    partition = {k: v for k, v in cfg.partition.items() if not str(k).startswith("_") and k != "label"}
+    return {"algorithm": algorithm.name, "dataset": cfg.dataset.name, "num_clients": cfg.federation.num_clients,
+            "seed": cfg.seed, "final_model": algorithm.final_params_metric,
+            **{f"partition.{k}" if k != "name" else "partition": v for k, v in partition.items()}}
 
 
 def build_backend(cfg: DictConfig) -> Any:
@@ -104,8 +107,8 @@ def build_backend(cfg: DictConfig) -> Any:
     return backend
 
 
-def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
-    """Shared by search and train: data, tracker, loop, resume, artifacts."""
+def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Shared by search and train: data, tracker, loop, resume, artifacts; ``tags`` join the run's own."""
     backend = build_backend(cfg)
     device = server_device(cfg)  # a GPU asked for but not there fails here, before the data load
     if backend.is_worker:
@@ -125,18 +128,25 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     run_id = (checkpoint or {}).get("mlflow_run_id") or None
     with store_lock(cfg.logger.get("tracking_uri") if cfg.get("logger") else None):  # concurrent sweep jobs
         tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
-    run.attach(tracker, RunFigures(run_dir, tracker, plots_every) if plots_every is not None else None)
+        job = sweep_job()
+        if job is not None and checkpoint is None:
+            tracker.join_sweep(str(Path(job.runtime.output_dir).parent))  # the sweep dir as made on disk
+    figures = RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None
+    run.attach(tracker, figures)
     if checkpoint is not None:
         run.restore(checkpoint)
     else:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         tracker.log_config(cfg)
-        tracker.set_tags(run_tags(cfg, algorithm.name))
+        tracker.set_tags({**run_tags(cfg, algorithm), **(tags or {})})
         tracker.log_artifact(run_dir / "config.yaml")
+        partition_files = data.save_partition(run_dir / "partition")
         heatmap = plot_partition_heatmap(data.class_counts, run_dir / "partition" / "partition_heatmap.png",
                                          title="Samples per class and client")
-        for path in [*data.save_partition(run_dir / "partition"), heatmap]:
+        for path in [*partition_files, heatmap]:
             tracker.log_artifact(path, "partition")
+        tracker.log_data_setting(f"{cfg.dataset.name}-{cfg.partition.get('label', cfg.partition.name)}",
+                                 partition_files[0])
     try:
         final = run.run()
         if cfg.get("personalize"):
@@ -149,6 +159,8 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
     finally:
         backend.close()  # stops any worker processes, after a failure too
     (run_dir / "FINISHED").touch()
+    genotype = repr(run.latest_genotype) if run.latest_genotype is not None else None
+    tracker.describe(run_description(final, run_tags(cfg, algorithm), settings.rounds, genotype))
     tracker.finish()
     final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri)
     log.info(summary(final))
@@ -158,9 +170,10 @@ def run_federated(cfg: DictConfig, algorithm) -> dict[str, Any]:
 def summary(final: dict[str, Any]) -> str:
     """The one screen a user reads when the run ends."""
     lines = ["run finished"]
-    for key in ("global_test_acc", "global_test_acc_discrete", "client_test_acc_mean", "client_test_acc_std",
-                "personalized_acc_before_mean", "personalized_acc_after_mean", "derived_params", "supernet_params",
-                "params", "elapsed_seconds"):
+    for key in ("global_test_acc", "global_test_acc_discrete", "best_global_test_acc", "best_round",
+                "client_test_acc_mean", "client_test_acc_std", "personalized_acc_before_mean",
+                "personalized_acc_after_mean", "derived_params", "supernet_params", "params", "final_model_params",
+                "elapsed_seconds"):
         if key in final:
             lines.append(f"  {key}: {final[key]:.4g}" if isinstance(final[key], float) else f"  {key}: {final[key]}")
     if "genotype" in final:
@@ -206,5 +219,18 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     genotype_path = genotype_of_search(str(cfg.search_run), tracking_uri)
     OmegaConf.update(cfg, "model.genotype", str(genotype_path), force_add=True)
     log.info("training the genotype of %s", genotype_path)
-    return run_federated(cfg, build(cfg.algorithm))
+    search_id = search_run_id(str(cfg.search_run), genotype_path)
+    return run_federated(cfg, build(cfg.algorithm), {"search_run_id": search_id} if search_id else None)
+
+
+def search_run_id(search_run: str, genotype_path: Path) -> str | None:
+    """The MLflow run id of the search a train stage continues: given, or kept in that search's checkpoint.
+
+    Tagged on the train run (``search_run_id``), so the UI filters a search's retrainings with
+    ``tags.search_run_id = '<id>'``.
+    """
+    if not Path(search_run).exists():
+        return search_run  # genotype_of_search found it in MLflow by this id
+    checkpoint = load_latest_checkpoint(genotype_path.parent / "checkpoints")
+    return (checkpoint or {}).get("mlflow_run_id") or None
 

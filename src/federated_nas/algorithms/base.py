@@ -96,6 +96,8 @@ class FederatedAlgorithm:
     """The contract between a method and the federated loop."""
 
     name: str = "base"
+    # the round metric that sizes the model this method delivers, logged again as final_model_params
+    final_params_metric: str = "params"
 
     def build_model(self, data: FederatedData) -> nn.Module:
         raise NotImplementedError

@@ -96,6 +96,7 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
     """Server-side view of FedMetaNAS: temperature schedule, pruning on the aggregate, personal adaptation."""
 
     name = "fedmetanas"
+    final_params_metric = "supernet_params"  # the pruned supernet is the final model, no retraining
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,

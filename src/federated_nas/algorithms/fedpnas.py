@@ -54,6 +54,10 @@ class FedPNAS(FederatedAlgorithm):
         self.new_client_steps, self.new_client_lr = new_client_steps, new_client_lr
 
     # --- the chosen search, unchanged -------------------------------------------------------
+    @property
+    def final_params_metric(self) -> str:
+        return self.search.final_params_metric
+
     def build_model(self, data: FederatedData) -> PersonalizedSearchNetwork:
         return self.search.build_model(data)
 

@@ -98,6 +98,8 @@ class RecalibrateBatchNorm(L.Callback):
 class SupernetAlgorithm(FederatedAlgorithm):
     """A federated method whose global model is a ``SearchNetwork``."""
 
+    final_params_metric = "derived_params"  # FedNAS trains the derived network in its second stage
+
     def __init__(self, search_space: Callable[..., SearchNetwork]):
         self.search_space = search_space
         self.input_shape: tuple[int, ...] = ()
@@ -143,6 +145,8 @@ class MostLikelyChild:
     Their server evaluates exactly this child, so ``global_test_acc_discrete`` repeats
     ``global_test_acc`` as a check; ``child_params`` is the final model's size (arch parameters included).
     """
+
+    final_params_metric = "child_params"
 
     def discrete_model(self, model: SearchNetwork) -> SearchNetwork:
         return model.most_likely_child()

@@ -31,6 +31,7 @@ from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.run_figures import RunFigures
+from federated_nas.tracking.run_record import GENOTYPE_TABLE, GENOTYPE_TAG, SAMPLED, curve_accuracy
 
 log = logging.getLogger(__name__)
 INJECTED_DROPOUT = "injected dropout"
@@ -132,6 +133,7 @@ class FederatedRun:
         self.model: nn.Module = algorithm.build_model(data).to(self.device)  # the server's copy lives on its device
         check_model_reads(self.model, data.input_shape, algorithm.name)
         self.history: list[dict[str, Any]] = []
+        self.latest_genotype = None  # the architecture record of the last round that derived one
         self.personal: dict[int, dict[str, torch.Tensor]] = {}  # per-client state kept across rounds
         self.start_round = 0
         self.elapsed_before = 0.0
@@ -257,27 +259,46 @@ class FederatedRun:
             metrics["global_test_acc_before_pruning"] = evaluate(unpruned, self.data.global_test,
                                                                  s.eval_batch_size, self.device)[0]
         if last or (round_idx + 1) % s.eval_every == 0:
-            acc, loss = evaluate(self.model, self.data.global_test, s.eval_batch_size, self.device,
-                                 None if last else s.global_test_samples)
+            acc, loss = self._evaluate_global(self.model, last, metrics, ("global_test_acc", "global_test_loss"))
             metrics.update(global_test_acc=acc, global_test_loss=loss)
         if last or (round_idx + 1) % s.client_eval_every == 0:
             accs = [evaluate(self.model, c.test, s.eval_batch_size, self.device)[0] for c in self.data.clients]
             metrics.update(client_test_acc_mean=float(np.mean(accs)), client_test_acc_std=float(np.std(accs)))
             discrete = self.algorithm.discrete_model(self.model)
             if discrete is not None:  # Table 3 of FedMetaNAS: the same round, relaxed vs made discrete
-                metrics["global_test_acc_discrete"] = evaluate(discrete, self.data.global_test, s.eval_batch_size,
-                                                               self.device, None if last else s.global_test_samples)[0]
+                metrics["global_test_acc_discrete"] = self._evaluate_global(discrete, last, metrics,
+                                                                            ("global_test_acc_discrete",))[0]
         metrics.update(self.algorithm.round_report(self.model))
+        if self.algorithm.final_params_metric in metrics:  # one name for every method's deliverable size
+            metrics["final_model_params"] = metrics[self.algorithm.final_params_metric]
         return metrics
 
+    def _evaluate_global(self, model: nn.Module, last: bool, metrics: dict[str, Any],
+                         keys: tuple[str, ...]) -> tuple[float, float]:
+        """(accuracy, loss) on the global test set: its first ``global_test_samples`` between rounds,
+        all of it at the last round. There the sampled evaluation is kept too, as ``<key>_sampled``,
+        so the round curve is measured the same way up to its last point."""
+        s = self.settings
+        sample = s.global_test_samples
+        if last and sample is not None and sample < len(self.data.global_test):
+            sampled = evaluate(model, self.data.global_test, s.eval_batch_size, self.device, sample)
+            metrics.update({f"{key}{SAMPLED}": value for key, value in zip(keys, sampled)})
+        return evaluate(model, self.data.global_test, s.eval_batch_size, self.device, None if last else sample)
+
     def _record(self, round_idx: int, metrics: dict[str, Any]) -> None:
+        last = round_idx == self.settings.rounds - 1
         genotype = metrics.pop("genotype", None)
+        metrics.update(self._best_so_far(round_idx, metrics))
         if genotype is not None:  # any architecture record with save() and to_json(): DARTS' Genotype, MLPGenotype
             path = genotype.save(self.run_dir / "genotype.json")
             self.tracker.log_artifact(path)
+            self.latest_genotype = genotype
+            self.tracker.set_tags({GENOTYPE_TAG: repr(genotype)})  # DARTS' one-line form, the latest round's
+            self.tracker.log_table_rows({"round": [round_idx + 1], "genotype": [repr(genotype)],
+                                         "global_test_acc": [curve_accuracy(metrics)]}, GENOTYPE_TABLE)
             metrics["genotype"] = genotype.to_json()
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        self.tracker.log_metrics(numeric, step=round_idx)
+        self.tracker.log_metrics(numeric, step=round_idx + 1, final_round=last)  # rounds count from 1, as logged
         self.history.append({"round": round_idx, **metrics})
         save_checkpoint(self.run_dir / "checkpoints", {
             "round": round_idx + 1,
@@ -296,3 +317,13 @@ class FederatedRun:
         shown = {k: round(v, 4) for k, v in numeric.items() if k in
                  ("global_test_acc", "client_test_acc_mean", "alpha_entropy", "round_seconds")}
         log.info("round %d/%d %s", round_idx + 1, self.settings.rounds, shown)
+
+    def _best_so_far(self, round_idx: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The best point of the round accuracy curve up to this round, and its round (from 1)."""
+        previous = next((entry for entry in reversed(self.history) if "best_global_test_acc" in entry), None)
+        best = {} if previous is None else {key: previous[key] for key in ("best_global_test_acc", "best_round")}
+        accuracy = curve_accuracy(metrics)
+        if accuracy is not None and (not best or accuracy > best["best_global_test_acc"]):
+            best = {"best_global_test_acc": accuracy, "best_round": round_idx + 1}
+        return best
+

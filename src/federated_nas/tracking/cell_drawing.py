@@ -115,7 +115,7 @@ def draw_cell_on_axes(ax: Axes, edges: list[tuple[str, int]], concat: list[int],
     """Draw one cell onto ``ax``; ``compact`` shrinks fonts for thumbnails in a grid."""
     graph = cell_graph(edges, concat)
     positions = node_positions(graph.steps)
-    label_size, node_size = (5.0, 6.5) if compact else (7.0, 9.0)
+    label_size, node_size = (5.0, 6.5) if compact else (8.0, 9.5)
     boxes = {key: _node_box(ax, key, xy, graph, node_size) for key, xy in positions.items()}
 
     repeats: Counter[tuple[int, int]] = Counter()
@@ -155,13 +155,18 @@ def draw_cell(edges: list[tuple[str, int]], concat: list[int], path: str | Path,
         plt.close(fig)
 
 
-def draw_genotype(genotype: Genotype, directory: str | Path, stem: str = "") -> list[Path]:
-    """``normal.png`` and ``reduce.png`` in ``directory``; a stem joins with one underscore (``round_005_normal.png``)."""
+def draw_genotype(genotype: Genotype, directory: str | Path, stem: str = "", title: str | None = None) -> list[Path]:
+    """``normal.png`` and ``reduce.png`` in ``directory``; a stem joins with one underscore (``round_005_normal.png``).
+
+    ``title`` (run, round, accuracy) follows the cell's kind in each picture's title.
+    """
     directory = Path(directory)
     prefix = f"{stem.rstrip('_')}_" if stem else ""
+    suffix = f"\n{title}" if title else ""
     return [
-        draw_cell(genotype.normal, genotype.normal_concat, directory / f"{prefix}normal.png", "normal cell"),
-        draw_cell(genotype.reduce, genotype.reduce_concat, directory / f"{prefix}reduce.png", "reduction cell"),
+        draw_cell(genotype.normal, genotype.normal_concat, directory / f"{prefix}normal.png", "normal cell" + suffix),
+        draw_cell(genotype.reduce, genotype.reduce_concat, directory / f"{prefix}reduce.png",
+                  "reduction cell" + suffix),
     ]
 
 

@@ -2,9 +2,9 @@
 or (``compare_personalization``) a table of global and local accuracy, size, time and traffic with
 a grid of the per-client local accuracy histograms.
 
-Reads only what runs already log (tags, metrics, the ``genotype.json`` and
-``personalized/client_accuracy.json`` artifacts), so any finished or interrupted run can be
-compared without re-running anything.
+Reads only what runs already log (tags, metrics under their sectioned MLflow names, the
+``genotype.json`` and ``personalized/client_accuracy.json`` artifacts), so any finished or
+interrupted run can be compared without re-running anything.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from federated_nas.errors import DataError
 from federated_nas.search_space.genotypes import Genotype
 from federated_nas.tracking.cell_drawing import cell_graph, draw_cell_on_axes, drawing_limits
 from federated_nas.tracking.plots import save_figure
+from federated_nas.tracking.run_record import final_name, metric_name
 
 import matplotlib.pyplot as plt  # noqa: E402  (after plots.py has chosen the headless backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
@@ -35,26 +36,37 @@ THUMB_WIDTH = 4.6  # inches per cell drawing in the grid
 TABLE_COLUMNS = ("run", "id", "algorithm", "dataset", "partition", "clients", "seed", "global acc (%)",
                  "client acc (%)", "params", "search time")
 CLIENT_ACCURACY_ARTIFACT = "personalized/client_accuracy.json"  # written by federation/personalization.py
-TRAFFIC_METRICS = ("bytes_sent", "bytes_received")  # per round: the server's downloads and uploads
-# the size that describes a method's final model: FedMetaNAS keeps its pruned supernet (no retraining),
-# FedNAS would train its derived network, the fixed-network methods train `params`
-PARAMS_METRICS = {"fedmetanas": ("supernet_params",)}
-DEFAULT_PARAMS_METRICS = ("derived_params", "params")
-PARAMS_KIND = {"supernet_params": "supernet", "derived_params": "derived", "params": "network"}
+TRAFFIC_METRICS = tuple(metric_name(key) for key in ("bytes_sent", "bytes_received"))  # per round, both ways
+# the metrics read back, by their MLflow names
+FINAL_ACC, CURVE_ACC = final_name("global_test_acc"), metric_name("global_test_acc")
+CLIENT_ACC = metric_name("client_test_acc_mean"), metric_name("client_test_acc_std")
+PERSONAL_ACC = metric_name("personalized_acc_after_mean"), metric_name("personalized_acc_after_std")
+FINAL_PARAMS, ELAPSED = metric_name("final_model_params"), metric_name("elapsed_seconds")
+FINAL_MODEL_TAG = "final_model"  # which size final_model_params repeats (runs.run_tags)
+# what the final model is: FedMetaNAS keeps its pruned supernet (no retraining), FedNAS would train its
+# derived network, FedDSNAS and FedRLNAS keep their argmax child, the fixed-network methods train `params`
+PARAMS_KIND = {"supernet_params": "supernet", "derived_params": "derived", "child_params": "child",
+               "params": "network"}
 PERSONAL_COLUMNS = ("algorithm", "data setting", "seed", "global acc (%)", "local acc (%)", "params",
                     "wall time", "communicated", "run")
-PERSONAL_NOTE = ("Local acc: mean ± std over clients of the local test accuracy after personalization "
-                 "(`personalized_acc_after_*`); marked *global model* where a run did not personalize "
-                 "(`client_test_acc_*`). Params: *network* = the fixed network (`params`), *derived* = the "
-                 "network derived from the searched cell (`derived_params`), *supernet* = FedMetaNAS' pruned "
-                 "supernet, its final model (`supernet_params`). Wall time: the federated rounds "
-                 "(`elapsed_seconds`). Communicated: bytes sent plus received by the server, summed over rounds.")
+PERSONAL_NOTE = ("Global acc: the final model on the whole test set (`test/final_acc`). "
+                 "Local acc: mean ± std over clients of the local test accuracy after personalization "
+                 "(`clients/personalized_acc_after_*`); marked *global model* where a run did not personalize "
+                 "(`clients/test_acc_*`). Params: the final model's (`arch/final_model_params`): *network* = the "
+                 "fixed network, *derived* = the network derived from the searched cell, *child* = the argmax "
+                 "child, *supernet* = FedMetaNAS' pruned supernet. Wall time: the federated rounds "
+                 "(`time/elapsed_seconds`). Communicated: bytes sent plus received by the server "
+                 "(`comm/bytes_*`), summed over rounds.")
 HISTOGRAM_BINS = np.linspace(0.0, 1.0, 21)
 
 
 @dataclass(frozen=True)
 class RunRow:
-    """What the comparison shows of one run; metrics are the run's last logged values."""
+    """What the comparison shows of one run; metrics are the run's last logged values.
+
+    ``global_test_acc`` is the final whole-test-set accuracy, or the curve's last point for a run
+    that did not finish.
+    """
 
     name: str
     run_id: str
@@ -136,13 +148,17 @@ def run_row(client: MlflowClient, run: Run) -> RunRow:
         partition=partition_text(tags),
         num_clients=tags.get("num_clients", MISSING),
         seed=tags.get("seed", MISSING),
-        global_test_acc=metrics.get("global_test_acc"),
-        client_test_acc_mean=metrics.get("client_test_acc_mean"),
-        client_test_acc_std=metrics.get("client_test_acc_std"),
-        params=metrics.get("derived_params", metrics.get("params")),
-        elapsed_seconds=metrics.get("elapsed_seconds"),
+        global_test_acc=global_accuracy(metrics),
+        client_test_acc_mean=metrics.get(CLIENT_ACC[0]),
+        client_test_acc_std=metrics.get(CLIENT_ACC[1]),
+        params=metrics.get(FINAL_PARAMS),
+        elapsed_seconds=metrics.get(ELAPSED),
         genotype=download_genotype(client, run.info.run_id, name),
     )
+
+
+def global_accuracy(metrics: dict[str, float]) -> float | None:
+    return metrics.get(FINAL_ACC, metrics.get(CURVE_ACC))
 
 
 def display_name(run: Run) -> str:
@@ -266,23 +282,22 @@ def personal_row(client: MlflowClient, run: Run) -> PersonalRow:
     tags, metrics = run.data.tags, run.data.metrics
     name = display_name(run)
     algorithm = tags.get("algorithm", MISSING)
-    personalized = "personalized_acc_after_mean" in metrics
-    prefix = "personalized_acc_after" if personalized else "client_test_acc"
-    params_metric = next((key for key in PARAMS_METRICS.get(algorithm, DEFAULT_PARAMS_METRICS) if key in metrics),
-                         None)
+    personalized = PERSONAL_ACC[0] in metrics
+    mean_key, std_key = PERSONAL_ACC if personalized else CLIENT_ACC
+    params_metric = tags.get(FINAL_MODEL_TAG) if FINAL_PARAMS in metrics else None
     return PersonalRow(
         name=name,
         run_id=run.info.run_id,
         algorithm=algorithm,
         setting=f"{tags.get('dataset', MISSING)}, {partition_text(tags)}",
         seed=tags.get("seed", MISSING),
-        global_test_acc=metrics.get("global_test_acc"),
-        local_acc_mean=metrics.get(f"{prefix}_mean"),
-        local_acc_std=metrics.get(f"{prefix}_std"),
+        global_test_acc=global_accuracy(metrics),
+        local_acc_mean=metrics.get(mean_key),
+        local_acc_std=metrics.get(std_key),
         personalized=personalized,
-        params=metrics.get(params_metric) if params_metric else None,
+        params=metrics.get(FINAL_PARAMS),
         params_metric=params_metric,
-        elapsed_seconds=metrics.get("elapsed_seconds"),
+        elapsed_seconds=metrics.get(ELAPSED),
         bytes_communicated=bytes_communicated(client, run.info.run_id),
         client_accuracy=download_client_accuracy(client, run.info.run_id, name),
     )
@@ -373,7 +388,7 @@ def _personal_cells(row: PersonalRow) -> list[str]:
     if row.local_acc_mean is not None and not row.personalized:
         local += " (global model)"
     params = _count(row.params)
-    if row.params_metric is not None:
+    if row.params_metric in PARAMS_KIND:
         params += f" ({PARAMS_KIND[row.params_metric]})"
     return [row.algorithm, row.setting, row.seed, _percent(row.global_test_acc, sign=False), local, params,
             _duration(row.elapsed_seconds), _bytes(row.bytes_communicated), f"{row.name} ({row.short_id})"]

@@ -1,4 +1,4 @@
-"""Run-level tracking through Lightning's ``MLFlowLogger``: config, tags, per-round metrics, artifacts.
+"""Run-level tracking through Lightning's ``MLFlowLogger``: params, tags, per-round metrics, images, artifacts.
 
 Round metrics are logged by the server loop with ``step=round``; client Trainers log nothing
 (MLflow params are immutable, and per-client loggers would collide on them).
@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from federated_nas.errors import ConfigError
+from federated_nas.tracking.run_record import mlflow_metrics, researcher_params
 
-MAX_PARAM_LENGTH = 250  # MLflow rejects longer param values
 CONNECT_TIMEOUT_SECONDS = 5.0
+DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows as the run's description
+PARENT_TAG = "mlflow.parentRunId"  # the UI nests a run under this one
+SWEEP_TAG = "sweep_dir"  # a sweep's parent run, found by its Hydra sweep dir
 
 
 def sqlite_file(uri: str) -> Path:
@@ -81,7 +89,11 @@ def store_lock(uri: str | None):
 
 
 class RunTracker:
-    """Thin layer over an MLFlowLogger; with ``logger=None`` (``logger=none``) it records nothing."""
+    """Thin layer over an MLFlowLogger; with ``logger=None`` (``logger=none``) it records nothing.
+
+    Steps are round numbers counted from 1, as in the log lines. Metric names are translated to
+    their sectioned MLflow names here (``run_record.mlflow_metrics``), nowhere else.
+    """
 
     def __init__(self, logger: MLFlowLogger | None):
         self.logger = logger
@@ -89,43 +101,83 @@ class RunTracker:
             logger.experiment  # noqa: B018 -- creates the run now, so a bad tracking URI fails before any work
 
     @property
+    def client(self) -> MlflowClient:
+        return self.logger.experiment
+
+    @property
     def run_id(self) -> str | None:
         return self.logger.run_id if self.logger is not None else None
 
     @property
     def artifact_uri(self) -> str | None:
-        return self.logger.experiment.get_run(self.run_id).info.artifact_uri if self.logger is not None else None
+        return self.client.get_run(self.run_id).info.artifact_uri if self.logger is not None else None
 
     def log_config(self, cfg: DictConfig) -> None:
-        if self.logger is None:
-            return
-        flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-        self.logger.log_hyperparams({k: str(v)[:MAX_PARAM_LENGTH] for k, v in flat.items()})
+        if self.logger is not None:
+            self.logger.log_hyperparams(researcher_params(OmegaConf.to_container(cfg, resolve=True)))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.logger is None:
             return
         for key, value in tags.items():
-            self.logger.experiment.set_tag(self.run_id, key, str(value))
+            self.client.set_tag(self.run_id, key, str(value))
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.logger is not None and metrics:
-            self.logger.log_metrics(metrics, step=step)
+    def describe(self, text: str) -> None:
+        """The run's description, shown at the top of its page in the UI (markdown)."""
+        self.set_tags({DESCRIPTION_TAG: text})
+
+    def log_metrics(self, metrics: dict[str, Any], step: int, final_round: bool = False) -> None:
+        """Numeric entries of ``metrics`` (plain keys) under their MLflow names, at round ``step``."""
+        named = mlflow_metrics(metrics, final_round)
+        if self.logger is not None and named:
+            self.logger.log_metrics(named, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.logger is not None:
-            self.logger.experiment.log_artifact(self.run_id, str(path), artifact_path)
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """An image under ``key`` at round ``step``: the UI shows it with a step slider, run beside run."""
+        if self.logger is None:
+            return
+        with Image.open(path) as image:
+            self.client.log_image(self.run_id, image.convert("RGB"), key=key, step=step)
+
+    def join_sweep(self, sweep_dir: str) -> str | None:
+        """Nest this run under its sweep's parent run, made by the sweep's first job: the runs table then
+        folds a sweep into one row. Call under ``store_lock``, so concurrent jobs find one parent.
+        Returns the parent's run id."""
+        if self.logger is None:
+            return None
+        experiment_id = self.logger.experiment_id
+        found = self.client.search_runs([experiment_id], f"tags.{SWEEP_TAG} = '{sweep_dir}'", max_results=1)
+        if found:
+            parent_id = found[0].info.run_id
+        else:
+            parent = self.client.create_run(experiment_id, run_name=f"sweep-{Path(sweep_dir).name}",
+                                            tags={SWEEP_TAG: sweep_dir})
+            parent_id = parent.info.run_id
+            self.client.set_terminated(parent_id)  # a folder for the jobs, not work that runs
+        self.set_tags({PARENT_TAG: parent_id})
+        return parent_id
+
+    def log_data_setting(self, name: str, partition_file: Path) -> None:
+        """The run's federated data as an MLflow dataset input: the runs table's *Dataset* column.
+
+        Named ``<dataset>-<partition label>``; its digest is the partition file's, so runs on the very
+        same split share it (and differ when seed, clients or split differ).
+        """
+        if self.logger is None:
+            return
+        digest = hashlib.sha256(Path(partition_file).read_bytes()).hexdigest()[:12]
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=str(partition_file))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
+
+    def log_table_rows(self, rows: dict[str, list[Any]], artifact_file: str) -> None:
+        """Append ``rows`` (column -> values) to the run's table ``artifact_file`` (``.json``)."""
+        if self.logger is not None:
+            self.client.log_table(self.run_id, data=rows, artifact_file=artifact_file)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.logger is not None:
             self.logger.finalize("success" if status == "FINISHED" else "failed")
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"a.b.c": value}, MLflow's flat param namespace."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): tree}

@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend choice)
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from federated_nas.errors import DataError  # noqa: E402
 from federated_nas.search_space.genotypes import edge_index  # noqa: E402
@@ -71,9 +72,13 @@ def plot_partition_heatmap(
 
 
 def plot_alpha_evolution(probabilities: np.ndarray, primitives: Sequence[str], path: str | Path,
-                         title: str = "Architecture weights over rounds", row_name: str | None = None) -> Path:
+                         title: str = "Architecture weights over rounds", row_name: str | None = None,
+                         rounds: Sequence[int] | None = None) -> Path:
     """One heatmap per op of softmax(alpha) [rounds, edges, ops]: shows which ops each edge commits to, and when.
 
+    Colours are relative to uniform (1/#ops, white): red above, blue below, each side stretched to
+    this figure's own extreme, both printed in the title; early in a search every weight is near uniform and an
+    absolute 0-1 scale shows one flat colour. ``rounds`` labels the columns (default 1, 2, ...).
     ``row_name`` (e.g. ``layer``) labels the rows ``layer 1, 2, ...``; None: DARTS edge names when they fit.
     """
     try:
@@ -84,39 +89,49 @@ def plot_alpha_evolution(probabilities: np.ndarray, primitives: Sequence[str], p
         raise DataError(f"alpha probabilities must be [rounds, edges, ops] with ops = {len(primitives)} primitives "
                         f"and no empty axis, got shape {probabilities.shape}")
     num_rounds, num_edges, num_ops = probabilities.shape
+    rounds = list(range(1, num_rounds + 1)) if rounds is None else [int(r) for r in rounds]
+    if len(rounds) != num_rounds:
+        raise DataError(f"{len(rounds)} round labels for {num_rounds} rounds of alpha probabilities")
+    uniform = 1.0 / num_ops
+    low, high = float(probabilities.min()), float(probabilities.max())
+    # white at uniform whatever this figure's range: diverging, each side stretched to its own end
+    norm = TwoSlopeNorm(vcenter=uniform, vmin=min(low, uniform - 1e-6), vmax=max(high, uniform + 1e-6))
     columns = min(4, num_ops)
     rows = math.ceil(num_ops / columns)
     fig, axes = plt.subplots(rows, columns, squeeze=False, sharex=True, sharey=True, layout="constrained",
-                             figsize=(2.3 * columns + 0.8, 0.12 * num_edges * rows + 1.2 * rows + 0.4))
+                             figsize=(2.6 * columns + 1.2, 0.2 * num_edges * rows + 1.3 * rows + 0.6))
     try:
         edge_labels = _edge_labels(num_edges) if row_name is None else [str(i + 1) for i in range(num_edges)]
         for k, ax in enumerate(axes.flat):
             if k >= num_ops:
                 ax.axis("off")
                 continue
-            image = ax.imshow(probabilities[:, :, k].T, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0,
+            image = ax.imshow(probabilities[:, :, k].T, aspect="auto", cmap="RdBu_r", norm=norm,
                               interpolation="nearest")
-            ax.set_title(primitives[k], fontsize=8)
-            ax.tick_params(labelsize=6)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            ax.set_title(primitives[k], fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _round_label(rounds, x)))
             if k % columns == 0:
-                ax.set_ylabel(row_name or "edge", fontsize=7)
+                ax.set_ylabel(row_name or "edge (node←input)", fontsize=8)
                 if edge_labels is not None:
-                    ax.set_yticks(range(num_edges), edge_labels, fontsize=5)
+                    ax.set_yticks(range(num_edges), edge_labels, fontsize=7)
             if k // columns == rows - 1 or k + columns >= num_ops:
-                ax.set_xlabel("round", fontsize=7)
-        fig.colorbar(image, ax=axes.ravel().tolist(), label="softmax(alpha)", shrink=0.9)
-        fig.suptitle(title, fontsize=10)
+                ax.set_xlabel("round", fontsize=8)
+        fig.colorbar(image, ax=axes.ravel().tolist(), label=f"softmax(alpha); white: uniform 1/{num_ops}",
+                     shrink=0.9)
+        fig.suptitle(f"{title}\nrange {low:.3f} to {high:.3f}, uniform {uniform:.3f}", fontsize=10)
         return save_figure(fig, path)
     finally:
         plt.close(fig)
 
 
-def plot_round_curves(history: Sequence[Mapping[str, object]], path: str | Path) -> Path:
-    """Accuracy, client spread, alpha entropy and skip count against rounds, from a run's history.
+def plot_round_curves(history: Sequence[Mapping[str, object]], path: str | Path, title: str | None = None) -> Path:
+    """Accuracy, client spread, alpha entropy and skip count against rounds (from 1), from a run's history.
 
     Metrics are sparse (evaluation runs every few rounds; fixed-architecture runs have no alpha),
-    so each series keeps only the rounds that recorded it, and an absent series says so.
+    so each series keeps only the rounds that recorded it, and an absent series says so. The
+    entropy is divided by ln(#ops), so 1 is uniform and 0 one op per edge, whatever the space.
     """
     fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.0), sharex=True)
     try:
@@ -130,7 +145,9 @@ def plot_round_curves(history: Sequence[Mapping[str, object]], path: str | Path)
         rounds, means, stds = _banded_series(history, "client_test_acc_mean", "client_test_acc_std")
         if rounds:
             client_ax.fill_between(rounds, means - stds, means + stds, alpha=0.25)
-        _plot_series(entropy_ax, history, "alpha_entropy", "alpha entropy (nats)")
+        _plot_series(entropy_ax, history, "alpha_entropy_normalized", "alpha entropy / ln(#ops) (1: uniform)")
+        if entropy_ax.lines:
+            entropy_ax.set_ylim(0.0, 1.05)
         _plot_series(skip_ax, history, "skip_connect_count", "skip_connect count")
         skip_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in (entropy_ax, skip_ax):
@@ -141,6 +158,8 @@ def plot_round_curves(history: Sequence[Mapping[str, object]], path: str | Path)
             if not ax.lines:
                 ax.set_yticks([])
                 ax.text(0.5, 0.5, NOT_RECORDED, transform=ax.transAxes, ha="center", va="center", color="#6b7280")
+        if title:
+            fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return save_figure(fig, path)
     finally:
@@ -173,14 +192,18 @@ def plot_client_histogram(accuracies: Sequence[float], path: str | Path,
 
 
 def _series(history: Sequence[Mapping[str, object]], key: str) -> tuple[list[float], list[float]]:
-    """(rounds, values) of the rounds that recorded ``key`` as a finite number."""
+    """(rounds, values) of the rounds that recorded ``key`` as a finite number.
+
+    Where a round also has ``<key>_sampled`` (the last round, evaluated on the whole test set and on
+    the sample the other rounds used), the sampled point is the curve's, like in MLflow.
+    """
     rounds, values = [], []
     for position, record in enumerate(history):
-        value = record.get(key)
+        value = record.get(f"{key}_sampled", record.get(key))
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             if "round" not in record:
                 raise DataError(f"round history entry {position} has {key} but no 'round'")
-            rounds.append(float(record["round"]))
+            rounds.append(float(record["round"]) + 1)  # the history counts from 0, the log and MLflow from 1
             values.append(float(value))
     return rounds, values
 
@@ -200,6 +223,12 @@ def _plot_series(ax: Axes, history: Sequence[Mapping[str, object]], key: str, ti
     ax.set_title(title, fontsize=9)
     if rounds:
         ax.plot(rounds, values, marker="o", markersize=3, linestyle=linestyle, label=label)
+
+
+def _round_label(rounds: Sequence[int], position: float) -> str:
+    """The round number of heatmap column ``position``; columns between ticks get no label."""
+    index = int(round(position))
+    return str(rounds[index]) if 0 <= index < len(rounds) and abs(position - index) < 1e-6 else ""
 
 
 def _edge_labels(num_edges: int) -> list[str] | None:
