@@ -257,4 +257,4 @@ def test_a_method_has_one_name_for_its_run_dir_and_its_tags(tiny_cfg, overrides,
     cfg = tiny_cfg("search", ["algorithm=fedrlnas", *overrides])
     algorithm = build(cfg.algorithm)
     assert algorithm.maml is not None and algorithm.name == name
-    assert cfg.run_name.startswith(f"{name}-") and run_tags(cfg, algorithm.name)["algorithm"] == name
+    assert cfg.run_name.startswith(f"{name}-") and run_tags(cfg, algorithm)["algorithm"] == name

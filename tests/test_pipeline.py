@@ -161,3 +161,24 @@ def test_round_progress_bar_shows_rounds_clients_and_accuracy(tiny_cfg, monkeypa
     shown = capsys.readouterr().err
     assert "rounds" in shown and "2/2" in shown
     assert "clients 3/3" in shown and "acc " in shown and "s/round" in shown
+
+
+def test_the_final_model_is_an_mlflow_model_and_the_run_has_system_metrics(tiny_cfg, monkeypatch):
+    """The shipped model loads back with mlflow.pytorch and equals the run's last checkpoint."""
+    import mlflow
+    import mlflow.pytorch
+
+    from federated_nas.tracking import mlflow_tracker
+
+    monkeypatch.setattr(mlflow_tracker, "SYSTEM_METRICS_SECONDS", 1)
+    cfg = tiny_cfg("search", [])
+    result = run_search(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    logged = client.get_logged_model(result["mlflow_model_id"])
+    assert logged.name == "final_model" and logged.source_run_id == result["mlflow_run_id"]
+    assert {m.key for m in logged.metrics} == {"test/final_acc", "arch/final_model_params"}
+    mlflow.set_tracking_uri(cfg.logger.tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/{result['mlflow_model_id']}")
+    assert_same_states(model.state_dict(), final_state(result["run_dir"]))
+    metrics = client.get_run(result["mlflow_run_id"]).data.metrics
+    assert any(key.startswith("system/cpu_utilization") for key in metrics)

@@ -153,6 +153,7 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
             final.update(personalize_clients(algorithm, run.model, data, settings.batch_size,
                                              settings.eval_batch_size, run.device, int(cfg.seed),
                                              settings.rounds, run_dir, tracker, run.personal))
+        model_id = tracker.log_final_model(run.model, final, settings.rounds)
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -162,7 +163,8 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     genotype = repr(run.latest_genotype) if run.latest_genotype is not None else None
     tracker.describe(run_description(final, run_tags(cfg, algorithm), settings.rounds, genotype))
     tracker.finish()
-    final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri)
+    final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri,
+                 mlflow_model_id=model_id)
     log.info(summary(final))
     return final
 

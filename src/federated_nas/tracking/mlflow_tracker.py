@@ -7,15 +7,20 @@ Round metrics are logged by the server loop with ``step=round``; client Trainers
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import mlflow.pytorch
+import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +33,9 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows as the run's description
 PARENT_TAG = "mlflow.parentRunId"  # the UI nests a run under this one
 SWEEP_TAG = "sweep_dir"  # a sweep's parent run, found by its Hydra sweep dir
+SYSTEM_METRICS_SECONDS = 10  # CPU, memory (and GPU where pynvml is) sampled this often: the run's system/ charts
+FINAL_MODEL = "final_model"  # the logged model's name: what the method ships, loaded by mlflow.pytorch.load_model
+LINKED_METRICS = ("test/final_acc", "arch/final_model_params")  # shown beside the model in the UI's Models tab
 
 
 def sqlite_file(uri: str) -> Path:
@@ -97,8 +105,12 @@ class RunTracker:
 
     def __init__(self, logger: MLFlowLogger | None):
         self.logger = logger
+        self.system_metrics: SystemMetricsMonitor | None = None
         if logger is not None:
             logger.experiment  # noqa: B018 -- creates the run now, so a bad tracking URI fails before any work
+            self.system_metrics = SystemMetricsMonitor(self.run_id, SYSTEM_METRICS_SECONDS,
+                                                       tracking_uri=getattr(logger, "_tracking_uri", None))
+            self.system_metrics.start()
 
     @property
     def client(self) -> MlflowClient:
@@ -178,6 +190,30 @@ class RunTracker:
         if self.logger is not None:
             self.client.log_table(self.run_id, data=rows, artifact_file=artifact_file)
 
+    def log_final_model(self, model: torch.nn.Module, final: dict[str, Any], step: int) -> str | None:
+        """The model the method ships, as an MLflow logged model of this run (``mlflow.pytorch`` format,
+        loaded with ``mlflow.pytorch.load_model("models:/<id>")``), its final accuracy and size linked to it.
+        Returns the model id."""
+        if self.logger is None:
+            return None
+        logged = self.client.create_logged_model(self.logger.experiment_id, name=FINAL_MODEL,
+                                                 source_run_id=self.run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / FINAL_MODEL
+            # pickled, not MLflow 3's default traced pt2 graph: a supernet's forward branches on its
+            # relaxation and masks, which a trace would freeze; loading needs federated_nas installed
+            mlflow.pytorch.save_model(copy.deepcopy(model).cpu().eval(), local, serialization_format="pickle",
+                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "federated-nas"])
+            self.client.log_model_artifacts(logged.model_id, str(local))
+        self.client.finalize_logged_model(logged.model_id, "READY")
+        for key, value in mlflow_metrics(final, final_round=True).items():
+            if key in LINKED_METRICS:
+                self.client.log_metric(self.run_id, key, value, step=step, model_id=logged.model_id)
+        return logged.model_id
+
     def finish(self, status: str = "FINISHED") -> None:
+        if self.system_metrics is not None:
+            self.system_metrics.finish()
+            self.system_metrics = None
         if self.logger is not None:
             self.logger.finalize("success" if status == "FINISHED" else "failed")
