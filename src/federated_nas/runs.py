@@ -184,6 +184,8 @@ def summary(final: dict[str, Any]) -> str:
     if final.get("mlflow_run_id"):
         lines.append(f"  MLflow run: {final['mlflow_run_id']} (make mlflow-ui)")
         lines.append(f"  MLflow artifacts: {final['mlflow_artifacts']}")
+        if final.get("mlflow_model_id"):
+            lines.append(f"  MLflow model: models:/{final['mlflow_model_id']} (mlflow.pytorch.load_model)")
     return "\n".join(lines)
 
 
