@@ -7,10 +7,11 @@ The experiment's ``tuning`` node names the methods (the overrides that define ea
 (every method the same number of points), the seeds and the selection metric. For each method the driver
 runs every grid point at the first seed (``src/search.py``, one process per run, logger=none), scores each
 run's final global model on the union of the clients' val splits, picks the best, and runs the pick at the
-other seeds. The test set is read only for the picks' seed runs. Everything lands in
+other seeds. Of the test set the driver records only the picks' seed runs. Everything lands in
 ``logs/tune_<experiment>/``: the run dirs under ``runs/``, each run's log under ``run_logs/``, and
 ``tuning.json`` (the grid, every point's val score, the picks, per-seed test accuracy and times), rewritten
-after each run. A run dir that holds FINISHED is not run again, so an interrupted tuning resumes.
+after each run. A run dir that holds FINISHED is not run again, so an interrupted tuning resumes; one that
+holds a run of other overrides (the grid was edited) is an error, never silently reused.
 Extra overrides (e.g. ``federation.rounds=2`` for a smoke test) go to every run.
 """
 
@@ -98,10 +99,10 @@ def run_once(overrides: list[str], run_dir: Path, log_path: Path) -> float:
     with open(log_path, "w") as log:
         done = subprocess.run([sys.executable, str(ROOT / "src" / "search.py"), *overrides,
                                f"hydra.run.dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT, check=False)
-    wall = time.perf_counter() - started
+    wall = round(time.perf_counter() - started, 2)  # as kept in the file, so a resumed tuning writes the same
     if done.returncode != 0:
         raise DataError(f"run {run_dir} failed (exit {done.returncode}); its log: {log_path}")
-    wall_file.write_text(f"{wall:.2f}")
+    wall_file.write_text(str(wall))
     return wall
 
 

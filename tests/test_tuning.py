@@ -103,16 +103,32 @@ def test_the_table_gives_each_pick_mean_and_std_over_seeds():
     assert "federation.local_epochs (fedavg: by its grid; the others 1)" in table
 
 
-def test_make_compare_tuned_reprints_the_table_of_a_tuning_json(tmp_path, capsys):
+def load_tune_script():
     spec = importlib.util.spec_from_file_location("tune", ROOT / "scripts" / "tune.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_make_compare_tuned_reprints_the_table_of_a_tuning_json(tmp_path, capsys):
+    script = load_tune_script()
     (tmp_path / "tuning.json").write_text(json.dumps(hand_made_result()))
     script.main(["experiment=digits_compare", "--table", "--out", str(tmp_path)])
     assert capsys.readouterr().out.strip() == format_table(hand_made_result())
     with pytest.raises(SystemExit):
         script.main(["experiment=digits_compare", "--table", "--out", str(tmp_path / "none")])
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_run_dir_of_other_overrides_is_never_reused(tmp_path):
+    """An edited grid must not pick up the old point's finished run under the same index."""
+    script = load_tune_script()
+    run_dir = tmp_path / "runs" / "fedavg" / "p0-s0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- algorithm.lr=0.05\n")
+    (run_dir / "FINISHED").touch()
+    with pytest.raises(DataError, match="holds a run of other overrides"):
+        script.run_once(["algorithm.lr=0.2"], run_dir, tmp_path / "p0.log")
 
 
 def digits_compare(*overrides: str):
