@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install data browser test test-avx2 test-slurm search train mlflow-ui compare compare-personal bench clean-logs
+.PHONY: help install data browser test test-avx2 test-slurm search train mlflow-ui compare compare-personal tune compare-tuned bench clean-logs
 .DEFAULT_GOAL := help
 
 help:  ## this list of targets and what each does
@@ -61,6 +61,13 @@ compare:  ## markdown table and cell pictures of the runs of an MLflow experimen
 compare-personal: EXPERIMENT = compare_cpu
 compare-personal:  ## personalization table and client-accuracy histograms: make compare-personal [EXPERIMENT=compare_cpu]
 	$(PYTHON) scripts/compare_runs.py --kind personalization --experiment $(EXPERIMENT) --filter "$(FILTER)"
+
+tune compare-tuned: EXPERIMENT = digits_compare
+tune:  ## every method of an experiment tuned alike on val data, picks over seeds: make tune [EXPERIMENT=digits_compare]
+	$(PYTHON) scripts/tune.py experiment=$(EXPERIMENT)
+
+compare-tuned:  ## reprint the table of logs/tune_<experiment>/tuning.json: make compare-tuned [EXPERIMENT=digits_compare]
+	$(PYTHON) scripts/tune.py experiment=$(EXPERIMENT) --table
 
 bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead and pruned traffic; start-up (not part of `make test`)
 	$(PYTHON) scripts/bench_supernet.py

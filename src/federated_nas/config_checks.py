@@ -221,6 +221,13 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("cluster.backend.workers", Number(low=1, integer=True, nullable=True)),
     ("cluster.backend.*seconds", POSITIVE),
     ("logger.*", Text()),
+    # scripts/tune.py's protocol (an experiment's `tuning` node); a list that holds words is checked item by item
+    ("tuning.selection_metric", OneOf(("val_acc", "val_loss"))),
+    ("tuning.seeds", Numbers(Number(low=0, high=2**32 - 1, integer=True))),
+    ("tuning.methods.*.overrides", Text()),
+    ("tuning.methods.*.overrides.*", Text()),
+    ("tuning.methods.*.grid", Text()),
+    ("tuning.methods.*.grid.*", Text()),  # a point (a list of overrides) and each override in it
 )
 
 

@@ -1,0 +1,176 @@
+"""Tune every method of an experiment the same way, on validation data, then report the picks over seeds.
+
+    python scripts/tune.py experiment=digits_compare [override ...]   # make tune EXPERIMENT=digits_compare
+    python scripts/tune.py experiment=digits_compare --table          # make compare-tuned: reprint the table
+
+The experiment's ``tuning`` node names the methods (the overrides that define each), one grid per method
+(every method the same number of points), the seeds and the selection metric. For each method the driver
+runs every grid point at the first seed (``src/search.py``, one process per run, logger=none), scores each
+run's final global model on the union of the clients' val splits, picks the best, and runs the pick at the
+other seeds. Of the test set the driver records only the picks' seed runs. Everything lands in
+``logs/tune_<experiment>/``: the run dirs under ``runs/``, each run's log under ``run_logs/``, and
+``tuning.json`` (the grid, every point's val score, the picks, per-seed test accuracy and times), rewritten
+after each run. A run dir that holds FINISHED is not run again, so an interrupted tuning resumes; one that
+holds a run of other overrides (the grid was edited) is an error, never silently reused.
+Extra overrides (e.g. ``federation.rounds=2`` for a smoke test) go to every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from federated_nas.cli import one_line_errors
+from federated_nas.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="+", help="experiment=<name> (with a tuning node), then any overrides")
+    parser.add_argument("--table", action="store_true", help="only reprint the table of an existing tuning.json")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: logs/tune_<experiment>)")
+    return parser.parse_args(argv)
+
+
+def experiment_of(overrides: list[str]) -> str:
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    if len(names) != 1 or not names[0]:
+        raise ConfigError("give the experiment to tune once, as experiment=<name> (e.g. experiment=digits_compare)")
+    return names[0]
+
+
+def compose_checked(overrides: list[str], where: str) -> Any:
+    """search.yaml composed with ``overrides`` and checked; Hydra's errors as one line naming ``where``."""
+    from hydra import compose
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from federated_nas.config_checks import check_config
+
+    try:
+        cfg = compose("search", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:  # bad override syntax, an unknown key or option
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{where}: {first}") from None
+    check_config(cfg)
+    return cfg
+
+
+def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[list[str]]]]:
+    """The base config and, per method, each grid point's full override list; every one composed and checked."""
+    from hydra import initialize_config_dir
+
+    from federated_nas.tracking.tuning import tuning_plan
+
+    runs: dict[str, list[list[str]]] = {}
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        base = compose_checked(overrides, " ".join(overrides))
+        if base.get("tuning") is None:
+            raise ConfigError(f"{experiment_of(overrides)}: the experiment has no tuning node to run")
+        for plan in tuning_plan(base.tuning):
+            runs[plan.name] = []
+            for index, point in enumerate(plan.grid):
+                full = [*overrides, *plan.overrides, *point, f"task_name={task}", "logger=none"]
+                compose_checked(full, f"tuning.methods.{plan.name}.grid.{index}")
+                runs[plan.name].append(full)
+    return base, runs
+
+
+def run_once(overrides: list[str], run_dir: Path, log_path: Path) -> float:
+    """One search in its own process; its wall seconds (kept in the run dir, so a resumed tuning has them)."""
+    wall_file, saved = run_dir / "tuning_wall_seconds", run_dir / ".hydra" / "overrides.yaml"
+    if saved.is_file() and [str(o) for o in OmegaConf.load(saved)] != overrides:
+        raise DataError(f"{run_dir} holds a run of other overrides (see {saved}); delete it or tune with another --out")
+    if (run_dir / "FINISHED").exists() and wall_file.exists():
+        return float(wall_file.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again from scratch
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        done = subprocess.run([sys.executable, str(ROOT / "src" / "search.py"), *overrides,
+                               f"hydra.run.dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT, check=False)
+    wall = round(time.perf_counter() - started, 2)  # as kept in the file, so a resumed tuning writes the same
+    if done.returncode != 0:
+        raise DataError(f"run {run_dir} failed (exit {done.returncode}); its log: {log_path}")
+    wall_file.write_text(str(wall))
+    return wall
+
+
+def seed_record(run_dir: Path, wall: float) -> dict[str, Any]:
+    """What the table reports of one seed run of a pick: test accuracies, val score, times."""
+    from federated_nas.federation.validation import final_metrics, validation_score
+
+    last = final_metrics(run_dir)
+    keep = ("global_test_acc", "global_test_acc_discrete", "client_test_acc_mean", "client_test_acc_std",
+            "elapsed_seconds", "params", "supernet_params", "derived_params")
+    return {"run_dir": str(run_dir), **{k: last[k] for k in keep if k in last}, **validation_score(run_dir),
+            "wall_seconds": wall}
+
+
+def tune(overrides: list[str], out: Path) -> dict[str, Any]:
+    from federated_nas.federation.validation import final_metrics, validation_score
+    from federated_nas.tracking.tuning import BUDGET_KEYS, pick
+
+    task = out.name
+    base, runs = compose_all(overrides, task)
+    seeds, metric = [int(s) for s in base.tuning.seeds], str(base.tuning.selection_metric)
+    result: dict[str, Any] = {
+        "experiment": experiment_of(overrides), "overrides": overrides, "selection_metric": metric, "seeds": seeds,
+        "grid_points": len(next(iter(runs.values()))),
+        "budget": {key: OmegaConf.select(base, key) for key in BUDGET_KEYS}, "methods": {}}
+    methods = OmegaConf.to_container(base.tuning.methods, resolve=True)
+
+    def save() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tuning.json").write_text(json.dumps(result, indent=2))
+
+    for name, points in runs.items():
+        method = result["methods"][name] = {"overrides": methods[name]["overrides"], "grid": [], "pick": None,
+                                            "seeds": {}}
+        for index, full in enumerate(points):
+            run_dir = out / "runs" / name / f"p{index}-s{seeds[0]}"
+            wall = run_once([*full, f"seed={seeds[0]}"], run_dir, out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log")
+            # the grid's test accuracy is never recorded: only its val score decides
+            method["grid"].append({"overrides": methods[name]["grid"][index], "run_dir": str(run_dir),
+                                   "val": validation_score(run_dir), "wall_seconds": wall,
+                                   "elapsed_seconds": final_metrics(run_dir)["elapsed_seconds"]})
+            print(f"{name} grid {index}: {' '.join(method['grid'][-1]['overrides'])}: "
+                  f"{metric} {method['grid'][-1]['val'][metric]:.4f} ({wall:.0f} s)", flush=True)
+            save()
+        method["pick"] = chosen = pick([point["val"] for point in method["grid"]], metric)
+        for seed in seeds:
+            run_dir = out / "runs" / name / f"p{chosen}-s{seed}"
+            wall = run_once([*points[chosen], f"seed={seed}"], run_dir, out / "run_logs" / f"{name}-p{chosen}-s{seed}.log")
+            method["seeds"][str(seed)] = seed_record(run_dir, wall)
+            save()
+    return result
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = args.out or ROOT / "logs" / f"tune_{experiment_of(args.overrides)}"
+    from federated_nas.tracking.tuning import format_table
+
+    if args.table:
+        if not (out / "tuning.json").is_file():
+            raise DataError(f"{out / 'tuning.json'} does not exist: run make tune EXPERIMENT=<name> first")
+        result = json.loads((out / "tuning.json").read_text())
+    else:
+        result = tune(args.overrides, out)
+        print(f"wrote {out / 'tuning.json'}")
+    print(format_table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""A finished run's final global model scored on the clients' val splits, for choosing settings.
+
+Hyperparameters must be picked on data the reported numbers never see: the global test set is what
+the tables report, so a tuning protocol scores each run on the union of the clients' val splits
+instead. The score is computed after the fact from the run dir (its config.yaml and last checkpoint),
+so any run of any method can be scored without changing how runs record metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from federated_nas.algorithms.aggregation import load_state
+from federated_nas.builders import build, build_data
+from federated_nas.data.federated_data import FederatedData
+from federated_nas.errors import DataError
+from federated_nas.federation.checkpoint import LAST, read_checkpoint
+from federated_nas.federation.evaluation import evaluate
+
+
+def union_of_val_splits(data: FederatedData) -> TensorDataset:
+    """Every client's val split, concatenated in client order."""
+    splits = [client.val for client in data.clients]
+    return TensorDataset(*(torch.cat(parts) for parts in zip(*(split.tensors for split in splits))))
+
+
+def final_model(run_dir: str | Path) -> tuple[nn.Module, FederatedData]:
+    """(the run's last global model, its federated data), rebuilt from config.yaml and checkpoints/last.pt.
+
+    The data is rebuilt from the same config and seed, so the clients' splits are the run's own.
+    """
+    run_dir = Path(run_dir)
+    config_path, checkpoint_path = run_dir / "config.yaml", run_dir / "checkpoints" / LAST
+    if not config_path.is_file():
+        raise DataError(f"{run_dir}: no config.yaml; is it the dir of a run that started?")
+    checkpoint = read_checkpoint(checkpoint_path)
+    if checkpoint.get("round") != checkpoint.get("rounds"):
+        raise DataError(f"{run_dir}: checkpoint after round {checkpoint.get('round')} of {checkpoint.get('rounds')}; "
+                        f"the run did not finish (resume it first)")
+    cfg = OmegaConf.load(config_path)
+    data = build_data(cfg)
+    model = build(cfg.algorithm).build_model(data)
+    load_state(model, checkpoint["model"])
+    if checkpoint.get("temperature") is not None:  # the annealed value the run evaluated its final model at
+        model.relaxation.temperature = float(checkpoint["temperature"])
+    return model, data
+
+
+def validation_score(run_dir: str | Path, batch_size: int = 500) -> dict[str, float]:
+    """``val_acc``, ``val_loss`` and ``val_samples`` of the run's final global model on the union of val splits."""
+    model, data = final_model(run_dir)
+    val = union_of_val_splits(data)
+    acc, loss = evaluate(model, val, batch_size)
+    return {"val_acc": acc, "val_loss": loss, "val_samples": len(val)}
+
+
+def final_metrics(run_dir: str | Path) -> dict[str, float]:
+    """The numeric metrics of the run's last round, as its checkpoint history keeps them (plain names)."""
+    checkpoint = read_checkpoint(Path(run_dir) / "checkpoints" / LAST)
+    last = checkpoint["history"][-1] if checkpoint.get("history") else {}
+    return {k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,0 +1,117 @@
+"""The tuning protocol's bookkeeping: the plan an experiment's ``tuning`` node gives, the pick, the table.
+
+Comparisons are fair only if every method is tuned the same way: the same number of grid points,
+chosen on validation data, and reported over seeds. This module holds the parts of that protocol
+that need no run (``scripts/tune.py`` runs them), so they can be tested on hand-made numbers.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from federated_nas.errors import ConfigError
+
+LOWER_IS_BETTER = {"val_loss"}
+# the budget a table holds equal unless a grid sets it; printed under the table
+BUDGET_KEYS = ("federation.rounds", "federation.num_clients", "federation.client_fraction",
+               "federation.local_epochs", "federation.local_batches", "federation.batch_size", "partition.alpha")
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """A method: the overrides that define it and its grid (each point a list of overrides)."""
+
+    name: str
+    overrides: list[str]
+    grid: list[list[str]]
+
+
+def tuning_plan(tuning: DictConfig | dict) -> list[MethodPlan]:
+    """The methods of a ``tuning`` node; every grid must have the same number of points (no method tuned more)."""
+    node = OmegaConf.to_container(tuning, resolve=True) if isinstance(tuning, DictConfig) else tuning
+    methods = node.get("methods") or {}
+    if not methods:
+        raise ConfigError("tuning.methods is empty: name at least one method with its overrides and grid")
+    plans = [MethodPlan(name, list(spec.get("overrides") or []), [list(point) for point in spec.get("grid") or []])
+             for name, spec in methods.items()]
+    sizes = {plan.name: len(plan.grid) for plan in plans}
+    if min(sizes.values()) < 1 or len(set(sizes.values())) > 1:
+        raise ConfigError(f"tuning.methods: every method needs the same number (>= 1) of grid points, got {sizes}")
+    if not node.get("seeds"):
+        raise ConfigError("tuning.seeds is empty: the picks must run at one seed at least")
+    return plans
+
+
+def setting_keys(point: list[str]) -> list[str]:
+    """The dotted keys a grid point sets (``algorithm.lr=0.2`` -> ``algorithm.lr``)."""
+    return [override.split("=", 1)[0].lstrip("+~") for override in point]
+
+
+def pick(scores: list[dict[str, float]], metric: str) -> int:
+    """Index of the best grid point by its validation ``metric`` (first of equals); reads nothing else."""
+    if metric not in ("val_acc", "val_loss"):
+        raise ConfigError(f"tuning.selection_metric must be val_acc or val_loss, got {metric!r}")
+    values = [score[metric] for score in scores]
+    best = min(values) if metric in LOWER_IS_BETTER else max(values)
+    return values.index(best)
+
+
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """``mean ± sample std`` (just the value for one), e.g. ``92.9 ± 0.4``."""
+    values = [v * scale for v in values]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Markdown table of a ``tuning.json``: per method the pick, its val score and its test accuracy over seeds."""
+    metric = result["selection_metric"]
+    seeds = result["seeds"]
+    lines = [(f"| method | picked setting | {metric} of the pick (seed {seeds[0]}) | global test acc (%) | "
+              "after discretization (%) | client test acc (%) | loop / wall time per run (s) |"),
+             "|---|---|---|---|---|---|---|"]
+    for name, method in result["methods"].items():
+        runs = [method["seeds"][str(seed)] for seed in seeds if str(seed) in method.get("seeds", {})]
+        if method.get("pick") is None or not runs:
+            lines.append(f"| {name} | (not run yet) | | | | | |")
+            continue
+        point = method["grid"][method["pick"]]
+        val = point["val"][metric]
+        discrete = [r["global_test_acc_discrete"] for r in runs if "global_test_acc_discrete" in r]
+        lines.append("| " + " | ".join([
+            name, ", ".join(point["overrides"]) or "(defaults)",
+            f"{val * 100:.1f}%" if metric == "val_acc" else f"{val:.3f}",
+            mean_std([r["global_test_acc"] for r in runs], 100),
+            mean_std(discrete, 100) if len(discrete) == len(runs) else "",
+            mean_std([r["client_test_acc_mean"] for r in runs], 100),
+            (f"{statistics.mean(r['elapsed_seconds'] for r in runs):.0f} / "
+             f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}"),
+        ]) + " |")
+    lines.append("")
+    lines.append(f"Mean ± sample std over seeds {', '.join(map(str, seeds))}; each method's grid "
+                 f"({result['grid_points']} points) ran at seed {seeds[0]} and was scored on the union of the "
+                 f"clients' val splits (never the test set).")
+    lines.append(held_equal(result))
+    return "\n".join(lines)
+
+
+def held_equal(result: dict[str, Any]) -> str:
+    """The budget line: what every run shared, and which methods' grids changed a budget setting."""
+    tuned = {key: sorted(name for name, method in result["methods"].items()
+                         if any(key in setting_keys(p["overrides"]) for p in method["grid"]))
+             for key in result["budget"]}
+    equal = [f"{key}={'null' if value is None else value}" for key, value in result["budget"].items()
+             if not tuned[key]]
+    changed = [f"{key} ({', '.join(names)}: by its grid; the others {result['budget'][key]})"
+               for key, names in tuned.items() if names]
+    line = "Held equal: " + ", ".join(equal) + "."
+    if changed:
+        line += " Tuned, so client compute per round differs: " + "; ".join(changed) + "."
+    return line

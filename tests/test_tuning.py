@@ -1,0 +1,157 @@
+"""The tuning protocol: val scores of finished runs, the pick, the table, the digits experiment's grid."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from federated_nas.config_checks import check_config
+from federated_nas.errors import ConfigError, DataError
+from federated_nas.federation import server
+from federated_nas.federation.evaluation import evaluate
+from federated_nas.federation.validation import validation_score
+from federated_nas.runs import run_search
+from federated_nas.tracking.tuning import format_table, pick, tuning_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algorithm=fedavg", "model=cnn"],
+    ["algorithm=fedmetanas"],  # pruned, with an annealed temperature the checkpoint must carry
+])
+def test_val_score_of_a_run_is_its_final_model_on_every_clients_val_split(tiny_cfg, monkeypatch, overrides):
+    live = {}
+    real_run = server.FederatedRun.run
+
+    def keep_the_run(self):
+        live["run"] = self
+        return real_run(self)
+
+    monkeypatch.setattr(server.FederatedRun, "run", keep_the_run)
+    final = run_search(tiny_cfg("search", ["logger=none", *overrides]))
+    score = validation_score(final["run_dir"])
+    run = live["run"]
+    # directly: the server's own final model, client by client, weighted by val size
+    sizes = [len(client.val) for client in run.data.clients]
+    correct = sum(evaluate(run.model, client.val)[0] * n for client, n in zip(run.data.clients, sizes))
+    assert 0.0 <= score["val_acc"] <= 1.0
+    assert score["val_samples"] == sum(sizes)
+    assert score["val_acc"] == pytest.approx(correct / sum(sizes), abs=1e-12)
+
+
+def test_a_dir_that_is_no_finished_run_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="no config.yaml"):
+        validation_score(tmp_path)
+
+
+class ValOnly(dict):
+    """A grid point's scores that fail the test on any read of something other than a val metric."""
+
+    def __getitem__(self, key):
+        assert key.startswith("val_"), f"the pick read {key}"
+        return super().__getitem__(key)
+
+
+def test_the_pick_is_the_best_val_score_and_reads_nothing_else():
+    scores = [ValOnly(val_acc=0.80, val_loss=0.5, global_test_acc=0.99),
+              ValOnly(val_acc=0.91, val_loss=0.4, global_test_acc=0.10),
+              ValOnly(val_acc=0.91, val_loss=0.3, global_test_acc=0.50),
+              ValOnly(val_acc=0.60, val_loss=0.9, global_test_acc=0.95)]
+    assert pick(scores, "val_acc") == 1  # the first of equals
+    assert pick(scores, "val_loss") == 2  # lower wins
+    with pytest.raises(ConfigError, match="val_acc or val_loss"):
+        pick(scores, "global_test_acc")
+
+
+def test_no_method_may_have_more_grid_points_than_another():
+    tuning = {"seeds": [0], "methods": {"fedavg": {"overrides": ["algorithm=fedavg"], "grid": [["a=1"], ["a=2"]]},
+                                        "fednas": {"overrides": ["algorithm=fednas"], "grid": [["b=1"], ["b=2"], ["b=3"]]}}}
+    with pytest.raises(ConfigError, match="same number"):
+        tuning_plan(tuning)
+
+
+def hand_made_result() -> dict:
+    def seed_run(acc, discrete=None):
+        run = {"global_test_acc": acc, "client_test_acc_mean": acc - 0.01, "elapsed_seconds": 10.0,
+               "wall_seconds": 20.0}
+        return run if discrete is None else {**run, "global_test_acc_discrete": discrete}
+
+    return {"selection_metric": "val_acc", "seeds": [0, 1, 2], "grid_points": 2,
+            "budget": {"federation.rounds": 12, "federation.local_epochs": 1},
+            "methods": {
+                "fedavg": {"grid": [{"overrides": ["algorithm.lr=0.05"], "val": {"val_acc": 0.5}},
+                                    {"overrides": ["federation.local_epochs=5"], "val": {"val_acc": 0.93}}],
+                           "pick": 1, "seeds": {"0": seed_run(0.90), "1": seed_run(0.92), "2": seed_run(0.94)}},
+                "fednas": {"grid": [{"overrides": ["algorithm.lr=0.05"], "val": {"val_acc": 0.95}},
+                                    {"overrides": ["algorithm.lr=0.2"], "val": {"val_acc": 0.9}}],
+                           "pick": 0, "seeds": {"0": seed_run(0.9, 0.1), "1": seed_run(0.9, 0.2),
+                                                "2": seed_run(0.9, 0.3)}}}}
+
+
+def test_the_table_gives_each_pick_mean_and_std_over_seeds():
+    table = format_table(hand_made_result())
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| fed")}
+    assert rows["fedavg"].startswith("| fedavg | federation.local_epochs=5 | 93.0% | 92.0 ± 2.0 |  | 91.0 ± 2.0 |")
+    assert "| 90.0 ± 0.0 | 20.0 ± 10.0 |" in rows["fednas"]
+    assert "over seeds 0, 1, 2" in table
+    assert "Held equal: federation.rounds=12." in table
+    assert "federation.local_epochs (fedavg: by its grid; the others 1)" in table
+
+
+def load_tune_script():
+    spec = importlib.util.spec_from_file_location("tune", ROOT / "scripts" / "tune.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_make_compare_tuned_reprints_the_table_of_a_tuning_json(tmp_path, capsys):
+    script = load_tune_script()
+    (tmp_path / "tuning.json").write_text(json.dumps(hand_made_result()))
+    script.main(["experiment=digits_compare", "--table", "--out", str(tmp_path)])
+    assert capsys.readouterr().out.strip() == format_table(hand_made_result())
+    with pytest.raises(SystemExit):
+        script.main(["experiment=digits_compare", "--table", "--out", str(tmp_path / "none")])
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_run_dir_of_other_overrides_is_never_reused(tmp_path):
+    """An edited grid must not pick up the old point's finished run under the same index."""
+    script = load_tune_script()
+    run_dir = tmp_path / "runs" / "fedavg" / "p0-s0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- algorithm.lr=0.05\n")
+    (run_dir / "FINISHED").touch()
+    with pytest.raises(DataError, match="holds a run of other overrides"):
+        script.run_once(["algorithm.lr=0.2"], run_dir, tmp_path / "p0.log")
+
+
+def digits_compare(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("search", overrides=["experiment=digits_compare", *overrides])
+
+
+def test_every_grid_point_of_digits_compare_composes_and_passes_the_checks():
+    cfg = digits_compare()
+    plans = tuning_plan(cfg.tuning)
+    assert [plan.name for plan in plans] == ["fedavg", "fednas", "fedmetanas"]
+    assert {len(plan.grid) for plan in plans} == {3}
+    for plan in plans:
+        for point in plan.grid:
+            run = digits_compare(*plan.overrides, *point, "logger=none")
+            check_config(run)
+            assert run.algorithm.name == plan.name
+            assert (run.dataset.name, run.partition.alpha, run.federation.num_clients, run.federation.rounds) == (
+                "digits", 0.1, 10, 12)
+
+
+def test_a_bad_tuning_setting_is_one_line():
+    with pytest.raises(ConfigError, match="tuning.selection_metric must be one of val_acc, val_loss, got 'test_acc'"):
+        check_config(digits_compare("tuning.selection_metric=test_acc"))
+    with pytest.raises(ConfigError, match=r"tuning.seeds must be a list of integers"):
+        check_config(digits_compare("tuning.seeds=[0,-1]"))
