@@ -51,7 +51,7 @@ def test_a_bad_job_fails_alone_in_a_real_slurm_sweep(tmp_path):
     finished = sweep(tmp_path, "cluster=slurm", "hydra.launcher.gpus_per_node=0", *JOB, "logger=mlflow",
                      "federation.rounds=1", "partition.alpha=0.5,-1,1.0")
     assert finished.returncode != 0
-    assert "partition.alpha must be > 0, got -1" in finished.stderr
+    assert "partition.alpha must be a number > 0, got -1" in finished.stderr
     done = sorted(tmp_path.glob("search/multiruns/*/*/FINISHED"))
     assert {OmegaConf.load(p.parent / "config.yaml").partition.alpha for p in done} == {0.5, 1.0}
     (bad_log,) = [p for p in tmp_path.glob("search/multiruns/*/*/search.log") if "got -1" in p.read_text()]
@@ -61,7 +61,9 @@ def test_a_bad_job_fails_alone_in_a_real_slurm_sweep(tmp_path):
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
-    assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]  # jobs started together, one store
+    jobs = [run for run in runs if "mlflow.parentRunId" in run.data.tags]  # the sweep's parent run aside
+    assert sorted(run.info.status for run in jobs) == ["FINISHED", "FINISHED"]  # jobs started together, one store
+    assert len({run.data.tags["mlflow.parentRunId"] for run in jobs}) == 1 and len(runs) == 3
 
 
 @needs_slurm
