@@ -37,6 +37,11 @@ def test_two_round_fednas_then_train_stage(tiny_cfg, tmp_path):
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.run_name == "fednas-dir0.5-r2-s0"
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["synthetic-dir0.5"]  # the runs table's Dataset
+    saved = json.loads((run_dir / "partition" / "partition.json").read_text())["clients"]
+    profile = json.loads(run.inputs.dataset_inputs[0].dataset.profile)  # each client's split sizes
+    assert profile["clients"] == 3
+    for role in ("train", "val", "test"):
+        assert profile[f"{role}_sizes"] == [len(entry[role]) for entry in saved]
     assert run.data.tags["algorithm"] == "fednas" and run.data.tags["partition"] == "dirichlet"
     assert run.data.params["federation.num_clients"] == "3" and run.data.params["search_space.C"] == "2"
     for key in run.data.params:  # only what a researcher varies; config.yaml holds the rest

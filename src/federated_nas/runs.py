@@ -146,7 +146,8 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
         for path in [*partition_files, heatmap]:
             tracker.log_artifact(path, "partition")
         tracker.log_data_setting(f"{cfg.dataset.name}-{cfg.partition.get('label', cfg.partition.name)}",
-                                 partition_files[0])
+                                 partition_files[0], {role: [len(getattr(client, role)) for client in data.clients]
+                                                      for role in ("train", "val", "test")})
     try:
         final = run.run()
         if cfg.get("personalize"):

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import fcntl
 import hashlib
+import json
 import socket
 import tempfile
 from pathlib import Path
@@ -173,16 +174,20 @@ class RunTracker:
         self.set_tags({PARENT_TAG: parent_id})
         return parent_id
 
-    def log_data_setting(self, name: str, partition_file: Path) -> None:
+    def log_data_setting(self, name: str, partition_file: Path, split_sizes: dict[str, list[int]]) -> None:
         """The run's federated data as an MLflow dataset input: the runs table's *Dataset* column.
 
         Named ``<dataset>-<partition label>``; its digest is the partition file's, so runs on the very
-        same split share it (and differ when seed, clients or split differ).
+        same split share it (and differ when seed, clients or split differ). Its profile, shown when the
+        dataset is opened in the UI, holds every client's train, val and test split size.
         """
         if self.logger is None:
             return
         digest = hashlib.sha256(Path(partition_file).read_bytes()).hexdigest()[:12]
-        dataset = Dataset(name=name, digest=digest, source_type="local", source=str(partition_file))
+        profile = {"clients": len(split_sizes["train"]),
+                   **{f"{role}_sizes": sizes for role, sizes in split_sizes.items()}}
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=str(partition_file),
+                          profile=json.dumps(profile))
         self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
 
     def log_table_rows(self, rows: dict[str, list[Any]], artifact_file: str) -> None:
