@@ -23,5 +23,7 @@ def use_torch_leaf_factory_in_lightning() -> None:
 
 def quiet_libraries() -> None:
     """Silence per-client Lightning banners at their logger (each client fit would print them)."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+    # the standalone pytorch_lightning / lightning_fabric names too: importing mlflow.pytorch loads them
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+                 "pytorch_lightning", "lightning_fabric", "pytorch_lightning.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import mlflow.pytorch
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -201,6 +200,8 @@ class RunTracker:
         Returns the model id."""
         if self.logger is None:
             return None
+        import mlflow.pytorch  # deferred: it imports the pytorch_lightning package, seconds not every run needs
+
         logged = self.client.create_logged_model(self.logger.experiment_id, name=FINAL_MODEL,
                                                  source_run_id=self.run_id)
         with tempfile.TemporaryDirectory() as tmp:
