@@ -197,6 +197,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("algorithm.prune_at", Numbers(Number(low=0, high=1, low_open=True))),
     ("algorithm.prune_threshold", Number(low=0, high=1, high_open=True)),
     ("algorithm.warmup", Number(low=0, high=1, high_open=True)),
+    ("algorithm.tempered_sampling", FLAG),
     ("algorithm.val_lambda", NON_NEGATIVE),
     ("algorithm.lam", NON_NEGATIVE),
     ("algorithm.mu", NON_NEGATIVE),
