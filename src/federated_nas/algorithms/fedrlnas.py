@@ -5,10 +5,11 @@ trains one child, one op per edge drawn from that distribution, and only the chi
 its reward R_k is the child's accuracy on the client's own val split after that training. The
 child is drawn on the client from the global alpha with the per-(run, round, client) seed the
 loop sets, which is the same as the server drawing it and sending it; the client reports it
-back with its reward. The server then takes one REINFORCE ascent step of alpha on the expected
-reward against a moving-average baseline (``reinforce.ReinforcePolicy``; its optimizer state is
-in the model's buffers, so checkpoints resume exactly). Each weight entry is averaged over the
-clients whose child used it (``MaskedAverage``); an op no client sampled keeps its value.
+back with its reward, in its update's report beside the model state. The server then takes one
+REINFORCE ascent step of alpha on the expected reward against a moving-average baseline
+(``reinforce.ReinforcePolicy``; its optimizer state is in the model's buffers, so checkpoints
+resume exactly). Each weight entry is averaged over the clients whose child used it
+(``MaskedAverage``); an op no client sampled keeps its value.
 
 The final model is the argmax child (the most likely op on every edge) with its trained weights,
 no retraining: the server's supernet relaxes alpha to that child's one-hot weights, so
@@ -33,8 +34,8 @@ from federated_nas.algorithms.reinforce import ReinforcePolicy, ReinforceState
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.search_space.children import Child, check_child, child_entry_masks, sample_child
-from federated_nas.search_space.relaxations import ArgmaxChild
+from federated_nas.search_space.children import Child, check_child, child_entry_masks, one_hot_weights, sample_child
+from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 
 LOCAL_STEPS = ("sgd", "maml")
@@ -59,14 +60,18 @@ class ReinforceAggregator:
     def count(self) -> int:
         return self.average.count
 
-    def add(self, state: State, weight: float) -> None:
+    def add(self, state: State, weight: float, report: State) -> None:
+        """Average ``state`` over the weights its child used; keep the child and reward of its ``report``."""
         self.average.check(state)
-        child = {kind: state[f"reinforce.child_{kind}"] for kind in CELL_KINDS}
+        missing = [key for key in (*(f"child_{kind}" for kind in CELL_KINDS), "reward") if key not in report]
+        if missing:
+            raise DataError(f"client report lacks {', '.join(missing)}")
+        child = {kind: report[f"child_{kind}"] for kind in CELL_KINDS}
         try:
             check_child(self.model, child)
         except ValueError as err:
             raise DataError(f"client update: {err}") from None
-        reward = float(state["reinforce.reward"])
+        reward = float(report["reward"])
         if not 0.0 <= reward <= 1.0:
             raise DataError(f"client reward must be an accuracy in [0, 1], got {reward}")
         self.average.add(state, weight, {**child_entry_masks(self.model, child), **self.server_masks})
@@ -105,9 +110,17 @@ class ChildTraining(SupervisedTraining):
     """
 
     def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None,
-                 reward_batches: int | None, maml: tuple[int, float] | None = None):
+                 reward_batches: int | None, maml: tuple[int, float] | None = None, child: Child | None = None):
         super().__init__(model, w_optimizer, lr, grad_clip)
         self.reward_batches, self.maml = reward_batches, maml
+        self.child: Child = {}
+        if child is not None:  # None: a subclass draws it when the fit starts
+            self.train_only(child)
+
+    def train_only(self, child: Child) -> None:
+        """Make the supernet compute ``child`` alone (one-hot op weights), and keep it for the report."""
+        self.child = child
+        self.model.relaxation = FixedChild(one_hot_weights(self.model, child))
 
     def local_step(self, batch) -> torch.Tensor:
         if self.maml is None:
@@ -117,7 +130,7 @@ class ChildTraining(SupervisedTraining):
     def on_train_end(self) -> None:
         loader = self.trainer.train_dataloader
         reward = child_accuracy(self.model, loader.held_out, self.reward_batches, self.device)
-        self.model.reinforce.reward.fill_(reward)
+        self.report.update({f"child_{kind}": self.child[kind] for kind in CELL_KINDS}, reward=reward)
         self.after_reward(reward)
         super().on_train_end()
 
@@ -186,8 +199,7 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> ChildTraining:
         """Draw this client's child from the global alpha (torch is seeded per client) and train it alone."""
-        model.reinforce.assign(model, sample_child(model))
-        return ChildTraining(model, **self.child_training(round_idx, rounds))
+        return ChildTraining(model, child=sample_child(model), **self.child_training(round_idx, rounds))
 
     def child_training(self, round_idx: int, rounds: int) -> dict[str, Any]:
         """How a client trains its child this round (``ChildTraining``'s settings)."""

@@ -52,7 +52,6 @@ class PersonalChildTraining(ChildTraining):
         self.callbacks.append(KeepPersonalPart(list(ARCH_NAMES) + model.reinforce.policy_names(),
                                                uploaded=ARCH_NAMES))
         self.first_baseline: float | None = None
-        self.child: Child = {}
 
     def on_train_start(self) -> None:
         """Runs after ``KeepPersonalPart`` has put the client's own policy in, if it has one."""
@@ -62,8 +61,7 @@ class PersonalChildTraining(ChildTraining):
                 self.first_baseline = float(reinforce.baseline)
             for name in reinforce.policy_names(prefix=""):
                 getattr(reinforce, name).zero_()
-        self.child = sample_child(self.model, torch.Generator().manual_seed(self.child_seed))
-        reinforce.assign(self.model, self.child)
+        self.train_only(sample_child(self.model, torch.Generator().manual_seed(self.child_seed)))
         super().on_train_start()
 
     def after_reward(self, reward: float) -> None:

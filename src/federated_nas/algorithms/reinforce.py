@@ -22,9 +22,8 @@ from torch import nn
 
 from federated_nas.algorithms.aggregation import State
 from federated_nas.errors import ConfigError
-from federated_nas.search_space.children import Child, one_hot_weights
-from federated_nas.search_space.relaxations import FixedChild
-from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
+from federated_nas.search_space.children import Child
+from federated_nas.search_space.supernet import CELL_KINDS
 
 ALPHA_UPDATES = ("adam", "ascent")
 
@@ -33,7 +32,8 @@ class ReinforceState(nn.Module):
     """The REINFORCE bookkeeping as buffers of the global model (so checkpoints and the wire carry it).
 
     ``baseline``, ``updates`` and the Adam moments are the policy's optimizer state; ``reward`` is
-    the server's record of the last round's mean reward; ``child_*`` is what a client reports.
+    the server's record of the last round's mean reward. A client's child and reward travel in its
+    report, not here.
     """
 
     def __init__(self, edges: int, ops: int):
@@ -42,12 +42,8 @@ class ReinforceState(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
         self.register_buffer("reward", torch.zeros(()))
         for kind in CELL_KINDS:
-            self.register_buffer(f"child_{kind}", torch.zeros(edges, dtype=torch.int64))
             self.register_buffer(f"exp_avg_{kind}", torch.zeros(edges, ops))
             self.register_buffer(f"exp_avg_sq_{kind}", torch.zeros(edges, ops))
-
-    def child(self) -> Child:
-        return {kind: getattr(self, f"child_{kind}").cpu() for kind in CELL_KINDS}
 
     def policy_names(self, prefix: str = "reinforce.") -> list[str]:
         """The REINFORCE optimizer's state of one policy: baseline, step count and Adam moments."""
@@ -55,11 +51,10 @@ class ReinforceState(nn.Module):
                                            for moment in ("exp_avg", "exp_avg_sq")]
         return [prefix + name for name in names]
 
-    def assign(self, model: SearchNetwork, child: Child) -> None:
-        """Make ``model`` compute ``child`` alone, and record the child for the upload."""
-        model.relaxation = FixedChild(one_hot_weights(model, child))
-        for kind in CELL_KINDS:
-            getattr(self, f"child_{kind}").copy_(child[kind])
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for kind in CELL_KINDS:  # checkpoints written before client reports kept the last child as a buffer
+            state_dict.pop(f"{prefix}child_{kind}", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def reinforce_direction(probabilities: torch.Tensor, actions: list[torch.Tensor], rewards: list[float],
