@@ -46,6 +46,20 @@ def test_two_workers_reach_the_model_of_cluster_local(tiny_cfg, tmp_path):
             assert torch.equal(model[key], value), key
 
 
+def test_fedrlnas_reports_cross_the_wire(tiny_cfg, tmp_path):
+    """Each client's child and reward travel in its report: workers give the server the model cluster=local does."""
+    overrides = ["algorithm=fedrlnas", "algorithm.reward_batches=1"]
+    local = run_search(tiny_cfg("search", ["logger=none", *overrides]))
+    expected = load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["model"]
+    distributed = search_process(tmp_path, "federation.rounds=2", *overrides, *MULTIPROCESS)
+    assert [h["reward_mean"] for h in distributed["history"]] == pytest.approx(
+        [h["reward_mean"] for h in load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["history"]])
+    assert distributed["model"].keys() == expected.keys() and not any("child" in key for key in expected)
+    for key, value in expected.items():  # float64 sums in another order: agreement to rounding
+        tolerance = 1e-6 if value.is_floating_point() else 0
+        torch.testing.assert_close(distributed["model"][key], value, rtol=0, atol=tolerance)
+
+
 def test_a_killed_worker_is_dropped_and_the_run_finishes(tmp_path):
     # worker 1 runs clients 0 and 2, worker 2 runs client 1 and dies on receiving the first round
     finished = search_process(tmp_path, "federation.rounds=2", "federation.min_responders=1", *MULTIPROCESS,

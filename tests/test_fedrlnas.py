@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from federated_nas.algorithms.aggregation import MaskedAverage, WeightedAverage
-from federated_nas.algorithms.fedrlnas import FedRLNAS, adam_ascent, reinforce_direction
+from federated_nas.algorithms.fedrlnas import FedRLNAS
+from federated_nas.algorithms.reinforce import adam_ascent, reinforce_direction
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
@@ -128,15 +129,14 @@ def tiny_algorithm(method: type[FedRLNAS] = FedRLNAS, **options) -> tuple[FedRLN
     return algorithm, model
 
 
-def client_state(model, child, reward, shift) -> dict[str, torch.Tensor]:
+def add_client(aggregator, model, child, reward, shift, weight=1.0) -> None:
+    """A client's update (the global state, weights shifted) with its child and reward in its report."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for key, value in state.items():
         if value.is_floating_point() and not key.startswith(("alpha_", "reinforce.")):
             value.add_(shift)
-    for kind in CELL_KINDS:
-        state[f"reinforce.child_{kind}"] = torch.tensor(child[kind])
-    state["reinforce.reward"] = torch.tensor(reward)
-    return state
+    report = {f"child_{kind}": torch.tensor(child[kind]) for kind in CELL_KINDS}
+    aggregator.add(state, weight, {**report, "reward": torch.tensor(reward)})
 
 
 def test_server_step_known_answer_first_then_second_round():
@@ -145,8 +145,8 @@ def test_server_step_known_answer_first_then_second_round():
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     children = [{"normal": [0, 1], "reduce": [1, 1]}, {"normal": [1, 1], "reduce": [1, 0]}]
     aggregator = algorithm.aggregator(model, global_state)
-    aggregator.add(client_state(model, children[0], 1.0, shift=1.0), 1.0)
-    aggregator.add(client_state(model, children[1], 0.0, shift=3.0), 1.0)
+    add_client(aggregator, model, children[0], 1.0, shift=1.0)
+    add_client(aggregator, model, children[1], 0.0, shift=3.0)
     new = aggregator.result()
     # normal edge 0: (1/2 (1/2, -1/2) - 1/2 (-1/2, 1/2)) / 2 = (1/4, -1/4); edge 1: both chose op 1, cancels
     torch.testing.assert_close(new["alpha_normal"], torch.tensor([[0.025, -0.025], [0.0, 0.0]]))
@@ -169,8 +169,8 @@ def test_server_step_known_answer_first_then_second_round():
         model.reinforce.baseline.fill_(0.2)
         model.alpha_normal.zero_()
     aggregator = algorithm.aggregator(model, {k: v.clone() for k, v in model.state_dict().items()})
-    aggregator.add(client_state(model, children[0], 0.6, shift=0.0), 1.0)
-    aggregator.add(client_state(model, children[1], 0.2, shift=0.0), 1.0)
+    add_client(aggregator, model, children[0], 0.6, shift=0.0)
+    add_client(aggregator, model, children[1], 0.2, shift=0.0)
     new = aggregator.result()
     torch.testing.assert_close(new["alpha_normal"], torch.tensor([[0.01, -0.01], [-0.01, 0.01]]))
     assert float(new["reinforce.baseline"]) == pytest.approx(0.9 * 0.2 + 0.1 * 0.4)
@@ -181,9 +181,9 @@ def test_bad_child_or_reward_is_rejected():
     algorithm, model = tiny_algorithm()
     aggregator = algorithm.aggregator(model, model.state_dict())
     with pytest.raises(DataError, match="live op"):
-        aggregator.add(client_state(model, {"normal": [0, 2], "reduce": [0, 0]}, 0.5, 0.0), 1.0)
+        add_client(aggregator, model, {"normal": [0, 2], "reduce": [0, 0]}, 0.5, 0.0)
     with pytest.raises(DataError, match="reward"):
-        aggregator.add(client_state(model, {"normal": [0, 1], "reduce": [0, 0]}, 1.5, 0.0), 1.0)
+        add_client(aggregator, model, {"normal": [0, 1], "reduce": [0, 0]}, 1.5, 0.0)
     assert aggregator.count == 0
 
 
@@ -258,3 +258,12 @@ def test_a_method_has_one_name_for_its_run_dir_and_its_tags(tiny_cfg, overrides,
     algorithm = build(cfg.algorithm)
     assert algorithm.maml is not None and algorithm.name == name
     assert cfg.run_name.startswith(f"{name}-") and run_tags(cfg, algorithm)["algorithm"] == name
+
+
+def test_a_checkpoint_from_before_client_reports_still_loads():
+    """Checkpoints once kept the last client's child as ``reinforce.child_*`` buffers; they load, the child dropped."""
+    _, model = tiny_algorithm()
+    state = model.state_dict()
+    legacy = {**state, **{f"reinforce.child_{kind}": torch.zeros(2, dtype=torch.int64) for kind in CELL_KINDS}}
+    model.load_state_dict(legacy)
+    assert model.state_dict().keys() == state.keys()

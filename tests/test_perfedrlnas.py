@@ -56,13 +56,13 @@ def test_client_round_takes_its_own_policy_step_and_keeps_it():
         model.reinforce.updates.fill_(4)  # the server has had 4 rounds: its baseline counts
         model.reinforce.baseline.fill_(0.3)
     update = run_client(algorithm, model, tiny_client(0, seed=1), personal={})
-    reward = float(update.state["reinforce.reward"])
+    reward = float(update.report["reward"])
     kept = update.personal
     assert set(kept) == set(ARCH_NAMES) | set(model.reinforce.policy_names())
     assert int(kept["reinforce.updates"]) == 1  # the client's own count, not the server's 4
     assert float(kept["reinforce.baseline"]) == pytest.approx(0.99 * 0.3 + 0.01 * reward)
     for kind in CELL_KINDS:
-        child = update.state[f"reinforce.child_{kind}"]
+        child = update.report[f"child_{kind}"]
         direction = (reward - 0.3) * (F.one_hot(child, 2).double() - 0.5)
         torch.testing.assert_close(kept[f"alpha_{kind}"], (LR * direction.sign()).float())
         torch.testing.assert_close(update.state[f"alpha_{kind}"], kept[f"alpha_{kind}"])  # its policy goes up
@@ -73,7 +73,7 @@ def test_client_round_takes_its_own_policy_step_and_keeps_it():
     # next round: the kept policy is back in; the step count goes on and the baseline is the client's own
     again = run_client(algorithm, model, tiny_client(0, seed=1), personal={0: kept}, round_idx=1)
     assert int(again.personal["reinforce.updates"]) == 2
-    reward_2 = float(again.state["reinforce.reward"])
+    reward_2 = float(again.report["reward"])
     assert float(again.personal["reinforce.baseline"]) == pytest.approx(
         0.99 * float(kept["reinforce.baseline"]) + 0.01 * reward_2)
 
@@ -81,7 +81,7 @@ def test_client_round_takes_its_own_policy_step_and_keeps_it():
 def test_first_client_step_without_a_federation_baseline_is_its_own_reward():
     algorithm, model = tiny_algorithm(alpha_eps=1e-8)
     update = run_client(algorithm, model, tiny_client(0, seed=2), personal={})
-    reward = float(update.state["reinforce.reward"])
+    reward = float(update.report["reward"])
     assert float(update.personal["reinforce.baseline"]) == pytest.approx(reward)  # b = R: no advantage, no move
     for name in ARCH_NAMES:
         assert not update.personal[name].any()
@@ -93,12 +93,12 @@ def test_server_averages_the_policies_and_keeps_only_the_federation_baseline():
     aggregator = algorithm.aggregator(model, global_state)
     for alpha, child, reward, weight in ((1.0, [0, 1], 0.8, 1.0), (-2.0, [1, 1], 0.2, 3.0)):
         state = {k: v.clone() for k, v in global_state.items()}
+        report = {"reward": torch.tensor(reward)}
         for kind in CELL_KINDS:
             state[f"alpha_{kind}"].fill_(alpha)
-            state[f"reinforce.child_{kind}"] = torch.tensor(child)
+            report[f"child_{kind}"] = torch.tensor(child)
             state[f"reinforce.exp_avg_{kind}"].fill_(7.0)  # a client's optimizer state is never averaged
-        state["reinforce.reward"] = torch.tensor(reward)
-        aggregator.add(state, weight)
+        aggregator.add(state, weight, report)
     new = aggregator.result()
     for kind in CELL_KINDS:
         torch.testing.assert_close(new[f"alpha_{kind}"], torch.full((2, 2), (1.0 - 6.0) / 4))
@@ -133,7 +133,7 @@ def test_maml_child_step_known_answer():
     update = run_client(algorithm, model, client, personal={})
 
     reference = copy.deepcopy(model).train()
-    child = {kind: update.state[f"reinforce.child_{kind}"] for kind in CELL_KINDS}
+    child = {kind: update.report[f"child_{kind}"] for kind in CELL_KINDS}
     reference.relaxation = FixedChild(one_hot_weights(reference, child))
     task = next(iter(algorithm.client_loader(client, 4, client_seed(0, 0, 0))))
     weights = reference.weight_parameters()

@@ -32,7 +32,8 @@ class WeightedAverage:
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, state: State, weight: float) -> None:
+    def add(self, state: State, weight: float, report: State | None = None) -> None:
+        """Add one client's state; an average reads the model alone, so a client's ``report`` is not used."""
         check_update(state, self._template)
         check_weight(weight)
         for key, running in self._slices.items():

@@ -56,6 +56,9 @@ class LocalModule(L.LightningModule):
         # state this client keeps across rounds (a personal model, a head); the backend fills it
         # before the fit and sends it back after; the server checkpoints it per client
         self.personal: dict[str, torch.Tensor] = {}
+        # what the client tells the server besides its model (FedRLNAS: its child and reward); the
+        # backend adds the fit's train_loss and sends it next to the state, never averaged into it
+        self.report: dict[str, torch.Tensor | float] = {}
         # extra per-fit behaviour a method attaches to a module it did not define (e.g. keeping a personal part)
         self.callbacks: list[L.Callback] = []
 
@@ -117,8 +120,9 @@ class FederatedAlgorithm:
         """What combines this round's client updates into the next global state, streaming.
 
         Default: the sample-weighted mean of every entry. A method whose server does more than
-        average (FedRLNAS' REINFORCE step) returns an object with the same ``add``, ``count``
-        and ``result``; ``model`` is the global model, for its structure.
+        average (FedRLNAS' REINFORCE step) returns an object with the same ``add(state, weight,
+        report)``, ``count`` and ``result``; ``report`` is what the client's local module put in its
+        ``report``. ``model`` is the global model, for its structure.
         """
         return WeightedAverage(global_state)
 

@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 import torch
 
 from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.nas import ArchitectureSearch, SupernetAlgorithm
+from federated_nas.algorithms.local_steps import ArchitectureSearch
+from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.search_space.supernet import SearchNetwork

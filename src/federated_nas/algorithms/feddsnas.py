@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from federated_nas.algorithms.base import OptimizerFactory
-from federated_nas.algorithms.fednas import FedNAS, MiLeNASSearch
+from federated_nas.algorithms.fednas import FedNAS
+from federated_nas.algorithms.local_steps import MiLeNASSearch
 from federated_nas.algorithms.nas import (AnnealedTemperature, MostLikelyChild, RecalibrateBatchNorm,
                                          check_recalibration_batches, check_warmup, warming_up)
 from federated_nas.search_space.relaxations import HardGumbelRelaxation

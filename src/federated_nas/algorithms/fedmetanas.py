@@ -18,9 +18,10 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.nas import (AnnealedTemperature, ArchitectureSearch, RecalibrateBatchNorm, ScheduledPruning,
-                                         SupernetAlgorithm, check_recalibration_batches, recalibrate_batch_norm)
+from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.local_steps import MetaSearch, inner_steps, meta_parameters
+from federated_nas.algorithms.nas import (AnnealedTemperature, RecalibrateBatchNorm, ScheduledPruning, SupernetAlgorithm,
+                                         check_recalibration_batches, recalibrate_batch_norm)
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
@@ -28,68 +29,8 @@ from federated_nas.search_space.relaxations import RELAXATIONS
 from federated_nas.search_space.supernet import SearchNetwork
 
 
-def inner_steps(model: SearchNetwork, params: list[torch.nn.Parameter], rates: list[float],
-                batches: Iterable, loss_fn: Callable) -> None:
-    """Plain SGD on ``params`` in place, one step per batch: MAML's inner loop and personal adaptation."""
-    for batch in batches:
-        grads = torch.autograd.grad(loss_fn(batch), params, allow_unused=True)
-        with torch.no_grad():
-            for param, grad, rate in zip(params, grads, rates):
-                if grad is not None:
-                    param.sub_(rate * grad)
-
-
-def meta_parameters(model: SearchNetwork, lr_w: float, lr_alpha: float) -> tuple[list[torch.nn.Parameter], list[float]]:
-    """(w and alpha together, each one's inner learning rate): what MAML adapts jointly (Eq. 9-10)."""
-    weights, arch = model.weight_parameters(), model.arch_parameters()
-    return weights + arch, [lr_w] * len(weights) + [lr_alpha] * len(arch)
-
-
-def first_order_meta_gradient(module: LocalModule, params: list[torch.nn.Parameter], rates: list[float],
-                              batch: dict, steps: int, temperatures: list[float] | None = None) -> torch.Tensor:
-    """Accumulate into ``params``' grads the first-order MAML meta-gradient of one (support, query) task.
-
-    ``steps`` inner SGD steps adapt a task copy of ``params`` on the support batch; the query
-    loss is differentiated at the adapted point; ``params`` then go back to the meta point,
-    where the caller's optimizer step applies that gradient (Eq. 9-10). ``temperatures``: the
-    relaxation's temperature at each inner step and at the query (a per-task schedule).
-    Returns the query loss.
-    """
-    meta_point = [p.detach().clone() for p in params]
-    for step in range(steps):  # the task copy
-        if temperatures:
-            module.model.relaxation.temperature = temperatures[step]
-        inner_steps(module.model, params, rates, [batch["support"]], module.loss)
-    if temperatures:
-        module.model.relaxation.temperature = temperatures[-1]
-    query_loss = module.loss(batch["query"])
-    module.manual_backward(query_loss)
-    with torch.no_grad():
-        for param, start in zip(params, meta_point):
-            param.copy_(start)
-    return query_loss
-
-
 def support_inputs(task: dict) -> torch.Tensor:
     return task["support"][0]
-
-
-class MetaSearch(ArchitectureSearch):
-    """One client's FedMetaNAS local search: first-order MAML over weights and architecture jointly."""
-
-    def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
-                 lr: float, inner_steps: int, inner_lr_w: float, inner_lr_alpha: float, grad_clip: float | None,
-                 task_temperatures: list[float] | None = None):
-        super().__init__(model, w_optimizer, alpha_optimizer, lr, grad_clip)
-        self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
-        self.task_temperatures = task_temperatures
-
-    def local_step(self, batch) -> torch.Tensor:
-        params, rates = meta_parameters(self.model, self.inner_lr_w, self.inner_lr_alpha)
-        self.zero_grads()
-        query_loss = first_order_meta_gradient(self, params, rates, batch, self.inner_steps, self.task_temperatures)
-        self.step()
-        return query_loss
 
 
 class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):

@@ -18,44 +18,13 @@ from typing import Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.nas import ArchitectureSearch, SupernetAlgorithm
+from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
+from federated_nas.algorithms.local_steps import MiLeNASSearch, milenas_backward
+from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork
-
-Backward = Callable[..., None]
-
-
-def milenas_backward(model: SearchNetwork, batch: dict, val_lambda: float,
-                     backward: Backward = torch.Tensor.backward) -> torch.Tensor:
-    """Accumulate one MiLeNAS step's gradients into ``.grad``: grad_w L_tr and grad_a (L_tr + lambda L_val).
-
-    Both losses are taken at the same (w, alpha): nothing steps in between. ``backward`` is
-    Lightning's ``manual_backward`` inside a fit, plain autograd outside one. Returns L_tr.
-    """
-    train_loss = classification_loss(model, batch["train"])
-    backward(train_loss)
-    if val_lambda:
-        val_loss = classification_loss(model, batch["val"])
-        backward(val_lambda * val_loss, inputs=model.arch_parameters())
-    return train_loss
-
-
-class MiLeNASSearch(ArchitectureSearch):
-    """One client's local search: a w step and an alpha step per (train, val) batch pair."""
-
-    def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
-                 lr: float, val_lambda: float, grad_clip: float | None):
-        super().__init__(model, w_optimizer, alpha_optimizer, lr, grad_clip)
-        self.val_lambda = val_lambda
-
-    def local_step(self, batch) -> torch.Tensor:
-        self.zero_grads()
-        train_loss = milenas_backward(self.model, batch, self.val_lambda, self.manual_backward)
-        self.step()
-        return train_loss
 
 
 class FedNAS(SupernetAlgorithm):

@@ -5,17 +5,11 @@ trains one child, one op per edge drawn from that distribution, and only the chi
 its reward R_k is the child's accuracy on the client's own val split after that training. The
 child is drawn on the client from the global alpha with the per-(run, round, client) seed the
 loop sets, which is the same as the server drawing it and sending it; the client reports it
-back with its reward. The server then takes one ascent step on the expected reward,
-
-    g = mean_k (R_k - b) * grad_alpha log p(a_k | alpha),  grad log p = one_hot(a_k) - softmax(alpha) per edge,
-    alpha <- alpha + lr_alpha * Adam(g)   (``alpha_update: ascent``: alpha + lr_alpha * g),
-    b <- decay * b + (1 - decay) * mean_k R_k,
-
-with b the moving-average baseline from before this round (the first round uses its own mean
-reward, so its advantages are centred rather than all positive). Adam's moments, its step count
-and b are buffers of the model, so they travel in checkpoints and resume exactly. Each weight
-entry is averaged over the clients whose child used it (``MaskedAverage``); an op no client
-sampled keeps its value.
+back with its reward, in its update's report beside the model state. The server then takes one
+REINFORCE ascent step of alpha on the expected reward against a moving-average baseline
+(``reinforce.ReinforcePolicy``; its optimizer state is in the model's buffers, so checkpoints
+resume exactly). Each weight entry is averaged over the clients whose child used it
+(``MaskedAverage``); an op no client sampled keeps its value.
 
 The final model is the argmax child (the most likely op on every edge) with its trained weights,
 no retraining: the server's supernet relaxes alpha to that child's one-hot weights, so
@@ -28,15 +22,15 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
 from federated_nas.algorithms.aggregation import MaskedAverage, State
 from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
 from federated_nas.algorithms.fedavg import SupervisedTraining
-from federated_nas.algorithms.fedmetanas import first_order_meta_gradient
+from federated_nas.algorithms.local_steps import first_order_weight_step
 from federated_nas.algorithms.nas import MostLikelyChild, ScheduledPruning, SupernetAlgorithm
+from federated_nas.algorithms.reinforce import ReinforcePolicy, ReinforceState
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError
@@ -44,70 +38,17 @@ from federated_nas.search_space.children import Child, check_child, child_entry_
 from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 
-ALPHA_UPDATES = ("adam", "ascent")
 LOCAL_STEPS = ("sgd", "maml")
-
-
-class ReinforceState(nn.Module):
-    """The REINFORCE bookkeeping as buffers of the global model (so checkpoints and the wire carry it).
-
-    ``baseline``, ``updates`` and the Adam moments belong to the server; ``child_*`` and
-    ``reward`` are what a client reports (in the global model: the last round's mean reward).
-    """
-
-    def __init__(self, edges: int, ops: int):
-        super().__init__()
-        self.register_buffer("baseline", torch.zeros(()))
-        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("reward", torch.zeros(()))
-        for kind in CELL_KINDS:
-            self.register_buffer(f"child_{kind}", torch.zeros(edges, dtype=torch.int64))
-            self.register_buffer(f"exp_avg_{kind}", torch.zeros(edges, ops))
-            self.register_buffer(f"exp_avg_sq_{kind}", torch.zeros(edges, ops))
-
-    def child(self) -> Child:
-        return {kind: getattr(self, f"child_{kind}").cpu() for kind in CELL_KINDS}
-
-    def policy_names(self, prefix: str = "reinforce.") -> list[str]:
-        """The REINFORCE optimizer's state of one policy: baseline, step count and Adam moments."""
-        names = ["baseline", "updates"] + [f"{moment}_{kind}" for kind in CELL_KINDS
-                                           for moment in ("exp_avg", "exp_avg_sq")]
-        return [prefix + name for name in names]
-
-    def assign(self, model: SearchNetwork, child: Child) -> None:
-        """Make ``model`` compute ``child`` alone, and record the child for the upload."""
-        model.relaxation = FixedChild(one_hot_weights(model, child))
-        for kind in CELL_KINDS:
-            getattr(self, f"child_{kind}").copy_(child[kind])
-
-
-def reinforce_direction(probabilities: torch.Tensor, actions: list[torch.Tensor], rewards: list[float],
-                        baseline: float) -> torch.Tensor:
-    """mean_k (R_k - b) * grad_alpha log p(a_k): per edge, (R_k - b) * (one_hot(a_k) - p)."""
-    direction = torch.zeros_like(probabilities)
-    for action, reward in zip(actions, rewards):
-        chosen = F.one_hot(action.long().to(probabilities.device), probabilities.shape[-1]).to(probabilities.dtype)
-        direction += (reward - baseline) * (chosen - probabilities)
-    return direction / len(actions)
-
-
-def adam_ascent(param: torch.Tensor, direction: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                step: int, lr: float, betas: tuple[float, float], eps: float) -> None:
-    """One Adam step *up* ``direction`` (step counts from 1), moments updated in place."""
-    beta1, beta2 = betas
-    exp_avg.mul_(beta1).add_(direction, alpha=1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(direction, direction, value=1 - beta2)
-    corrected = exp_avg / (1 - beta1 ** step)
-    scale = (exp_avg_sq / (1 - beta2 ** step)).sqrt_().add_(eps)
-    param.add_(corrected / scale, alpha=lr)
+# the server's policy step on the aggregated state: (global model, state, children, rewards)
+ServerStep = Callable[[SearchNetwork, State, list[Child], list[float]], None]
 
 
 class ReinforceAggregator:
     """The FedRLNAS server step: child-masked weight average plus the REINFORCE update of alpha."""
 
-    def __init__(self, algorithm: "FedRLNAS", model: SearchNetwork, global_state: State,
+    def __init__(self, server_step: ServerStep, model: SearchNetwork, global_state: State,
                  server_keys: tuple[str, ...] = ("alpha_", "reinforce.")):
-        self.algorithm, self.model = algorithm, model
+        self.server_step, self.model = server_step, model
         self.average = MaskedAverage(global_state)
         # the server's entries (keys starting with ``server_keys``): never averaged, set by its REINFORCE step
         self.server_masks = {key: torch.zeros_like(value, dtype=torch.bool) for key, value in global_state.items()
@@ -119,14 +60,18 @@ class ReinforceAggregator:
     def count(self) -> int:
         return self.average.count
 
-    def add(self, state: State, weight: float) -> None:
+    def add(self, state: State, weight: float, report: State) -> None:
+        """Average ``state`` over the weights its child used; keep the child and reward of its ``report``."""
         self.average.check(state)
-        child = {kind: state[f"reinforce.child_{kind}"] for kind in CELL_KINDS}
+        missing = [key for key in (*(f"child_{kind}" for kind in CELL_KINDS), "reward") if key not in report]
+        if missing:
+            raise DataError(f"client report lacks {', '.join(missing)}")
+        child = {kind: report[f"child_{kind}"] for kind in CELL_KINDS}
         try:
             check_child(self.model, child)
         except ValueError as err:
             raise DataError(f"client update: {err}") from None
-        reward = float(state["reinforce.reward"])
+        reward = float(report["reward"])
         if not 0.0 <= reward <= 1.0:
             raise DataError(f"client reward must be an accuracy in [0, 1], got {reward}")
         self.average.add(state, weight, {**child_entry_masks(self.model, child), **self.server_masks})
@@ -135,7 +80,7 @@ class ReinforceAggregator:
 
     def result(self) -> State:
         state = self.average.result()
-        self.algorithm.reinforce_step(self.model, state, self.children, self.rewards)
+        self.server_step(self.model, state, self.children, self.rewards)
         return state
 
 
@@ -165,26 +110,27 @@ class ChildTraining(SupervisedTraining):
     """
 
     def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None,
-                 reward_batches: int | None, maml: tuple[int, float] | None = None):
+                 reward_batches: int | None, maml: tuple[int, float] | None = None, child: Child | None = None):
         super().__init__(model, w_optimizer, lr, grad_clip)
         self.reward_batches, self.maml = reward_batches, maml
+        self.child: Child = {}
+        if child is not None:  # None: a subclass draws it when the fit starts
+            self.train_only(child)
+
+    def train_only(self, child: Child) -> None:
+        """Make the supernet compute ``child`` alone (one-hot op weights), and keep it for the report."""
+        self.child = child
+        self.model.relaxation = FixedChild(one_hot_weights(self.model, child))
 
     def local_step(self, batch) -> torch.Tensor:
         if self.maml is None:
             return super().local_step(batch)
-        steps, inner_lr = self.maml
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        params = self.weight_parameters()
-        query_loss = first_order_meta_gradient(self, params, [inner_lr] * len(params), batch, steps)
-        self.clip_weight_gradients(optimizer)
-        optimizer.step()
-        return query_loss
+        return first_order_weight_step(self, batch, *self.maml)
 
     def on_train_end(self) -> None:
         loader = self.trainer.train_dataloader
         reward = child_accuracy(self.model, loader.held_out, self.reward_batches, self.device)
-        self.model.reinforce.reward.fill_(reward)
+        self.report.update({f"child_{kind}": self.child[kind] for kind in CELL_KINDS}, reward=reward)
         self.after_reward(reward)
         super().on_train_end()
 
@@ -233,20 +179,11 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
             raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
         self.maml = (inner_steps, inner_lr) if local_step == "maml" else None
         self.task_size = task_size
-        if alpha_update not in ALPHA_UPDATES:
-            raise ConfigError(f"algorithm.alpha_update must be one of {', '.join(ALPHA_UPDATES)}, got {alpha_update!r}")
-        if not alpha_lr > 0:
-            raise ConfigError(f"algorithm.alpha_lr must be > 0, got {alpha_lr}")
-        if not 0 <= baseline_decay < 1:
-            raise ConfigError(f"algorithm.baseline_decay must be in [0, 1), got {baseline_decay}")
         if reward_batches is not None and reward_batches < 1:
             raise ConfigError(f"algorithm.reward_batches must be >= 1 or null, got {reward_batches}")
-        betas = tuple(float(b) for b in alpha_betas)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ConfigError(f"algorithm.alpha_betas must be two numbers in [0, 1), got {list(alpha_betas)}")
+        self.policy = ReinforcePolicy(alpha_lr, alpha_update, alpha_betas, alpha_eps, baseline_decay)
         self.w_optimizer, self.lr, self.lr_min, self.grad_clip = w_optimizer, lr, lr_min, grad_clip
-        self.alpha_lr, self.alpha_update, self.alpha_betas, self.alpha_eps = alpha_lr, alpha_update, betas, alpha_eps
-        self.baseline_decay, self.reward_batches = baseline_decay, reward_batches
+        self.reward_batches = reward_batches
 
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": ArgmaxChild()}
@@ -262,9 +199,12 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
 
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> ChildTraining:
         """Draw this client's child from the global alpha (torch is seeded per client) and train it alone."""
-        model.reinforce.assign(model, sample_child(model))
-        return ChildTraining(model, self.w_optimizer, cosine_lr(self.lr, self.lr_min, round_idx, rounds),
-                             self.grad_clip, self.reward_batches, self.maml)
+        return ChildTraining(model, child=sample_child(model), **self.child_training(round_idx, rounds))
+
+    def child_training(self, round_idx: int, rounds: int) -> dict[str, Any]:
+        """How a client trains its child this round (``ChildTraining``'s settings)."""
+        return {"w_optimizer": self.w_optimizer, "lr": cosine_lr(self.lr, self.lr_min, round_idx, rounds),
+                "grad_clip": self.grad_clip, "reward_batches": self.reward_batches, "maml": self.maml}
 
     def client_loader(self, client: ClientData, batch_size: int, seed: int) -> HeldOutLoader:
         """Train batches (MAML: (support, query) tasks of train and val) and the val batches of the reward."""
@@ -275,50 +215,15 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
         return HeldOutLoader(train, batch_loader(client.val, batch_size, shuffle=True, seed=seed + 1))
 
     def aggregator(self, model: SearchNetwork, global_state: State) -> ReinforceAggregator:
-        return ReinforceAggregator(self, model, global_state)
+        return ReinforceAggregator(self.reinforce_step, model, global_state)
 
     def reinforce_step(self, model: SearchNetwork, state: State, children: list[Child], rewards: list[float]) -> None:
         """The server's step: ``state``'s alpha up the REINFORCE estimate, its baseline toward the mean reward.
 
         ``model`` holds the alpha the children were drawn from (this round's global model).
         """
-        self.policy_step(state, {kind: model.op_distribution(kind) for kind in CELL_KINDS}, children, rewards)
+        self.policy.step(state, {kind: model.op_distribution(kind) for kind in CELL_KINDS}, children, rewards)
         state["reinforce.reward"].fill_(sum(rewards) / len(rewards))
-
-    def policy_step(self, state: State, probabilities: dict[str, torch.Tensor], children: list[Child],
-                    rewards: list[float], first_baseline: float | None = None) -> None:
-        """One REINFORCE step, in place, of the policy whose alpha and optimizer state ``state`` holds.
-
-        ``probabilities`` is the distribution the children were drawn from. The policy's first step
-        uses ``first_baseline`` (None: the mean of ``rewards``) as its baseline.
-        """
-        baseline = self.advance_baseline(state, rewards, first_baseline)
-        step = int(state["reinforce.updates"])
-        for kind in CELL_KINDS:
-            alpha = state[f"alpha_{kind}"]
-            direction = reinforce_direction(probabilities[kind].to(torch.float64).cpu(),
-                                            [c[kind] for c in children], rewards, baseline).to(alpha)
-            if self.alpha_update == "adam":
-                adam_ascent(alpha, direction, state[f"reinforce.exp_avg_{kind}"],
-                            state[f"reinforce.exp_avg_sq_{kind}"], step, self.alpha_lr, self.alpha_betas,
-                            self.alpha_eps)
-            else:
-                alpha.add_(direction, alpha=self.alpha_lr)
-
-    def advance_baseline(self, state: State, rewards: list[float], first_baseline: float | None = None) -> float:
-        """b <- decay * b + (1 - decay) * mean reward, and one more update counted; returns the b before.
-
-        With no update counted yet, the b before is ``first_baseline`` (None: the mean reward itself,
-        so the first advantages are centred rather than all positive).
-        """
-        mean_reward = sum(rewards) / len(rewards)
-        if int(state["reinforce.updates"]) == 0:
-            baseline = mean_reward if first_baseline is None else first_baseline
-        else:
-            baseline = float(state["reinforce.baseline"])
-        state["reinforce.baseline"].fill_(self.baseline_decay * baseline + (1 - self.baseline_decay) * mean_reward)
-        state["reinforce.updates"].add_(1)
-        return baseline
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
         return {"reward_mean": float(model.reinforce.reward), "reward_baseline": float(model.reinforce.baseline),

@@ -11,41 +11,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory
+from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
 from federated_nas.search_space.relaxations import anneal
 from federated_nas.search_space.supernet import SearchNetwork
-
-
-class ArchitectureSearch(LocalModule):
-    """A client's local search: one optimizer for the weights w, one for the architecture.
-
-    Subclasses fill the gradients between ``zero_grads`` and ``step``; the step clips w's
-    gradient (never alpha's) and moves both.
-    """
-
-    def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
-                 lr: float, grad_clip: float | None):
-        super().__init__(model, w_optimizer, lr, grad_clip)
-        self.alpha_optimizer = alpha_optimizer
-        self.alpha_frozen = False  # warm-up: only w moves, alpha keeps its (uniform) start
-
-    def configure_optimizers(self):
-        return [self.w_optimizer(self.weight_parameters(), lr=self.lr),
-                self.alpha_optimizer(self.model.arch_parameters())]
-
-    def zero_grads(self) -> None:
-        for optimizer in self.optimizers():
-            optimizer.zero_grad()
-
-    def step(self) -> None:
-        w_opt, alpha_opt = self.optimizers()
-        self.clip_weight_gradients(w_opt)
-        w_opt.step()
-        if not self.alpha_frozen:
-            alpha_opt.step()
 
 
 @torch.no_grad()

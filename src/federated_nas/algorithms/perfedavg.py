@@ -10,15 +10,14 @@ Personalization is what the objective was trained for: ``adapt_steps`` SGD steps
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss
+from federated_nas.algorithms.base import LocalModule, OptimizerFactory
 from federated_nas.algorithms.fedavg import FedAvg
-from federated_nas.algorithms.fedmetanas import inner_steps
+from federated_nas.algorithms.local_steps import first_order_weight_step
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.errors import ConfigError
@@ -33,20 +32,8 @@ class FirstOrderMetaStep(LocalModule):
         self.inner_lr = inner_lr
 
     def local_step(self, batch) -> torch.Tensor:
-        optimizer = self.optimizers()
-        weights = self.weight_parameters()
-        meta_point = [w.detach().clone() for w in weights]
-        inner_steps(self.model, weights, [self.inner_lr] * len(weights), [batch["inner"]],
-                    functools.partial(classification_loss, self.model))  # w -> temp, in place
-        optimizer.zero_grad()
-        outer_loss = self.loss(batch["outer"])
-        self.manual_backward(outer_loss)  # grad L(temp; D2)
-        with torch.no_grad():
-            for weight, start in zip(weights, meta_point):
-                weight.copy_(start)  # back to w, where the meta step applies
-        self.clip_weight_gradients(optimizer)
-        optimizer.step()
-        return outer_loss
+        # w -> temp on D1, then grad L(temp; D2) applied at w: first-order MAML with D1, D2 as support, query
+        return first_order_weight_step(self, {"support": batch["inner"], "query": batch["outer"]}, 1, self.inner_lr)
 
 
 class PerFedAvg(FedAvg):

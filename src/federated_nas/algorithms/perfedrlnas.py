@@ -22,13 +22,14 @@ policy on the shared weights, no retraining; a client that never took part gets 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 
 from federated_nas.algorithms.aggregation import State
-from federated_nas.algorithms.base import cosine_lr
 from federated_nas.algorithms.fedrlnas import ChildTraining, FedRLNAS, ReinforceAggregator
 from federated_nas.algorithms.personal import KeepPersonalPart, load_parameter_values
+from federated_nas.algorithms.reinforce import ReinforcePolicy
 from federated_nas.data.federated_data import ClientData
 from federated_nas.search_space.children import Child, sample_child
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
@@ -44,14 +45,13 @@ class PersonalChildTraining(ChildTraining):
     received, so nothing personal but alpha is ever averaged.
     """
 
-    def __init__(self, model: SearchNetwork, algorithm: "PerFedRLNAS", lr: float, child_seed: int):
-        super().__init__(model, algorithm.w_optimizer, lr, algorithm.grad_clip, algorithm.reward_batches,
-                         algorithm.maml)
-        self.algorithm, self.child_seed = algorithm, child_seed
+    def __init__(self, model: SearchNetwork, policy: ReinforcePolicy, child_seed: int, **training: Any):
+        """``training``: how the child is trained (``FedRLNAS.child_training``); ``policy`` steps its alpha."""
+        super().__init__(model, **training)
+        self.policy, self.child_seed = policy, child_seed
         self.callbacks.append(KeepPersonalPart(list(ARCH_NAMES) + model.reinforce.policy_names(),
                                                uploaded=ARCH_NAMES))
         self.first_baseline: float | None = None
-        self.child: Child = {}
 
     def on_train_start(self) -> None:
         """Runs after ``KeepPersonalPart`` has put the client's own policy in, if it has one."""
@@ -61,14 +61,12 @@ class PersonalChildTraining(ChildTraining):
                 self.first_baseline = float(reinforce.baseline)
             for name in reinforce.policy_names(prefix=""):
                 getattr(reinforce, name).zero_()
-        self.child = sample_child(self.model, torch.Generator().manual_seed(self.child_seed))
-        reinforce.assign(self.model, self.child)
+        self.train_only(sample_child(self.model, torch.Generator().manual_seed(self.child_seed)))
         super().on_train_start()
 
     def after_reward(self, reward: float) -> None:
         probabilities = {kind: self.model.op_distribution(kind) for kind in CELL_KINDS}
-        self.algorithm.policy_step(self.model.state_dict(), probabilities, [self.child], [reward],
-                                   self.first_baseline)
+        self.policy.step(self.model.state_dict(), probabilities, [self.child], [reward], self.first_baseline)
 
 
 class PerFedRLNAS(FedRLNAS):
@@ -79,14 +77,14 @@ class PerFedRLNAS(FedRLNAS):
     def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> PersonalChildTraining:
         """The child is drawn at the fit's start, once the client's own policy is in (seeded per client)."""
         child_seed = int(torch.randint(0, 2**31 - 1, ()))  # torch is seeded per (run, round, client)
-        return PersonalChildTraining(model, self, cosine_lr(self.lr, self.lr_min, round_idx, rounds), child_seed)
+        return PersonalChildTraining(model, self.policy, child_seed, **self.child_training(round_idx, rounds))
 
     def aggregator(self, model: SearchNetwork, global_state: State) -> ReinforceAggregator:
-        return ReinforceAggregator(self, model, global_state, server_keys=("reinforce.",))
+        return ReinforceAggregator(self.reinforce_step, model, global_state, server_keys=("reinforce.",))
 
     def reinforce_step(self, model: SearchNetwork, state: State, children: list[Child], rewards: list[float]) -> None:
         """The server has no policy of its own: it keeps the federation's baseline and the round's mean reward."""
-        self.advance_baseline(state, rewards)
+        self.policy.advance_baseline(state, rewards)
         state["reinforce.reward"].fill_(sum(rewards) / len(rewards))
 
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,

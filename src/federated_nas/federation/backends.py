@@ -38,7 +38,8 @@ class ClientUpdate:
     state: State
     num_samples: int
     compute_seconds: float  # the local training loop alone, without Trainer set-up
-    metrics: dict[str, float] = field(default_factory=dict)
+    # what the client reports besides its model (train_loss, a reward, a child): read, never averaged
+    report: State = field(default_factory=dict)
     personal: State = field(default_factory=dict)  # what the client keeps across rounds (never averaged)
 
 
@@ -53,6 +54,12 @@ class ClientFailure:
 # Stream tags: one (seed, round) seeds each of the run's random streams differently, so that no
 # stream repeats another's draws (client sampling, injected dropouts, the clients' own work).
 SAMPLING_STREAM, DROPOUT_STREAM, CLIENT_STREAM = 17, 29, 41
+
+
+def cpu_copies(values: Mapping[str, torch.Tensor | float]) -> State:
+    """Detached CPU copies of a state or report (numbers as float64 scalars), for the upload."""
+    return {key: value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor)
+            else torch.tensor(float(value), dtype=torch.float64) for key, value in values.items()}
 
 
 def client_seed(seed: int, round_idx: int, client_id: int) -> int:
@@ -183,7 +190,7 @@ class LocalBackend:
         )
         with no_srun_hint():
             trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self._worker.state_dict().items()}
-        kept = {k: v.detach().to("cpu", copy=True) for k, v in module.personal.items()}
-        return ClientUpdate(client.client_id, state, client.num_samples, module.compute_seconds, metrics, kept)
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # train_loss
+        return ClientUpdate(client.client_id, cpu_copies(self._worker.state_dict()), client.num_samples,
+                            module.compute_seconds, cpu_copies({**logged, **module.report}),
+                            cpu_copies(module.personal))

@@ -20,7 +20,10 @@ Launch modes (``cluster.backend.launch``):
 
 Wire format (tensors only, no pickles): a state dict travels as a length-prefixed uint8
 tensor holding a UTF-8 JSON list of [key, shape, dtype], then one flat float64 tensor of all
-values, which is exact for float32/16, bool and integers up to 2**53 (counters).
+values, which is exact for float32/16, bool and integers up to 2**53 (counters). A client's
+outcome is a short float64 head (client id, ok, samples, compute seconds), then its model state,
+its report (train_loss, a reward, a child: whatever its local module reported) and its personal
+state, each framed as a state dict.
 """
 
 from __future__ import annotations
@@ -175,26 +178,24 @@ def recv_json(peer: int, until: float | None = None, limit: timedelta | None = N
 
 
 def send_outcome(outcome: ClientUpdate | ClientFailure, peer: int = SERVER) -> None:
-    """[client id, ok, samples, compute seconds, train loss], then the states, or the failure's reason."""
+    """[client id, ok, samples, compute seconds], then model state, report and personal state (each as a
+    state dict), or the failure's reason."""
     ok = isinstance(outcome, ClientUpdate)
-    head = [outcome.client_id, float(ok), outcome.num_samples if ok else 0, outcome.compute_seconds if ok else 0,
-            outcome.metrics.get("train_loss", math.nan) if ok else math.nan]
+    head = [outcome.client_id, float(ok), outcome.num_samples if ok else 0, outcome.compute_seconds if ok else 0]
     send_tensor(torch.tensor(head, dtype=torch.float64), peer)
     if ok:
-        send_framed(*encode_state(outcome.state), peer)
-        send_framed(*encode_state(outcome.personal), peer)
+        for part in (outcome.state, outcome.report, outcome.personal):
+            send_framed(*encode_state(part), peer)
     else:
         send_json({"reason": outcome.reason}, peer)
 
 
 def recv_outcome(peer: int, until: float | None) -> ClientUpdate | ClientFailure:
-    client_id, ok, samples, seconds, loss = recv_tensor(torch.empty(5, dtype=torch.float64), peer, until).tolist()
+    client_id, ok, samples, seconds = recv_tensor(torch.empty(4, dtype=torch.float64), peer, until).tolist()
     if not ok:
         return ClientFailure(int(client_id), str(recv_json(peer, until)["reason"]))
-    state = decode_state(*recv_framed(peer, until))
-    personal = decode_state(*recv_framed(peer, until))
-    metrics = {} if math.isnan(loss) else {"train_loss": loss}
-    return ClientUpdate(int(client_id), state, int(samples), seconds, metrics, personal)
+    state, report, personal = (decode_state(*recv_framed(peer, until)) for _ in range(3))
+    return ClientUpdate(int(client_id), state, int(samples), seconds, report, personal)
 
 
 # ---------------------------------------------------------------- where this process stands

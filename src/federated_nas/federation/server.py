@@ -190,7 +190,7 @@ class FederatedRun:
             try:
                 if s.update_clip_norm is not None:
                     state = clip_update(state, global_state, trainable, s.update_clip_norm)
-                average.add(state, outcome.num_samples)
+                average.add(state, outcome.num_samples, outcome.report)
             except DataError as err:  # a bad update is left out, never averaged in
                 failures[outcome.client_id] = f"rejected update: {err}"
                 continue
@@ -246,7 +246,7 @@ class FederatedRun:
         if failures:
             log.warning("round %d: %d client(s) left out: %s", round_idx + 1, len(failures),
                         "; ".join(f"{k}: {v}" for k, v in failures.items()))
-        train_losses = [u.metrics["train_loss"] for u in collected if "train_loss" in u.metrics]
+        train_losses = [float(u.report["train_loss"]) for u in collected if "train_loss" in u.report]
         if train_losses:
             metrics["client_train_loss"] = float(np.mean(train_losses))
         last = round_idx == s.rounds - 1
