@@ -85,9 +85,14 @@ def injected_dropouts(seed: int, round_idx: int, attempt: int, clients: list[int
     return {client for client, draw in zip(clients, draws) if draw < probability}
 
 
+def clients_per_round(num_clients: int, fraction: float) -> int:
+    """How many clients every round samples (``federation.client_fraction`` of them, at least one)."""
+    return max(1, int(round(fraction * num_clients)))
+
+
 def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float) -> list[int]:
     """The clients of a round: a fixed-size sample that depends only on (seed, round)."""
-    count = max(1, int(round(fraction * num_clients)))
+    count = clients_per_round(num_clients, fraction)
     rng = np.random.default_rng([seed, round_idx, SAMPLING_STREAM])
     return sorted(int(k) for k in rng.choice(num_clients, size=count, replace=False))
 
