@@ -217,6 +217,8 @@ class FederatedRun:
     def _run_round(self, round_idx: int) -> dict[str, Any]:
         s = self.settings
         selected = sample_clients(self.seed, round_idx, len(self.data.clients), s.client_fraction)
+        # a line where no progress bar is drawn (logs, pipes): scripts/bench_startup.py times launch to the first
+        log.info("round %d/%d started: %d clients", round_idx + 1, s.rounds, len(selected))
         global_state = self.model.state_dict()
         started = time.perf_counter()
         for attempt in range(s.max_round_attempts):
