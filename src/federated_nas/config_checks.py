@@ -223,6 +223,8 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("cluster.backend.compile", FLAG),
     ("cluster.backend.launch", OneOf(("spawn", "env"))),
     ("cluster.backend.workers", Number(low=1, integer=True, nullable=True)),
+    ("cluster.backend.max_workers", Number(low=1, integer=True, nullable=True)),
+    ("cluster.backend.threads_per_worker", Number(low=1, integer=True)),
     ("cluster.backend.*seconds", POSITIVE),
     ("logger.*", Text()),
     # scripts/tune.py's protocol (an experiment's `tuning` node); a list that holds words is checked item by item

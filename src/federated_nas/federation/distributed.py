@@ -55,7 +55,8 @@ from federated_nas.builders import build, build_data
 from federated_nas.compat import quiet_libraries
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.federation.backends import ClientFailure, ClientUpdate, LocalBackend, State, compile_options
+from federated_nas.federation.backends import (ClientFailure, ClientUpdate, LocalBackend, State, compile_options,
+                                              usable_cores)
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
 
 def worker_threads(workers: int, cores: int | None = None) -> int:
     """CPU threads for each of ``workers`` processes spawned on one machine: an even share of its cores."""
-    return max(1, (cores or os.cpu_count() or 1) // max(workers, 1))
+    return max(1, (cores or usable_cores()) // max(workers, 1))
 
 
 def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, Any], accelerator: str,
