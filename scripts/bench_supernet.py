@@ -29,6 +29,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import TensorDataset
 
+from federated_nas.algorithms.base import ClientTask, RoundPlan
 from federated_nas.compat import quiet_libraries
 from federated_nas.data.federated_data import ClientData
 from federated_nas.runs import build
@@ -78,7 +79,8 @@ def local_steps(algorithm, model, client, batch: int, steps: int) -> list[float]
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[timer])
-    trainer.fit(algorithm.local_module(model, 0, 10), train_dataloaders=algorithm.client_loader(client, batch, 0))
+    task = ClientTask(client, RoundPlan(0, 10, seed=0, local_epochs=steps, local_batches=None, batch_size=batch), 0)
+    trainer.fit(algorithm.local_module(model, task), train_dataloaders=algorithm.client_loader(task))
     return timer.seconds
 
 

@@ -62,9 +62,9 @@ def corrupt_client(monkeypatch, client_id: int, how: str) -> None:
     """Make one client's local work return a NaN update or raise."""
     real = backends.LocalBackend._run_client
 
-    def run_client(self, algorithm, global_state, client, *args):
-        update = real(self, algorithm, global_state, client, *args)
-        if client.client_id != client_id:
+    def run_client(self, algorithm, global_state, task, *args):
+        update = real(self, algorithm, global_state, task, *args)
+        if task.client.client_id != client_id:
             return update
         if how == "raise":
             raise RuntimeError("simulated worker crash")

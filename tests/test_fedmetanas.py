@@ -269,6 +269,7 @@ def test_client_upload_carries_statistics_recalibrated_over_its_first_support_ba
 
     from federated_nas.algorithms.fedmetanas import FedMetaNAS
     from federated_nas.algorithms.nas import recalibrate_batch_norm
+    from federated_nas.algorithms.base import ClientTask, RoundPlan
     from federated_nas.federation.backends import LocalBackend, client_seed
     from test_perfedrlnas import tiny_client
 
@@ -279,11 +280,11 @@ def test_client_upload_carries_statistics_recalibrated_over_its_first_support_ba
     torch.manual_seed(0)
     model = algorithm.build_model(data)
     client = tiny_client(0, seed=4)
-    update = next(LocalBackend(functools.partial(L.Trainer)).run_round(
-        algorithm, model, [client], 0, 2, seed=0, local_epochs=1, local_batches=2, batch_size=4))
+    plan = RoundPlan(0, 2, seed=0, local_epochs=1, local_batches=2, batch_size=4)
+    update = next(LocalBackend(functools.partial(L.Trainer)).run_round(algorithm, model, [client], plan))
     trained = copy.deepcopy(model)
     trained.load_state_dict(update.state)
-    first_task, _, _ = next(iter(algorithm.client_loader(client, 4, client_seed(0, 0, 0))))  # a CombinedLoader's
+    first_task, _, _ = next(iter(algorithm.client_loader(ClientTask(client, plan, client_seed(0, 0, 0)))))  # a CombinedLoader's
     first_support = first_task["support"][0]
     algorithm.set_temperature(trained, 0, 2)
     recalibrate_batch_norm(trained, [first_support])

@@ -17,6 +17,7 @@ from federated_nas.algorithms.aggregation import WeightedAverage
 from federated_nas.algorithms.fedpnas import FedPNAS
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
+from federated_nas.algorithms.base import ClientTask, RoundPlan
 from federated_nas.federation.backends import LocalBackend
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.federation.server import sample_clients
@@ -159,8 +160,7 @@ def test_local_step_is_milenas_on_base_and_the_clients_personal_part(val_lambda)
             param.sub_(lr_a * (g_tr + val_lambda * g_v))
     expected = reference.state_dict()
 
-    module = algorithm.local_module(model, 0, 1)
-    module.personal = personal
+    module = algorithm.local_module(model, ClientTask(client(0, 4), RoundPlan(0, 1, 0, 1, None, 4), 0, personal))
     run_one_step(module, {"train": train, "val": val})
     names = set(model.personal_names())
     assert module.personal.keys() == names
@@ -182,7 +182,7 @@ def test_the_aggregate_averages_the_base_and_never_the_personal_part():
     clients = [client(0, 4), client(1, 12)]
     kept = {0: shifted_personal(model, seed=3)}
     backend = LocalBackend(L.Trainer)
-    updates = list(backend.run_round(algorithm, model, clients, 0, 1, 0, 1, 1, 4, kept))
+    updates = list(backend.run_round(algorithm, model, clients, RoundPlan(0, 1, 0, 1, 1, 4), kept))
     average = WeightedAverage(global_state)
     for update in updates:
         average.add(update.state, update.num_samples)

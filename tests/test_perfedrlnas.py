@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from federated_nas.algorithms.base import classification_loss
+from federated_nas.algorithms.base import ClientTask, RoundPlan, classification_loss
 from federated_nas.algorithms.perfedrlnas import ARCH_NAMES, PerFedRLNAS
 from federated_nas.data.federated_data import ClientData
 from federated_nas.federation.backends import LocalBackend, client_seed
@@ -45,8 +45,8 @@ def tiny_client(client_id: int, seed: int) -> ClientData:
 def run_client(algorithm, model, client, personal, round_idx=0):
     """One client's fit through the local backend, as the federated loop runs it (run seed 0)."""
     backend = LocalBackend(functools.partial(L.Trainer))
-    return next(backend.run_round(algorithm, model, [client], round_idx, 2, seed=0, local_epochs=1,
-                                  local_batches=1, batch_size=4, personal=personal))
+    plan = RoundPlan(round_idx, 2, seed=0, local_epochs=1, local_batches=1, batch_size=4)
+    return next(backend.run_round(algorithm, model, [client], plan, personal=personal))
 
 
 def test_client_round_takes_its_own_policy_step_and_keeps_it():
@@ -135,7 +135,8 @@ def test_maml_child_step_known_answer():
     reference = copy.deepcopy(model).train()
     child = {kind: update.report[f"child_{kind}"] for kind in CELL_KINDS}
     reference.relaxation = FixedChild(one_hot_weights(reference, child))
-    task = next(iter(algorithm.client_loader(client, 4, client_seed(0, 0, 0))))
+    plan = RoundPlan(0, 2, seed=0, local_epochs=1, local_batches=1, batch_size=4)
+    task = next(iter(algorithm.client_loader(ClientTask(client, plan, client_seed(0, 0, 0)))))
     weights = reference.weight_parameters()
     start = [w.detach().clone() for w in weights]
     grads = torch.autograd.grad(classification_loss(reference, task["support"]), weights, allow_unused=True)

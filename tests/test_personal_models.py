@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.environments import LightningEnvironment
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from federated_nas.algorithms.base import ClientTask, RoundPlan
 from federated_nas.algorithms.ditto import Ditto, DittoTraining
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.fedbabu import FedBABU
@@ -74,6 +75,11 @@ def sgd_by_hand(model: nn.Module, batch, params: list[nn.Parameter], lr: float) 
             param.sub_(lr * grad)
 
 
+def first_of_one_round(samples: int) -> ClientTask:
+    """A client's task in round 0 of 1 (the lr schedule's start), with nothing kept from before."""
+    return ClientTask(client_with(samples), RoundPlan(0, 1, 0, 1, None, 4), 0)
+
+
 def client_with(samples: int, seed: int = 0) -> ClientData:
     g = torch.Generator().manual_seed(seed)
     train = TensorDataset(torch.randn(samples, 1, 8, 8, generator=g), torch.randint(0, 3, (samples,), generator=g))
@@ -116,8 +122,7 @@ def test_ditto_personal_step_and_fedavg_global_step(lam):
     v.load_state_dict(personal)
     batch, lr, lr_p = tiny_batch(3), 0.2, 0.3
     g_v = grads(v, batch, list(v.parameters()))
-    module = DittoTraining(model, SGD, lr=lr, grad_clip=None, lam=lam, personal_lr=lr_p)
-    module.personal = personal
+    module = DittoTraining(model, SGD, lr=lr, grad_clip=None, lam=lam, personal_lr=lr_p, personal=personal)
     run_steps(module, [batch])
     run_steps(SupervisedTraining(fedavg_model, SGD, lr=lr, grad_clip=None), [batch])
     assert_same_states(model.state_dict(), fedavg_model.state_dict())
@@ -156,8 +161,7 @@ def test_fedrep_trains_the_personal_head_then_the_body():
     sgd_by_hand(reference, first, head_parameters(reference), lr)
     head_after_head_step = {name: reference.state_dict()[name].clone() for name in personal}
     sgd_by_hand(reference, second, body_parameters(reference), lr)
-    module = FedRepTraining(model, SGD, lr=lr, grad_clip=None, head_steps=1)
-    module.personal = personal
+    module = FedRepTraining(model, SGD, lr=lr, grad_clip=None, head_steps=1, personal=personal)
     run_steps(module, [first, second])
     assert_same_states(module.personal, head_after_head_step)  # the body step left the head alone
     for name, value in model.state_dict().items():
@@ -189,14 +193,14 @@ def test_fedrep_adapt_is_the_global_body_with_the_clients_head():
 def test_fedbabu_body_step_is_sgd_and_the_head_never_moves():
     model = headed_model()
     reference, batch = copy.deepcopy(model), tiny_batch(8)
-    run_steps(FedBABU(factory_of(model), SGD, lr=0.2).local_module(model, 0, 1), [batch])
+    run_steps(FedBABU(factory_of(model), SGD, lr=0.2).local_module(model, first_of_one_round(8)), [batch])
     sgd_by_hand(reference, batch, body_parameters(reference), 0.2)
     assert_same_states(model[3].state_dict(), reference[3].state_dict())
     torch.testing.assert_close(model.state_dict(), reference.state_dict())
 
     heavy = functools.partial(torch.optim.SGD, momentum=0.9, weight_decay=0.1)  # nothing may leak into the head
     head = copy.deepcopy(model[3].state_dict())
-    run_steps(FedBABU(factory_of(model), heavy, lr=0.2).local_module(model, 0, 1),
+    run_steps(FedBABU(factory_of(model), heavy, lr=0.2).local_module(model, first_of_one_round(8)),
               [tiny_batch(9), tiny_batch(10), tiny_batch(11)])
     assert_same_states(model[3].state_dict(), head)
     assert not torch.equal(model[1].weight, reference[1].weight)

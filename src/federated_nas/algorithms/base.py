@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import lightning as L
@@ -24,6 +25,34 @@ from federated_nas.data.loaders import batch_loader
 use_torch_leaf_factory_in_lightning()  # before any client fit
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What every client of one round is asked to do; ``dataclasses.asdict`` of it is a worker's command."""
+
+    round_idx: int
+    rounds: int
+    seed: int  # the run's: each client's own seed is derived from it with the round and its id
+    local_epochs: int
+    local_batches: int | None
+    batch_size: int
+    deadline: float | None = None  # seconds after which a client not yet started is reported late
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    """One client's share of a round: its data, the plan, its own seed and what it kept from earlier rounds.
+
+    ``seed`` is a function of (run seed, round, client) alone, so a client's work is the same on any
+    backend and whatever ran before it; ``personal`` is empty on the client's first round.
+    """
+
+    client: ClientData
+    plan: RoundPlan
+    seed: int
+    personal: State = field(default_factory=dict)
 
 
 def classification_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -53,9 +82,9 @@ class LocalModule(L.LightningModule):
         self.lr = lr
         self.grad_clip = grad_clip
         self.compute_seconds = 0.0
-        # state this client keeps across rounds (a personal model, a head); the backend fills it
-        # before the fit and sends it back after; the server checkpoints it per client
-        self.personal: dict[str, torch.Tensor] = {}
+        # state this client keeps across rounds (a personal model, a head), as it stands after the fit:
+        # a method that keeps one fills it (from its task's ``personal``); the server checkpoints it per client
+        self.personal: State = {}
         # what the client tells the server besides its model (FedRLNAS: its child and reward); the
         # backend adds the fit's train_loss and sends it next to the state, never averaged into it
         self.report: dict[str, torch.Tensor | float] = {}
@@ -105,12 +134,13 @@ class FederatedAlgorithm:
     def build_model(self, data: FederatedData) -> nn.Module:
         raise NotImplementedError
 
-    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> LocalModule:
+    def local_module(self, model: nn.Module, task: ClientTask) -> LocalModule:
+        """The LightningModule that does ``task`` on ``model``, the client's copy of the global model."""
         raise NotImplementedError
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Any:
+    def client_loader(self, task: ClientTask) -> Any:
         """One local epoch of the client's training data."""
-        return batch_loader(client.train, batch_size, shuffle=True, seed=seed)
+        return batch_loader(task.client.train, task.plan.batch_size, shuffle=True, seed=task.seed)
 
     def round_report(self, model: nn.Module) -> dict[str, Any]:
         """Per-round facts about the global model beyond accuracy (genotype, diagnostics)."""

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, State, classification_loss
 from federated_nas.algorithms.fedavg import FedAvg, SupervisedTraining
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
@@ -30,9 +30,10 @@ class DittoTraining(SupervisedTraining):
     """
 
     def __init__(self, model: nn.Module, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None,
-                 lam: float, personal_lr: float):
+                 lam: float, personal_lr: float, personal: State | None = None):
         super().__init__(model, w_optimizer, lr, grad_clip)
         self.lam, self.personal_lr = lam, personal_lr
+        self.personal = dict(personal or {})  # v as the client kept it; empty on its first round
         self.global_weights: list[torch.Tensor] = []
         self.personal_model: nn.Module | None = None
 
@@ -79,10 +80,10 @@ class Ditto(FedAvg):
         self.lam = float(lam)
         self.personal_lr = None if personal_lr is None else float(personal_lr)
 
-    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> DittoTraining:
-        lr = self.local_lr(round_idx, rounds)
+    def local_module(self, model: nn.Module, task: ClientTask) -> DittoTraining:
+        lr = self.local_lr(task.plan)
         return DittoTraining(model, self.optimizer, lr, self.grad_clip, self.lam,
-                             lr if self.personal_lr is None else self.personal_lr)
+                             lr if self.personal_lr is None else self.personal_lr, task.personal)
 
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> nn.Module:

@@ -7,7 +7,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, OptimizerFactory, cosine_lr
+from federated_nas.algorithms.base import (ClientTask, FederatedAlgorithm, LocalModule, OptimizerFactory, RoundPlan,
+                                          cosine_lr)
 from federated_nas.algorithms.personal import finetune
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.errors import ConfigError
@@ -51,11 +52,11 @@ class FedAvg(FederatedAlgorithm):
     def build_model(self, data: FederatedData) -> nn.Module:
         return self.model_factory(in_channels=data.in_channels, num_classes=data.num_classes)
 
-    def local_lr(self, round_idx: int, rounds: int) -> float:
-        return cosine_lr(self.lr, self.lr_min, round_idx, rounds)
+    def local_lr(self, plan: RoundPlan) -> float:
+        return cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds)
 
-    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> SupervisedTraining:
-        return SupervisedTraining(model, self.optimizer, self.local_lr(round_idx, rounds), self.grad_clip)
+    def local_module(self, model: nn.Module, task: ClientTask) -> SupervisedTraining:
+        return SupervisedTraining(model, self.optimizer, self.local_lr(task.plan), self.grad_clip)
 
     def round_report(self, model: nn.Module) -> dict[str, Any]:
         return {"params": count_parameters(model)}

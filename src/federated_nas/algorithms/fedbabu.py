@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import OptimizerFactory
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.fedavg import FedAvg
 from federated_nas.algorithms.personal import PartialTraining, finetune
 from federated_nas.data.federated_data import ClientData, FederatedData
@@ -40,8 +40,8 @@ class FedBABU(FedAvg):
     def build_model(self, data: FederatedData) -> nn.Module:
         return with_head(super().build_model(data))
 
-    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> PartialTraining:
-        return PartialTraining(model, self.optimizer, self.local_lr(round_idx, rounds), self.grad_clip,
+    def local_module(self, model: nn.Module, task: ClientTask) -> PartialTraining:
+        return PartialTraining(model, self.optimizer, self.local_lr(task.plan), self.grad_clip,
                                phases=[(body_parameters, None)])
 
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,

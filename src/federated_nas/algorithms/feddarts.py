@@ -15,10 +15,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, classification_loss, cosine_lr
 from federated_nas.algorithms.local_steps import ArchitectureSearch
 from federated_nas.algorithms.nas import SupernetAlgorithm
-from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.search_space.supernet import SearchNetwork
 
@@ -48,9 +47,9 @@ class FedDARTS(SupernetAlgorithm):
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
 
-    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> FirstOrderDARTSSearch:
-        lr = cosine_lr(self.lr, self.lr_min, round_idx, rounds)
+    def local_module(self, model: SearchNetwork, task: ClientTask) -> FirstOrderDARTSSearch:
+        lr = cosine_lr(self.lr, self.lr_min, task.plan.round_idx, task.plan.rounds)
         return FirstOrderDARTSSearch(model, self.w_optimizer, self.alpha_optimizer, lr, self.grad_clip)
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
-        return paired_loader(client.train, client.val, ("train", "val"), batch_size, seed)
+    def client_loader(self, task: ClientTask) -> Iterable:
+        return paired_loader(task.client.train, task.client.val, ("train", "val"), task.plan.batch_size, task.seed)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from federated_nas.algorithms.base import OptimizerFactory
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.local_steps import MiLeNASSearch
 from federated_nas.algorithms.nas import (AnnealedTemperature, MostLikelyChild, RecalibrateBatchNorm,
@@ -49,10 +49,11 @@ class FedDSNAS(MostLikelyChild, AnnealedTemperature, FedNAS):
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": HardGumbelRelaxation(self.temperature["start"], self.tempered_sampling)}
 
-    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MiLeNASSearch:
-        self.set_temperature(model, round_idx, rounds)
-        module = super().local_module(model, round_idx, rounds)
-        module.alpha_frozen = warming_up(self.warmup, round_idx, rounds)
+    def local_module(self, model: SearchNetwork, task: ClientTask) -> MiLeNASSearch:
+        plan = task.plan
+        self.set_temperature(model, plan.round_idx, plan.rounds)
+        module = super().local_module(model, task)
+        module.alpha_frozen = warming_up(self.warmup, plan.round_idx, plan.rounds)
         if self.bn_recalibration_batches:
             module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, train_inputs))
         return module

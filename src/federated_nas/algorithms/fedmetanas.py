@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, classification_loss, cosine_lr
 from federated_nas.algorithms.local_steps import MetaSearch, inner_steps, meta_parameters
 from federated_nas.algorithms.nas import (AnnealedTemperature, RecalibrateBatchNorm, ScheduledPruning, SupernetAlgorithm,
                                          check_recalibration_batches, recalibrate_batch_norm)
@@ -64,18 +64,20 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         return {"relaxation": RELAXATIONS[self.relaxation](self.temperature_at(0, 1)),
                 "input_combinations": self.input_combinations}
 
-    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MetaSearch:
-        self.set_temperature(model, round_idx, rounds)
+    def local_module(self, model: SearchNetwork, task: ClientTask) -> MetaSearch:
+        plan = task.plan
+        self.set_temperature(model, plan.round_idx, plan.rounds)
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
-                            cosine_lr(self.lr, self.lr_min, round_idx, rounds), self.inner_steps,
+                            cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds), self.inner_steps,
                             self.inner_lr_w, self.inner_lr_alpha, self.grad_clip,
                             self.task_temperatures(self.inner_steps))
         if self.bn_recalibration_batches:
             module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, support_inputs))
         return module
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
-        return paired_loader(client.train, client.val, ("support", "query"), self.task_size or batch_size, seed)
+    def client_loader(self, task: ClientTask) -> Iterable:
+        return paired_loader(task.client.train, task.client.val, ("support", "query"),
+                             self.task_size or task.plan.batch_size, task.seed)
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
         """Anneal the server's temperature and, at the scheduled rounds, prune on the aggregated architecture."""

@@ -18,13 +18,18 @@ from typing import Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, cosine_lr
 from federated_nas.algorithms.local_steps import MiLeNASSearch, milenas_backward
 from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork
+
+
+def train_val_pairs(client: ClientData, batch_size: int, seed: int) -> Iterable:
+    """Train batches paired with val batches; the val loader cycles if it is the shorter one."""
+    return paired_loader(client.train, client.val, ("train", "val"), batch_size, seed)
 
 
 class FedNAS(SupernetAlgorithm):
@@ -43,13 +48,12 @@ class FedNAS(SupernetAlgorithm):
         self.lr, self.lr_min, self.val_lambda, self.grad_clip = lr, lr_min, val_lambda, grad_clip
         self.adapt_steps, self.adapt_lr_w, self.adapt_lr_alpha = adapt_steps, adapt_lr_w, adapt_lr_alpha
 
-    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> MiLeNASSearch:
-        lr = cosine_lr(self.lr, self.lr_min, round_idx, rounds)
+    def local_module(self, model: SearchNetwork, task: ClientTask) -> MiLeNASSearch:
+        lr = cosine_lr(self.lr, self.lr_min, task.plan.round_idx, task.plan.rounds)
         return MiLeNASSearch(model, self.w_optimizer, self.alpha_optimizer, lr, self.val_lambda, self.grad_clip)
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
-        """Train batches paired with val batches; the val loader cycles if it is the shorter one."""
-        return paired_loader(client.train, client.val, ("train", "val"), batch_size, seed)
+    def client_loader(self, task: ClientTask) -> Iterable:
+        return train_val_pairs(task.client, task.plan.batch_size, task.seed)
 
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:
@@ -62,7 +66,7 @@ class FedNAS(SupernetAlgorithm):
         device = next(adapted.parameters()).device
         w_sgd = torch.optim.SGD(adapted.weight_parameters(), lr=self.adapt_lr_w)
         alpha_sgd = torch.optim.SGD(adapted.arch_parameters(), lr=self.adapt_lr_alpha)
-        pairs = (pair for pair, _, _ in self.client_loader(client, batch_size, seed))  # (batch, index, loader)
+        pairs = (pair for pair, _, _ in train_val_pairs(client, batch_size, seed))  # (batch, index, loader)
         with torch.enable_grad():  # personalization may be called from evaluation code under no_grad
             for pair in itertools.islice(itertools.cycle(pairs), self.adapt_steps):
                 w_sgd.zero_grad()

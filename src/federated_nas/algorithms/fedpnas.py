@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule
+from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, LocalModule
 from federated_nas.algorithms.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.nas import SupernetAlgorithm
@@ -61,8 +61,8 @@ class FedPNAS(FederatedAlgorithm):
     def build_model(self, data: FederatedData) -> PersonalizedSearchNetwork:
         return self.search.build_model(data)
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
-        return self.search.client_loader(client, batch_size, seed)
+    def client_loader(self, task: ClientTask) -> Iterable:
+        return self.search.client_loader(task)
 
     def round_report(self, model: PersonalizedSearchNetwork) -> dict[str, Any]:
         return self.search.round_report(model)
@@ -74,10 +74,10 @@ class FedPNAS(FederatedAlgorithm):
         return self.search.discrete_model(model)
 
     # --- what personal cells add ------------------------------------------------------------
-    def local_module(self, model: PersonalizedSearchNetwork, round_idx: int, rounds: int) -> LocalModule:
+    def local_module(self, model: PersonalizedSearchNetwork, task: ClientTask) -> LocalModule:
         """The search's local step over base + personal, with the client's own personal part swapped in."""
-        module = self.search.local_module(model, round_idx, rounds)
-        module.callbacks.append(KeepPersonalPart(model.personal_names()))
+        module = self.search.local_module(model, task)
+        module.callbacks.append(KeepPersonalPart(model.personal_names(), kept=task.personal))
         return module
 
     def adapt(self, model: PersonalizedSearchNetwork, client: ClientData, batch_size: int, seed: int,

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import OptimizerFactory
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.fedavg import FedAvg, SupervisedTraining
 from federated_nas.errors import ConfigError
 
@@ -56,5 +56,5 @@ class FedProx(FedAvg):
         super().__init__(model, optimizer, lr, lr_min, grad_clip, adapt_steps, adapt_lr)
         self.mu = float(mu)
 
-    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> ProximalTraining:
-        return ProximalTraining(model, self.optimizer, self.local_lr(round_idx, rounds), self.grad_clip, self.mu)
+    def local_module(self, model: nn.Module, task: ClientTask) -> ProximalTraining:
+        return ProximalTraining(model, self.optimizer, self.local_lr(task.plan), self.grad_clip, self.mu)

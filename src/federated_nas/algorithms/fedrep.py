@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import OptimizerFactory
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, State
 from federated_nas.algorithms.fedavg import FedAvg
 from federated_nas.algorithms.personal import KeepPersonalPart, PartialTraining, finetune, load_parameter_values
 from federated_nas.data.federated_data import ClientData, FederatedData
@@ -29,10 +29,11 @@ class FedRepTraining(PartialTraining):
     """
 
     def __init__(self, model: nn.Module, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None,
-                 head_steps: int):
+                 head_steps: int, personal: State | None = None):
         super().__init__(model, w_optimizer, lr, grad_clip, phases=[(head_parameters, head_steps),
                                                                     (body_parameters, None)])
-        self.callbacks.append(KeepPersonalPart(head_parameter_names(model)))  # the upload carries the head it was sent
+        # the client's own head in (``personal``, none on its first round); the upload carries the head it was sent
+        self.callbacks.append(KeepPersonalPart(head_parameter_names(model), kept=personal))
 
 
 class FedRep(FedAvg):
@@ -50,9 +51,9 @@ class FedRep(FedAvg):
     def build_model(self, data: FederatedData) -> nn.Module:
         return with_head(super().build_model(data))
 
-    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> FedRepTraining:
-        return FedRepTraining(model, self.optimizer, self.local_lr(round_idx, rounds), self.grad_clip,
-                              self.head_steps)
+    def local_module(self, model: nn.Module, task: ClientTask) -> FedRepTraining:
+        return FedRepTraining(model, self.optimizer, self.local_lr(task.plan), self.grad_clip, self.head_steps,
+                              task.personal)
 
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> nn.Module:

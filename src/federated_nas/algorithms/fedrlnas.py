@@ -26,12 +26,12 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
 from federated_nas.algorithms.aggregation import MaskedAverage, State
-from federated_nas.algorithms.base import OptimizerFactory, cosine_lr
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, RoundPlan, cosine_lr
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.local_steps import first_order_weight_step
 from federated_nas.algorithms.nas import MostLikelyChild, ScheduledPruning, SupernetAlgorithm
 from federated_nas.algorithms.reinforce import ReinforcePolicy, ReinforceState
-from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.federated_data import FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.search_space.children import Child, check_child, child_entry_masks, one_hot_weights, sample_child
@@ -197,17 +197,18 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
         model.add_module("reinforce", ReinforceState(*model.alpha_normal.shape))
         return model
 
-    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> ChildTraining:
+    def local_module(self, model: SearchNetwork, task: ClientTask) -> ChildTraining:
         """Draw this client's child from the global alpha (torch is seeded per client) and train it alone."""
-        return ChildTraining(model, child=sample_child(model), **self.child_training(round_idx, rounds))
+        return ChildTraining(model, child=sample_child(model), **self.child_training(task.plan))
 
-    def child_training(self, round_idx: int, rounds: int) -> dict[str, Any]:
+    def child_training(self, plan: RoundPlan) -> dict[str, Any]:
         """How a client trains its child this round (``ChildTraining``'s settings)."""
-        return {"w_optimizer": self.w_optimizer, "lr": cosine_lr(self.lr, self.lr_min, round_idx, rounds),
+        return {"w_optimizer": self.w_optimizer, "lr": cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds),
                 "grad_clip": self.grad_clip, "reward_batches": self.reward_batches, "maml": self.maml}
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> HeldOutLoader:
+    def client_loader(self, task: ClientTask) -> HeldOutLoader:
         """Train batches (MAML: (support, query) tasks of train and val) and the val batches of the reward."""
+        client, batch_size, seed = task.client, task.plan.batch_size, task.seed
         if self.maml is None:
             train = batch_loader(client.train, batch_size, shuffle=True, seed=seed)
         else:

@@ -81,7 +81,7 @@ class MiLeNASSearch(ArchitectureSearch):
         return train_loss
 
 
-# ---------------------------------------------------------------- first-order MAML (FedMetaNAS, Per-FedAvg, meta-FedRLNAS)
+# ---------------------------------------------------- first-order MAML (FedMetaNAS, Per-FedAvg, meta-FedRLNAS)
 
 def inner_steps(model: torch.nn.Module, params: list[torch.nn.Parameter], rates: list[float],
                 batches: Iterable, loss_fn: Callable) -> None:

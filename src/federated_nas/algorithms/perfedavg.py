@@ -15,10 +15,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import LocalModule, OptimizerFactory
+from federated_nas.algorithms.base import ClientTask, LocalModule, OptimizerFactory
 from federated_nas.algorithms.fedavg import FedAvg
 from federated_nas.algorithms.local_steps import first_order_weight_step
-from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.errors import ConfigError
 
@@ -50,10 +49,10 @@ class PerFedAvg(FedAvg):
         super().__init__(model, optimizer, lr, lr_min, grad_clip, adapt_steps=adapt_steps, adapt_lr=inner_lr)
         self.inner_lr = inner_lr
 
-    def local_module(self, model: nn.Module, round_idx: int, rounds: int) -> FirstOrderMetaStep:
-        return FirstOrderMetaStep(model, self.optimizer, self.local_lr(round_idx, rounds), self.inner_lr,
+    def local_module(self, model: nn.Module, task: ClientTask) -> FirstOrderMetaStep:
+        return FirstOrderMetaStep(model, self.optimizer, self.local_lr(task.plan), self.inner_lr,
                                   self.grad_clip)
 
-    def client_loader(self, client: ClientData, batch_size: int, seed: int) -> Iterable:
+    def client_loader(self, task: ClientTask) -> Iterable:
         """Two independently shuffled passes over the train split, paired: D1 and D2 of each step differ."""
-        return paired_loader(client.train, client.train, ("inner", "outer"), batch_size, seed)
+        return paired_loader(task.client.train, task.client.train, ("inner", "outer"), task.plan.batch_size, task.seed)

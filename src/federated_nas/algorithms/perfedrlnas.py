@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from federated_nas.algorithms.aggregation import State
+from federated_nas.algorithms.base import ClientTask
 from federated_nas.algorithms.fedrlnas import ChildTraining, FedRLNAS, ReinforceAggregator
 from federated_nas.algorithms.personal import KeepPersonalPart, load_parameter_values
 from federated_nas.algorithms.reinforce import ReinforcePolicy
@@ -45,18 +46,20 @@ class PersonalChildTraining(ChildTraining):
     received, so nothing personal but alpha is ever averaged.
     """
 
-    def __init__(self, model: SearchNetwork, policy: ReinforcePolicy, child_seed: int, **training: Any):
-        """``training``: how the child is trained (``FedRLNAS.child_training``); ``policy`` steps its alpha."""
+    def __init__(self, model: SearchNetwork, policy: ReinforcePolicy, child_seed: int, personal: State,
+                 **training: Any):
+        """``personal``: the client's own policy (empty before its first round); ``policy`` steps it;
+        ``training``: how the child is trained (``FedRLNAS.child_training``)."""
         super().__init__(model, **training)
-        self.policy, self.child_seed = policy, child_seed
-        self.callbacks.append(KeepPersonalPart(list(ARCH_NAMES) + model.reinforce.policy_names(),
+        self.policy, self.child_seed, self.has_policy = policy, child_seed, bool(personal)
+        self.callbacks.append(KeepPersonalPart(list(ARCH_NAMES) + model.reinforce.policy_names(), kept=personal,
                                                uploaded=ARCH_NAMES))
         self.first_baseline: float | None = None
 
     def on_train_start(self) -> None:
         """Runs after ``KeepPersonalPart`` has put the client's own policy in, if it has one."""
         reinforce = self.model.reinforce
-        if not self.personal:  # a new policy from the consensus alpha, with fresh optimizer state
+        if not self.has_policy:  # a new policy from the consensus alpha, with fresh optimizer state
             if int(reinforce.updates) > 0:
                 self.first_baseline = float(reinforce.baseline)
             for name in reinforce.policy_names(prefix=""):
@@ -74,10 +77,11 @@ class PerFedRLNAS(FedRLNAS):
 
     name = "perfedrlnas"
 
-    def local_module(self, model: SearchNetwork, round_idx: int, rounds: int) -> PersonalChildTraining:
-        """The child is drawn at the fit's start, once the client's own policy is in (seeded per client)."""
-        child_seed = int(torch.randint(0, 2**31 - 1, ()))  # torch is seeded per (run, round, client)
-        return PersonalChildTraining(model, self.policy, child_seed, **self.child_training(round_idx, rounds))
+    def local_module(self, model: SearchNetwork, task: ClientTask) -> PersonalChildTraining:
+        """The child is drawn at the fit's start, once the client's own policy is in, from the task's seed."""
+        # one draw of a generator of the task's seed: the child seed the backend-seeded global generator gave
+        child_seed = int(torch.randint(0, 2**31 - 1, (), generator=torch.Generator().manual_seed(task.seed)))
+        return PersonalChildTraining(model, self.policy, child_seed, task.personal, **self.child_training(task.plan))
 
     def aggregator(self, model: SearchNetwork, global_state: State) -> ReinforceAggregator:
         return ReinforceAggregator(self.reinforce_step, model, global_state, server_keys=("reinforce.",))

@@ -82,22 +82,22 @@ def load_parameter_values(model: nn.Module, values: dict[str, torch.Tensor]) -> 
 class KeepPersonalPart(L.Callback):
     """The named part of a local module's model stays with its client across rounds.
 
-    At the start of training the client's kept values (``module.personal``; none on its first fit,
-    which then starts from what it received) replace the received ones. When the fit ends, after
+    At the start of training the client's ``kept`` values (none on its first fit, which then starts
+    from what it received) replace the received ones. When the fit ends, after
     every ``on_train_end`` (so a module's own end-of-training work still sees its part), the trained
     values are kept in ``module.personal`` and the received ones put back: the upload carries the
     part as it was sent, and averaging never mixes unrelated clients' personal parts. Names in
     ``uploaded`` are kept too but go up as trained, for the server to average (PerFedRLNAS' policies).
     """
 
-    def __init__(self, names: Iterable[str], uploaded: Iterable[str] = ()):
-        self.names, self.uploaded = list(names), set(uploaded)
+    def __init__(self, names: Iterable[str], kept: dict[str, torch.Tensor] | None = None, uploaded: Iterable[str] = ()):
+        self.names, self.kept, self.uploaded = list(names), dict(kept or {}), set(uploaded)
         self.received: dict[str, torch.Tensor] = {}
 
     def on_train_start(self, trainer: L.Trainer, module: LocalModule) -> None:
         self.received = parameter_values(module.model, [name for name in self.names if name not in self.uploaded])
-        if module.personal:
-            load_parameter_values(module.model, module.personal)
+        if self.kept:
+            load_parameter_values(module.model, self.kept)
 
     def on_fit_end(self, trainer: L.Trainer, module: LocalModule) -> None:
         module.personal = parameter_values(module.model, self.names)

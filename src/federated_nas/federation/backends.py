@@ -25,11 +25,10 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from federated_nas.algorithms.aggregation import load_state
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, RoundPlan, State
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
 
-State = dict[str, torch.Tensor]
 log = logging.getLogger(__name__)
 
 
@@ -156,50 +155,49 @@ class LocalBackend:
         return {"accelerator": "cpu", "devices": 1}
 
     def run_round(self, algorithm: FederatedAlgorithm, global_model: nn.Module, clients: list[ClientData],
-                  round_idx: int, rounds: int, seed: int, local_epochs: int, local_batches: int | None,
-                  batch_size: int, personal: dict[int, State] | None = None,
-                  deadline: float | None = None) -> Iterator[ClientUpdate | ClientFailure]:
-        """Run each client in turn; past ``deadline`` seconds the clients not yet run are reported late.
+                  plan: RoundPlan, personal: Mapping[int, State] | None = None
+                  ) -> Iterator[ClientUpdate | ClientFailure]:
+        """Run each client in turn; past the plan's ``deadline`` (seconds) the clients not yet run are reported late.
 
-        A client whose local work raises is reported as a failure (with the error) and the round
-        goes on; interrupts still stop the run.
+        ``personal``: what each client kept from earlier rounds, by client id. A client whose local
+        work raises is reported as a failure (with the error) and the round goes on; interrupts
+        still stop the run.
         """
         if self._worker is None:
             self._worker = copy.deepcopy(global_model)
             if self.compile is not None:  # in place: the state dict keeps its keys, so loading and uploads are unchanged
                 self._worker.compile(**self.compile)
-        global_state = global_model.state_dict()
+        global_state, deadline, personal = global_model.state_dict(), plan.deadline, personal or {}
         started = time.perf_counter()
         for position, client in enumerate(clients):
             if deadline is not None and time.perf_counter() - started > deadline:
                 yield ClientFailure(client.client_id, f"not started before the {deadline:g} s deadline")
                 continue
+            task = ClientTask(client, plan, client_seed(plan.seed, plan.round_idx, client.client_id),
+                              dict(personal.get(client.client_id, {})))
             try:
-                outcome = self._run_client(algorithm, global_state, client, position, round_idx, rounds, seed,
-                                           local_epochs, local_batches, batch_size, personal or {})
+                outcome = self._run_client(algorithm, global_state, task, position)
             except Exception as err:  # noqa: BLE001 -- one client's failure must not end the run
-                log.warning("client %d failed in round %d: %s", client.client_id, round_idx + 1, err)
+                log.warning("client %d failed in round %d: %s", client.client_id, plan.round_idx + 1, err)
                 outcome = ClientFailure(client.client_id, f"{type(err).__name__}: {err}")
             yield outcome
 
-    def _run_client(self, algorithm: FederatedAlgorithm, global_state: State, client: ClientData, position: int,
-                    round_idx: int, rounds: int, seed: int, local_epochs: int, local_batches: int | None,
-                    batch_size: int, personal: dict[int, State]) -> ClientUpdate:
+    def _run_client(self, algorithm: FederatedAlgorithm, global_state: State, task: ClientTask,
+                    position: int) -> ClientUpdate:
         """One client's local work on the reused worker model, through a fresh Trainer."""
         load_state(self._worker, global_state)
-        this_seed = client_seed(seed, round_idx, client.client_id)
-        torch.manual_seed(this_seed)  # any randomness inside the local step (e.g. Gumbel noise)
-        module = algorithm.local_module(self._worker, round_idx, rounds)
-        module.personal = dict(personal.get(client.client_id, {}))
+        torch.manual_seed(task.seed)  # any randomness inside the local step (e.g. Gumbel noise)
+        module = algorithm.local_module(self._worker, task)
         trainer = self.make_trainer(
-            **self.device_for(position), max_epochs=local_epochs, limit_train_batches=local_batches,
+            **self.device_for(position), max_epochs=task.plan.local_epochs,
+            limit_train_batches=task.plan.local_batches,
             logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
             plugins=[LightningEnvironment()],
         )
         with no_srun_hint():
-            trainer.fit(module, train_dataloaders=algorithm.client_loader(client, batch_size, this_seed))
+            trainer.fit(module, train_dataloaders=algorithm.client_loader(task))
         logged = {k: float(v) for k, v in trainer.callback_metrics.items()}  # train_loss
-        return ClientUpdate(client.client_id, cpu_copies(self._worker.state_dict()), client.num_samples,
+        return ClientUpdate(task.client.client_id, cpu_copies(self._worker.state_dict()), task.client.num_samples,
                             module.compute_seconds, cpu_copies({**logged, **module.report}),
                             cpu_copies(module.personal))

@@ -39,7 +39,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import timedelta
 from typing import Any, Callable, Iterator
 
@@ -50,7 +50,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from federated_nas.algorithms.aggregation import load_state
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
 from federated_nas.builders import build, build_data
 from federated_nas.compat import quiet_libraries
 from federated_nas.data.federated_data import ClientData
@@ -277,14 +277,13 @@ def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
         command = recv_json(SERVER, limit=SERVER_PATIENCE)
         if command["command"] == "stop":
             return
-        crash_if_asked(rank, command["round"])
+        plan = RoundPlan(**{field.name: command[field.name] for field in fields(RoundPlan)})
+        crash_if_asked(rank, plan.round_idx)
         global_state = decode_state(*recv_framed(SERVER))
         personal = {client_id: decode_state(*recv_framed(SERVER)) for client_id in command["clients"]}
         load_state(model, global_state)  # adopts a pruned structure first
         clients = [data.clients[client_id] for client_id in command["clients"]]
-        for outcome in runner.run_round(algorithm, model, clients, command["round"], command["rounds"],
-                                        command["seed"], command["local_epochs"], command["local_batches"],
-                                        command["batch_size"], personal, command["deadline"]):
+        for outcome in runner.run_round(algorithm, model, clients, plan, personal):
             send_outcome(outcome)
 
 
@@ -484,9 +483,8 @@ class DistributedBackend:
     # -- one round
 
     def run_round(self, algorithm: FederatedAlgorithm, global_model: nn.Module, clients: list[ClientData],
-                  round_idx: int, rounds: int, seed: int, local_epochs: int, local_batches: int | None,
-                  batch_size: int, personal: dict[int, State] | None = None,
-                  deadline: float | None = None) -> Iterator[ClientUpdate | ClientFailure]:
+                  plan: RoundPlan, personal: dict[int, State] | None = None
+                  ) -> Iterator[ClientUpdate | ClientFailure]:
         """Deal the clients over the live workers and yield their outcomes as they arrive.
 
         A worker silent for ``worker_timeout_seconds`` (about one client's work: it answers after
@@ -504,10 +502,9 @@ class DistributedBackend:
         shares: dict[int, list[int]] = {}
         for position, client_id in enumerate(ids):
             shares.setdefault(live[position % len(live)], []).append(client_id)
+        deadline = plan.deadline
         round_until = time.monotonic() + deadline + self.deadline_grace_seconds if deadline is not None else math.inf
-        command = {"command": "round", "round": round_idx, "rounds": rounds, "seed": seed,
-                   "local_epochs": local_epochs, "local_batches": local_batches, "batch_size": batch_size,
-                   "deadline": deadline}
+        command = {"command": "round", **asdict(plan)}
         state = encode_state(global_model.state_dict())
         personal = personal or {}
         arrivals: queue.Queue = queue.Queue()

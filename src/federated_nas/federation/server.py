@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from federated_nas.algorithms.aggregation import WeightedAverage, clip_update, load_state
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,
@@ -185,9 +185,9 @@ class FederatedRun:
         dispatched = [self.data.clients[k] for k in selected if k not in dropped]
         trainable = [name for name, _ in self.model.named_parameters()]
         self._show_progress(0, len(selected))
-        for outcome in self.backend.run_round(self.algorithm, self.model, dispatched, round_idx, s.rounds,
-                                              self.seed, s.local_epochs, s.local_batches, s.batch_size,
-                                              self.personal, s.deadline_seconds):
+        plan = RoundPlan(round_idx, s.rounds, self.seed, s.local_epochs, s.local_batches, s.batch_size,
+                         s.deadline_seconds)
+        for outcome in self.backend.run_round(self.algorithm, self.model, dispatched, plan, self.personal):
             if isinstance(outcome, ClientFailure):
                 failures[outcome.client_id] = outcome.reason
                 continue
