@@ -1,11 +1,13 @@
 """How fast the command line answers: `--help`, a config error, and the first round of the default preset.
 
-    python scripts/bench_startup.py [--repeats 3] [--first-round]
+    python scripts/bench_startup.py [--repeats 3] [--first-round [--clusters auto local]]
 
 Each command runs as a fresh process (its imports counted), a few times; the median wall time is
 printed and saved in benchmarks/startup.json. Config errors are checked before torch is imported
 (federated_nas.config_checks), so they should answer about as fast as `--help`. `--first-round`
-also times launch to the first round's start on the default preset (it loads Fashion-MNIST).
+also times, once per cluster option, launch to the log line of the first round's start and to the
+line of its end on the default preset (it loads Fashion-MNIST); the run is then stopped. The lines
+are log lines, written whether or not a progress bar is drawn (it is not, on a pipe).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +33,8 @@ COMMANDS = {
     "config error (algorithm.lr=-0.1)": ["algorithm.lr=-0.1", "logger=none"],
     "config error (trainer.accelerator=gpu, no GPU)": ["trainer.accelerator=gpu", "logger=none"],
 }
-FIRST_ROUND_MARK = "rounds:"  # the round progress bar, drawn as the first round starts
+ROUND_STARTED = re.compile(r"round 1/\d+ started")  # FederatedRun logs it as round 1 begins
+ROUND_ENDED = re.compile(r"round 1/\d+ \{")  # and this once round 1 is evaluated and checkpointed
 
 
 def wall_time(arguments: list[str]) -> float:
@@ -38,36 +43,46 @@ def wall_time(arguments: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def time_to_first_round(work_dir: Path) -> float:
-    """Seconds from launch until the log shows the first round starting; the run is then stopped."""
+def time_to_first_round(work_dir: Path, cluster: str) -> tuple[float, float]:
+    """Seconds from launch until the log shows round 1 starting, and ending; the run is then stopped."""
     start = time.perf_counter()
-    process = subprocess.Popen(SEARCH + ["logger=none", f"hydra.run.dir={work_dir}/run"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = ""
+    process = subprocess.Popen(SEARCH + ["logger=none", f"cluster={cluster}", f"hydra.run.dir={work_dir}/{cluster}"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = None
     try:
-        while chunk := process.stdout.read(1):  # the bar ends its line with \r, not \n: read by character
-            seen = (seen + chunk)[-len(FIRST_ROUND_MARK):]
-            if seen == FIRST_ROUND_MARK:
-                return time.perf_counter() - start
-        raise RuntimeError(f"the run ended without printing {FIRST_ROUND_MARK!r}")
-    finally:
-        process.kill()
-        process.wait()
+        for line in process.stdout:
+            if started is None and ROUND_STARTED.search(line):
+                started = time.perf_counter() - start
+            elif started is not None and ROUND_ENDED.search(line):
+                return started, time.perf_counter() - start
+        raise RuntimeError(f"the run ended (exit {process.wait()}) before round 1 was logged as "
+                           f"{'ended' if started else 'started'}")
+    finally:  # an interrupt lets the run stop its worker processes (cluster=auto) before it exits
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--first-round", action="store_true")
+    parser.add_argument("--clusters", nargs="+", default=["auto", "local"], help="cluster options of --first-round")
     args = parser.parse_args()
     results = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "seconds": {}}
     for label, arguments in COMMANDS.items():
         results["seconds"][label] = statistics.median(wall_time(arguments) for _ in range(args.repeats))
     if args.first_round:
         with tempfile.TemporaryDirectory() as work_dir:
-            results["seconds"]["launch to first round (default preset)"] = time_to_first_round(Path(work_dir))
+            for cluster in args.clusters:
+                started, ended = time_to_first_round(Path(work_dir), cluster)
+                results["seconds"][f"launch to round 1 start (default preset, cluster={cluster})"] = started
+                results["seconds"][f"launch to round 1 end (default preset, cluster={cluster})"] = ended
     for label, seconds in results["seconds"].items():
-        print(f"{label:50s} {seconds:6.2f} s")
+        print(f"{label:62s} {seconds:6.2f} s")
     out = ROOT / "benchmarks" / "startup.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {out}")

@@ -6,8 +6,9 @@
 The experiment's ``tuning`` node names the methods (the overrides that define each), one grid per method
 (every method the same number of points), the seeds and the selection metric. For each method the driver
 runs every grid point at the first seed (``src/search.py``, one process per run, logger=none), scores each
-run's final global model on the union of the clients' val splits, picks the best, and runs the pick at the
-other seeds. Of the test set the driver records only the picks' seed runs. Everything lands in
+run's final global model on the union of the clients' holdout splits (``tuning.grid_split``'s 4th fraction,
+which no method trains on; without it, on their val splits), picks the best, and runs the pick at every seed
+with the experiment's own split. Of the test set the driver records only the picks' seed runs. Everything lands in
 ``logs/tune_<experiment>/``: the run dirs under ``runs/``, each run's log under ``run_logs/``, and
 ``tuning.json`` (the grid, every point's val score, the picks, per-seed test accuracy and times), rewritten
 after each run. A run dir that holds FINISHED is not run again, so an interrupted tuning resumes; one that
@@ -66,8 +67,20 @@ def compose_checked(overrides: list[str], where: str) -> Any:
     return cfg
 
 
+def grid_split_override(tuning: Any) -> list[str]:
+    """The grid runs' ``federation.split`` override: ``tuning.grid_split``, whose 4th fraction is held out
+    from every client's share and scores the grid (none: the grid is scored on the val splits)."""
+    split = tuning.get("grid_split")
+    if split is None:
+        return []
+    if len(split) != 4:
+        raise ConfigError(f"tuning.grid_split={list(split)} must be four fractions (train, val, test, holdout)")
+    return [f"federation.split=[{','.join(str(f) for f in split)}]"]
+
+
 def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[list[str]]]]:
-    """The base config and, per method, each grid point's full override list; every one composed and checked."""
+    """The base config and, per method, each grid point's full override list (the seed runs'; the grid runs
+    add ``grid_split_override``); every one composed and checked, with and without the grid's split."""
     from hydra import initialize_config_dir
 
     from federated_nas.tracking.tuning import tuning_plan
@@ -82,6 +95,7 @@ def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[li
             for index, point in enumerate(plan.grid):
                 full = [*overrides, *plan.overrides, *point, f"task_name={task}", "logger=none"]
                 compose_checked(full, f"tuning.methods.{plan.name}.grid.{index}")
+                compose_checked([*full, *grid_split_override(base.tuning)], f"tuning.methods.{plan.name}.grid.{index}")
                 runs[plan.name].append(full)
     return base, runs
 
@@ -124,9 +138,10 @@ def tune(overrides: list[str], out: Path) -> dict[str, Any]:
     task = out.name
     base, runs = compose_all(overrides, task)
     seeds, metric = [int(s) for s in base.tuning.seeds], str(base.tuning.selection_metric)
+    grid_split = grid_split_override(base.tuning)
     result: dict[str, Any] = {
         "experiment": experiment_of(overrides), "overrides": overrides, "selection_metric": metric, "seeds": seeds,
-        "grid_points": len(next(iter(runs.values()))),
+        "grid_points": len(next(iter(runs.values()))), "grid_split": grid_split,
         "budget": {key: OmegaConf.select(base, key) for key in BUDGET_KEYS}, "methods": {}}
     methods = OmegaConf.to_container(base.tuning.methods, resolve=True)
 
@@ -139,7 +154,8 @@ def tune(overrides: list[str], out: Path) -> dict[str, Any]:
                                             "seeds": {}}
         for index, full in enumerate(points):
             run_dir = out / "runs" / name / f"p{index}-s{seeds[0]}"
-            wall = run_once([*full, f"seed={seeds[0]}"], run_dir, out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log")
+            wall = run_once([*full, *grid_split, f"seed={seeds[0]}"], run_dir,
+                            out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log")
             # the grid's test accuracy is never recorded: only its val score decides
             method["grid"].append({"overrides": methods[name]["grid"][index], "run_dir": str(run_dir),
                                    "val": validation_score(run_dir), "wall_seconds": wall,
@@ -149,8 +165,11 @@ def tune(overrides: list[str], out: Path) -> dict[str, Any]:
             save()
         method["pick"] = chosen = pick([point["val"] for point in method["grid"]], metric)
         for seed in seeds:
-            run_dir = out / "runs" / name / f"p{chosen}-s{seed}"
-            wall = run_once([*points[chosen], f"seed={seed}"], run_dir, out / "run_logs" / f"{name}-p{chosen}-s{seed}.log")
+            # without a grid split the pick's first-seed run is its grid run, reused; with one it runs again
+            stem = f"p{chosen}-s{seed}" + ("-full" if grid_split else "")
+            wall = run_once([*points[chosen], f"seed={seed}"], out / "runs" / name / stem,
+                            out / "run_logs" / f"{name}-{stem}.log")
+            run_dir = out / "runs" / name / stem
             method["seeds"][str(seed)] = seed_record(run_dir, wall)
             save()
     return result

@@ -28,6 +28,9 @@ TINY = [
     "federation.eval_batch_size=64",
     "partition.min_client_size=5",
     "plots_every=null",  # drawing costs seconds; the tests that check figures turn it on
+    # in-process: these runs are a second of client work, and starting cluster=auto's worker processes
+    # costs more (the tests of the workers, test_distributed.py, ask for them)
+    "cluster=local",
 ]
 
 

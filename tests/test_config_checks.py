@@ -61,7 +61,7 @@ def test_every_shipped_setting_has_a_check_and_passes_it():
     ("federation.rounds=2.5", "federation.rounds must be an integer >= 1, got 2.5"),
     ("federation.client_fraction=0", "federation.client_fraction must be a number in (0, 1], got 0"),
     ("federation.local_batches=0", "federation.local_batches must be an integer >= 1 or null, got 0"),
-    ("federation.split=[0.5,0.6,0.1]", "federation.split must be a list of 3 numbers, each in [0, 1], summing to 1"),
+    ("federation.split=[0.5,0.6,0.1]", "federation.split must be a list of 3 or 4 numbers, each in [0, 1], summing to 1"),
     ("federation.deadline_seconds=-1", "federation.deadline_seconds must be a number > 0 or null"),
     ("plots_every=often", "plots_every must be an integer >= 0 or null, got 'often'"),
     ("personalize=yes", "personalize must be one of true, false, got 'yes'"),

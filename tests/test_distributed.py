@@ -1,7 +1,8 @@
-"""The multi-process backend: the same model as cluster=local, a killed worker, the wire format."""
+"""The multi-process backends (multiprocess, auto): the same model as cluster=local, a killed worker, the wire format."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -9,15 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from federated_nas.errors import ConfigError
+from federated_nas.federation import auto
+from federated_nas.federation.auto import plan_workers
+from federated_nas.federation.backends import LocalBackend
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.distributed import DistributedBackend
 from federated_nas.federation.distributed.backend import launcher_place
 from federated_nas.federation.distributed.wire import decode_state, encode_state
 from federated_nas.federation.distributed.worker import KILL_WORKER_HOOK
 from federated_nas.runs import run_search
-from conftest import TINY
+from conftest import TINY, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTIPROCESS = ["cluster=multiprocess", "cluster.backend.workers=2", "cluster.backend.worker_timeout_seconds=120"]
@@ -34,12 +40,16 @@ def search_process(log_dir: Path, *overrides: str, env: dict[str, str] | None = 
     return load_latest_checkpoint(next(log_dir.glob(f"search/runs/*/*/checkpoints/{LAST}")).parent)
 
 
-def test_two_workers_reach_the_model_of_cluster_local(tiny_cfg, tmp_path):
-    local = run_search(tiny_cfg("search", ["logger=none"]))
-    expected = load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["model"]
-    distributed = search_process(tmp_path / "multiprocess", "federation.rounds=2", *MULTIPROCESS)
-    assert [h["responders"] for h in distributed["history"]] == [3, 3]
-    model = distributed["model"]
+@pytest.fixture(scope="module")
+def local_model(tmp_path_factory) -> dict:
+    """The global model the tiny search reaches with cluster=local: what every multi-process run must reach."""
+    final = run_search(compose_config("search", tmp_path_factory.mktemp("local"), ["logger=none"]))
+    return load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints")["model"]
+
+
+def assert_model_of_cluster_local(checkpoint: dict, expected: dict) -> None:
+    assert [h["responders"] for h in checkpoint["history"]] == [3, 3]
+    model = checkpoint["model"]
     assert model.keys() == expected.keys()
     for key, value in expected.items():
         if value.is_floating_point():  # float64 sums in another order: agreement to rounding
@@ -60,6 +70,36 @@ def test_fedrlnas_reports_cross_the_wire(tiny_cfg, tmp_path):
     for key, value in expected.items():  # float64 sums in another order: agreement to rounding
         tolerance = 1e-6 if value.is_floating_point() else 0
         torch.testing.assert_close(distributed["model"][key], value, rtol=0, atol=tolerance)
+
+
+def test_cluster_auto_sizes_its_workers_to_the_machine(tmp_path, monkeypatch):
+    assert plan_workers(per_round=5, cores=2).workers == 2
+    assert plan_workers(per_round=5, cores=16).workers == 5  # never more workers than a round's clients
+    assert plan_workers(per_round=10, cores=16, threads_per_worker=4).workers == 4
+    assert plan_workers(per_round=10, cores=16, max_workers=3).workers == 3
+    assert plan_workers(per_round=5, cores=1).workers == 1  # one worker: in-process
+    assert plan_workers(per_round=1, cores=16).workers == 1
+    assert plan_workers(per_round=5, cores=16, gpus=1).workers == 1  # one GPU serves its clients in turn
+    assert plan_workers(per_round=5, cores=16, gpus=4).workers == 4
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        default = compose("search")  # the default preset: 10 clients, 5 per round
+    assert default.cluster.backend._target_ == "federated_nas.federation.auto.auto_backend"
+    for cores, kind, workers in ((1, LocalBackend, None), (2, DistributedBackend, 2), (64, DistributedBackend, 5)):
+        monkeypatch.setattr(auto, "usable_cores", lambda cores=cores: cores)
+        backend = instantiate(default.cluster.backend, trainer=None)
+        assert type(backend) is kind and getattr(backend, "workers", None) == workers
+        assert getattr(backend, "launch", "spawn") == "spawn"
+
+
+@pytest.mark.parametrize("cluster", [MULTIPROCESS, ["cluster=auto", "cluster.backend.worker_timeout_seconds=120"]],
+                         ids=["multiprocess", "auto"])
+def test_two_workers_reach_the_model_of_cluster_local(local_model, tiny_cfg, monkeypatch, caplog, cluster):
+    """In this process, to spare a third interpreter's start-up; the killed-worker test runs src/search.py."""
+    monkeypatch.setattr(auto, "usable_cores", lambda: 2)  # whatever this machine has: auto plans two workers
+    with caplog.at_level(logging.INFO):
+        final = run_search(tiny_cfg("search", ["logger=none", *cluster]))
+    assert "2 workers joined" in caplog.text
+    assert_model_of_cluster_local(load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints"), local_model)
 
 
 def test_a_killed_worker_is_dropped_and_the_run_finishes(tmp_path):

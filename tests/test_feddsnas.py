@@ -42,6 +42,30 @@ def test_straight_through_gradient_known_answer():
     torch.testing.assert_close(grad, credit[0, chosen] * (delta - y) / temperature)
 
 
+def test_tempered_sampling_draws_from_the_tempered_softmax_with_the_same_credit():
+    """s = argmax(alpha / T + G), y = softmax(alpha / T + G): dL/dalpha = dL/dZ_s * (delta_s - y) / T."""
+    alpha = torch.tensor([[0.0, 1.0, -1.0]], requires_grad=True)
+    relaxation, temperature = HardGumbelRelaxation(0.5, tempered_sampling=True), 0.5
+    torch.manual_seed(3)
+    uniform = torch.rand(1, 3).clamp_(1e-10, 1.0 - 1e-7)
+    perturbed = alpha.detach() / temperature - torch.log(-torch.log(uniform))
+    torch.manual_seed(3)
+    weights = relaxation(alpha)
+    chosen = int(perturbed.argmax())
+    assert int(weights.detach().argmax()) == chosen and float(weights.detach().sum()) == 1.0
+    credit = torch.tensor([[2.0, 3.0, 5.0]])
+    (grad,) = torch.autograd.grad((weights * credit).sum(), alpha)
+    delta = torch.nn.functional.one_hot(torch.tensor([chosen]), 3).float()
+    torch.testing.assert_close(grad, credit[0, chosen] * (delta - torch.softmax(perturbed, -1)) / temperature)
+    # the sampling frequencies follow softmax(alpha / T); without tempering they follow softmax(alpha)
+    torch.manual_seed(0)
+    many = alpha.detach().expand(20000, 3)
+    for tempered, expected in ((True, torch.softmax(alpha.detach()[0] / temperature, -1)),
+                               (False, torch.softmax(alpha.detach()[0], -1))):
+        draws = HardGumbelRelaxation(temperature, tempered_sampling=tempered)(many).detach().mean(0)
+        torch.testing.assert_close(draws, expected, atol=0.015, rtol=0)
+
+
 def test_evaluation_is_the_most_likely_child_without_noise():
     alpha = torch.tensor([[0.1, 2.0, 0.3], [5.0, 0.0, 0.0]])
     relaxation = HardGumbelRelaxation(1.0).eval()

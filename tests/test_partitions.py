@@ -171,6 +171,15 @@ def test_split_with_zero_test_fraction(synthetic):
     assert all(len(client.train) + len(client.val) == 80 for client in data.clients)
 
 
+def test_a_fourth_fraction_holds_out_a_disjoint_split_no_loader_reads(synthetic):
+    data = build_federated_data(synthetic, IIDPartitioner(), num_clients=4, seed=0, split=(0.6, 0.2, 0.1, 0.1))
+    for client, share in zip(data.clients, data.partition):
+        assert (len(client.train), len(client.val), len(client.test), len(client.holdout)) == (24, 8, 4, 4)
+        joined = np.concatenate([client.indices[name] for name in ("train", "val", "test", "holdout")])
+        assert np.array_equal(np.sort(joined), share)  # disjoint, and the whole share
+    assert all(client.holdout is None for client in build_federated_data(synthetic, IIDPartitioner(), 4, 0).clients)
+
+
 def test_build_is_deterministic_by_seed(synthetic):
     first = build_federated_data(synthetic, DirichletPartitioner(alpha=1.0, min_client_size=5), 4, seed=2)
     again = build_federated_data(synthetic, DirichletPartitioner(alpha=1.0, min_client_size=5), 4, seed=2)

@@ -40,8 +40,38 @@ def test_val_score_of_a_run_is_its_final_model_on_every_clients_val_split(tiny_c
     sizes = [len(client.val) for client in run.data.clients]
     correct = sum(evaluate(run.model, client.val)[0] * n for client, n in zip(run.data.clients, sizes))
     assert 0.0 <= score["val_acc"] <= 1.0
-    assert score["val_samples"] == sum(sizes)
+    assert score["val_samples"] == sum(sizes) and score["scored_on"] == "val"
     assert score["val_acc"] == pytest.approx(correct / sum(sizes), abs=1e-12)
+
+
+def test_a_run_with_a_holdout_is_scored_on_the_holdout_alone(tiny_cfg, monkeypatch):
+    """The NAS methods fit alpha on val, so a grid run with a 4th split fraction is scored on that part."""
+    live = {}
+    real_run = server.FederatedRun.run
+
+    def keep_the_run(self):
+        live["run"] = self
+        return real_run(self)
+
+    monkeypatch.setattr(server.FederatedRun, "run", keep_the_run)
+    final = run_search(tiny_cfg("search", ["logger=none", "federation.split=[0.5,0.2,0.1,0.2]"]))
+    score = validation_score(final["run_dir"])
+    clients = live["run"].data.clients
+    sizes = [len(client.holdout) for client in clients]
+    correct = sum(evaluate(live["run"].model, client.holdout)[0] * n for client, n in zip(clients, sizes))
+    assert score["scored_on"] == "holdout" and score["val_samples"] == sum(sizes) > 0
+    assert score["val_acc"] == pytest.approx(correct / sum(sizes), abs=1e-12)
+
+
+def test_the_grid_runs_hold_out_a_part_and_the_picks_do_not():
+    script = load_tune_script()
+    cfg = digits_compare()
+    override = script.grid_split_override(cfg.tuning)
+    assert override == ["federation.split=[0.35,0.35,0.1,0.2]"]
+    assert list(digits_compare(*override).federation.split) == [0.35, 0.35, 0.1, 0.2]
+    assert len(cfg.federation.split) == 3  # the picks' seed runs keep the experiment's split
+    with pytest.raises(ConfigError, match="tuning.grid_split"):
+        check_config(digits_compare("tuning.grid_split=[0.5,0.5]"))
 
 
 def test_a_dir_that_is_no_finished_run_is_one_line(tmp_path):

@@ -66,18 +66,21 @@ class Numbers:
     """A list of numbers, each checked by ``item``, of a fixed ``length`` where given."""
 
     item: Number
-    length: int | None = None
+    length: int | tuple[int, ...] | None = None  # one length, or the lengths allowed
     total: float | None = None  # the items must sum to this
 
+    def lengths(self) -> tuple[int, ...]:
+        return (self.length,) if isinstance(self.length, int) else tuple(self.length or ())
+
     def accepts(self, value: Any) -> bool:
-        if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length):
+        if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) not in self.lengths()):
             return False
         if not all(self.item.accepts(v) for v in value):
             return False
         return self.total is None or math.isclose(sum(value), self.total, abs_tol=1e-6)
 
     def expectation(self) -> str:
-        count = f"{self.length} " if self.length is not None else ""
+        count = " or ".join(str(n) for n in self.lengths()) + " " if self.length is not None else ""
         kind = "integers" if self.item.integer else "numbers"
         each = f", each{self.item.bound()}" if self.item.bound() else ""
         total = f", summing to {_number(self.total)}" if self.total is not None else ""
@@ -147,7 +150,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("personalize", FLAG),
     ("plots_every", Number(low=0, integer=True, nullable=True)),
     # the federation
-    ("federation.split", Numbers(FRACTION, length=3, total=1.0)),
+    ("federation.split", Numbers(FRACTION, length=(3, 4), total=1.0)),  # train, val, test[, holdout]
     ("federation.client_fraction", Number(low=0, high=1, low_open=True)),
     ("federation.dropout_probability", DECAY),
     ("federation.local_batches", Number(low=1, integer=True, nullable=True)),
@@ -194,6 +197,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("algorithm.prune_at", Numbers(Number(low=0, high=1, low_open=True))),
     ("algorithm.prune_threshold", Number(low=0, high=1, high_open=True)),
     ("algorithm.warmup", Number(low=0, high=1, high_open=True)),
+    ("algorithm.tempered_sampling", FLAG),
     ("algorithm.val_lambda", NON_NEGATIVE),
     ("algorithm.lam", NON_NEGATIVE),
     ("algorithm.mu", NON_NEGATIVE),
@@ -219,11 +223,14 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("cluster.backend.compile", FLAG),
     ("cluster.backend.launch", OneOf(("spawn", "env"))),
     ("cluster.backend.workers", Number(low=1, integer=True, nullable=True)),
+    ("cluster.backend.max_workers", Number(low=1, integer=True, nullable=True)),
+    ("cluster.backend.threads_per_worker", Number(low=1, integer=True)),
     ("cluster.backend.*seconds", POSITIVE),
     ("logger.*", Text()),
     # scripts/tune.py's protocol (an experiment's `tuning` node); a list that holds words is checked item by item
     ("tuning.selection_metric", OneOf(("val_acc", "val_loss"))),
     ("tuning.seeds", Numbers(Number(low=0, high=2**32 - 1, integer=True))),
+    ("tuning.grid_split", Numbers(FRACTION, length=4, total=1.0)),  # the grid runs' split: its 4th part scores them
     ("tuning.methods.*.overrides", Text()),
     ("tuning.methods.*.overrides.*", Text()),
     ("tuning.methods.*.grid", Text()),

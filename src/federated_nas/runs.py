@@ -109,8 +109,8 @@ def build_backend(cfg: DictConfig) -> Any:
 
 def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None) -> dict[str, Any]:
     """Shared by search and train: data, tracker, loop, resume, artifacts; ``tags`` join the run's own."""
+    device = server_device(cfg)  # a GPU asked for but not there fails here, before the backend and the data load
     backend = build_backend(cfg)
-    device = server_device(cfg)  # a GPU asked for but not there fails here, before the data load
     if backend.is_worker:
         backend.serve(algorithm)  # a torchrun / SLURM rank other than 0: runs clients for rank 0, writes nothing
         return {}

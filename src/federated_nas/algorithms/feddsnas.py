@@ -7,12 +7,15 @@ about what the sampled child network costs. w and alpha move together on the tra
 the final model is the supernet's most likely child (every edge's argmax op), which is what
 evaluation computes, with the weights the search trained.
 
-Two additions for small budgets (``warmup: 0`` and ``bn_recalibration_batches: 0`` turn them off):
+Additions for small budgets (``warmup: 0``, ``bn_recalibration_batches: 0`` and
+``tempered_sampling: false`` turn them off):
 - warm-up, as DSNAS and SPOS do: for the first ``warmup`` fraction of the rounds alpha stays at its
   near-uniform start, so every op's weights are trained before the sampling narrows;
 - BatchNorm recalibration for the evaluated child (SPOS): after its local search each client
   recomputes the statistics under its argmax child, on its own train batches; the training steps
-  saw random children, so their running statistics fit no single one.
+  saw random children, so their running statistics fit no single one;
+- tempered sampling: children are drawn from softmax(alpha / T) with T annealed, so the sampling
+  narrows to the argmax child and the late rounds train the child that is shipped.
 """
 
 from __future__ import annotations
@@ -35,14 +38,16 @@ class FedDSNAS(MostLikelyChild, AnnealedTemperature, FedNAS):
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, temperature: dict | None = None, val_lambda: float = 0.0,
-                 warmup: float = 0.0, bn_recalibration_batches: int = 0, **fednas_options: Any):
+                 warmup: float = 0.0, bn_recalibration_batches: int = 0, tempered_sampling: bool = False,
+                 **fednas_options: Any):
         FedNAS.__init__(self, search_space, w_optimizer, alpha_optimizer, val_lambda=val_lambda, **fednas_options)
         AnnealedTemperature.__init__(self, temperature, start=1.0, end=1.0)
         self.warmup = check_warmup(warmup)
         self.bn_recalibration_batches = check_recalibration_batches(bn_recalibration_batches)
+        self.tempered_sampling = bool(tempered_sampling)
 
     def supernet_options(self) -> dict[str, Any]:
-        return {"relaxation": HardGumbelRelaxation(self.temperature["start"])}
+        return {"relaxation": HardGumbelRelaxation(self.temperature["start"], self.tempered_sampling)}
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MiLeNASSearch:
         plan = task.plan

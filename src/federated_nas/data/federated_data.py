@@ -1,8 +1,10 @@
-"""Turn one in-memory dataset into per-client train/val/test splits.
+"""Turn one in-memory dataset into per-client train/val/test (and optional holdout) splits.
 
 Each client's local val split drives its architecture update and its local test
 split measures personalized accuracy; the dataset's own test split stays with the
-server, so the search never looks at the global test set.
+server, so the search never looks at the global test set. A fourth fraction holds out
+part of each client's share that no method trains on: the NAS methods fit alpha on val,
+so a tuning protocol scores their settings on the holdout instead.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from federated_nas.data.vectors import VectorDataset
 from federated_nas.data.partitions import class_counts as count_classes
 from federated_nas.errors import ConfigError
 
-SPLIT_NAMES = ("train", "val", "test")
+SPLIT_NAMES = ("train", "val", "test", "holdout")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class ClientData:
     train: TensorDataset  # local train split
     val: TensorDataset  # local val (drives the architecture update; never the global test set)
     test: TensorDataset  # local test (personalized accuracy)
+    holdout: TensorDataset | None = None  # never trained on (federation.split's 4th fraction): for tuning
     # split name -> indices into the dataset's train split, kept so the split can be saved and audited
     indices: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -74,7 +77,7 @@ class FederatedData:
     def _partition_json(self) -> str:
         clients = [
             {"client_id": client.client_id,
-             **{name: client.indices.get(name, np.empty(0, np.int64)).tolist() for name in SPLIT_NAMES}}
+             **{name: client.indices[name].tolist() for name in SPLIT_NAMES if name in client.indices}}
             for client in self.clients
         ]
         return json.dumps({"num_clients": len(self.clients), "num_classes": self.num_classes,
@@ -94,9 +97,9 @@ def build_federated_data(
     partitioner,
     num_clients: int,
     seed: int,
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split: Sequence[float] = (0.8, 0.1, 0.1),
 ) -> FederatedData:
-    """Partition the train split among clients and cut each client's share into train/val/test."""
+    """Partition the train split among clients and cut each client's share into train/val/test(/holdout)."""
     fractions = _check_split(split)
     train_labels = dataset.train_y.numpy()
     partition = partitioner(train_labels, num_clients, seed)
@@ -117,18 +120,18 @@ def build_federated_data(
     )
 
 
-def _check_split(split: Sequence[float]) -> tuple[float, float, float]:
+def _check_split(split: Sequence[float]) -> tuple[float, ...]:
     fractions = tuple(float(value) for value in split)
     valid = (
-        len(fractions) == 3
+        len(fractions) in (3, 4)
         and all(value >= 0 for value in fractions)
         and fractions[0] > 0
         and math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
     )
     if not valid:
         raise ConfigError(
-            f"federation.split={list(fractions)} must be three fractions (train, val, test) "
-            f">= 0 with train > 0 that sum to 1"
+            f"federation.split={list(fractions)} must be three fractions (train, val, test), or four with a "
+            f"holdout, >= 0 with train > 0 that sum to 1"
         )
     return fractions
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -100,6 +101,14 @@ def visible_gpus(accelerator: str) -> int:
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return torch.cuda.device_count()
     return 0
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (taskset, cgroup cpusets, a SLURM allocation), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this OS (macOS)
+        return os.cpu_count() or 1
 
 
 class LocalBackend:

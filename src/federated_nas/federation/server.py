@@ -85,9 +85,14 @@ def injected_dropouts(seed: int, round_idx: int, attempt: int, clients: list[int
     return {client for client, draw in zip(clients, draws) if draw < probability}
 
 
+def clients_per_round(num_clients: int, fraction: float) -> int:
+    """How many clients every round samples (``federation.client_fraction`` of them, at least one)."""
+    return max(1, int(round(fraction * num_clients)))
+
+
 def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float) -> list[int]:
     """The clients of a round: a fixed-size sample that depends only on (seed, round)."""
-    count = max(1, int(round(fraction * num_clients)))
+    count = clients_per_round(num_clients, fraction)
     rng = np.random.default_rng([seed, round_idx, SAMPLING_STREAM])
     return sorted(int(k) for k in rng.choice(num_clients, size=count, replace=False))
 
@@ -212,6 +217,8 @@ class FederatedRun:
     def _run_round(self, round_idx: int) -> dict[str, Any]:
         s = self.settings
         selected = sample_clients(self.seed, round_idx, len(self.data.clients), s.client_fraction)
+        # a line where no progress bar is drawn (logs, pipes): scripts/bench_startup.py times launch to the first
+        log.info("round %d/%d started: %d clients", round_idx + 1, s.rounds, len(selected))
         global_state = self.model.state_dict()
         started = time.perf_counter()
         for attempt in range(s.max_round_attempts):

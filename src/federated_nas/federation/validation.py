@@ -1,8 +1,9 @@
-"""A finished run's final global model scored on the clients' val splits, for choosing settings.
+"""A finished run's final global model scored on data it never trained on, for choosing settings.
 
 Hyperparameters must be picked on data the reported numbers never see: the global test set is what
-the tables report, so a tuning protocol scores each run on the union of the clients' val splits
-instead. The score is computed after the fact from the run dir (its config.yaml and last checkpoint),
+the tables report, so a tuning protocol scores each run on the union of the clients' holdout splits
+(``federation.split``'s 4th fraction) instead. The NAS methods fit alpha on the val splits, so those
+are only the fallback for runs that held nothing out. The score is computed after the fact from the run dir (its config.yaml and last checkpoint),
 so any run of any method can be scored without changing how runs record metrics.
 """
 
@@ -23,10 +24,12 @@ from federated_nas.federation.checkpoint import LAST, read_checkpoint
 from federated_nas.federation.evaluation import evaluate
 
 
-def union_of_val_splits(data: FederatedData) -> TensorDataset:
-    """Every client's val split, concatenated in client order."""
-    splits = [client.val for client in data.clients]
-    return TensorDataset(*(torch.cat(parts) for parts in zip(*(split.tensors for split in splits))))
+def scoring_split(data: FederatedData) -> tuple[str, TensorDataset]:
+    """(its name, every client's holdout split concatenated in client order), or their val splits when
+    the run held nothing out. The holdout is what no method trained on; the NAS methods fit alpha on val."""
+    name = "holdout" if all(client.holdout is not None and len(client.holdout) for client in data.clients) else "val"
+    splits = [getattr(client, name) for client in data.clients]
+    return name, TensorDataset(*(torch.cat(parts) for parts in zip(*(split.tensors for split in splits))))
 
 
 def final_model(run_dir: str | Path) -> tuple[nn.Module, FederatedData]:
@@ -52,11 +55,12 @@ def final_model(run_dir: str | Path) -> tuple[nn.Module, FederatedData]:
 
 
 def validation_score(run_dir: str | Path, batch_size: int = 500) -> dict[str, float]:
-    """``val_acc``, ``val_loss`` and ``val_samples`` of the run's final global model on the union of val splits."""
+    """``val_acc``, ``val_loss`` and ``val_samples`` of the run's final global model on the union of the
+    clients' holdout splits (``scored_on``: holdout), or of their val splits where it held none out."""
     model, data = final_model(run_dir)
-    val = union_of_val_splits(data)
-    acc, loss = evaluate(model, val, batch_size)
-    return {"val_acc": acc, "val_loss": loss, "val_samples": len(val)}
+    scored_on, split = scoring_split(data)
+    acc, loss = evaluate(model, split, batch_size)
+    return {"val_acc": acc, "val_loss": loss, "val_samples": len(split), "scored_on": scored_on}
 
 
 def final_metrics(run_dir: str | Path) -> dict[str, float]:

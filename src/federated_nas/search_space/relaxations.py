@@ -74,16 +74,30 @@ class HardGumbelRelaxation(GumbelSoftmaxRelaxation):
     needs the output of the sampled op alone. Every other op has weight exactly 0 and no
     gradient, so the supernet may skip computing it (``one_hot``). In evaluation the weight is
     the one-hot of argmax(alpha): the most likely child, with no noise.
+
+    ``tempered_sampling`` (not in DSNAS, where the temperature never changes what is sampled):
+    s = argmax(alpha / temperature + G), a sample of softmax(alpha / temperature), with
+    y = softmax(alpha / temperature + G), so the credit is the same expression. Annealing the
+    temperature then narrows the sampling towards the argmax child, which the late steps train.
     """
 
     one_hot = True
 
+    def __init__(self, temperature: float = 1.0, tempered_sampling: bool = False):
+        super().__init__(temperature)
+        self.tempered_sampling = bool(tempered_sampling)
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return one_hot_argmax(logits)
-        perturbed = gumbel_perturbed(logits)
+        if self.tempered_sampling:
+            perturbed = gumbel_perturbed(logits / self.temperature)
+            soft = torch.softmax(perturbed, dim=-1)
+        else:
+            perturbed = gumbel_perturbed(logits)
+            soft = self.probabilities(perturbed)
         chosen = perturbed.argmax(-1, keepdim=True)
-        soft_chosen = self.probabilities(perturbed).gather(-1, chosen)
+        soft_chosen = soft.gather(-1, chosen)
         return torch.zeros_like(logits).scatter(-1, chosen, 1.0) * (soft_chosen / soft_chosen.detach())
 
 

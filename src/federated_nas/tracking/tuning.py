@@ -95,9 +95,12 @@ def format_table(result: dict[str, Any]) -> str:
              f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}"),
         ]) + " |")
     lines.append("")
+    scored_on = ("holdout splits (a part of every client's share no run trained on: grid runs with "
+                 f"{result['grid_split'][0]}; the picks then ran with the experiment's split)"
+                 if result.get("grid_split") else "val splits")
     lines.append(f"Mean ± sample std over seeds {', '.join(map(str, seeds))}; each method's grid "
                  f"({result['grid_points']} points) ran at seed {seeds[0]} and was scored on the union of the "
-                 f"clients' val splits (never the test set).")
+                 f"clients' {scored_on} (never the test set).")
     lines.append(held_equal(result))
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from federated_nas.algorithms.aggregation import load_state
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.builders import build, build_data
 from federated_nas.compat import quiet_libraries
-from federated_nas.federation.backends import LocalBackend
+from federated_nas.federation.backends import LocalBackend, usable_cores
 from federated_nas.federation.distributed.messages import (SERVER, LinkLost, recv_framed, recv_json, round_plan,
                                                            send_json, send_outcome)
 from federated_nas.federation.distributed.wire import decode_state
@@ -72,7 +72,7 @@ def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
 
 def worker_threads(workers: int, cores: int | None = None) -> int:
     """CPU threads for each of ``workers`` processes spawned on one machine: an even share of its cores."""
-    return max(1, (cores or os.cpu_count() or 1) // max(workers, 1))
+    return max(1, (cores or usable_cores()) // max(workers, 1))
 
 
 def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, Any], accelerator: str,
