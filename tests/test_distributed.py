@@ -18,8 +18,10 @@ from federated_nas.federation import auto
 from federated_nas.federation.auto import plan_workers
 from federated_nas.federation.backends import LocalBackend
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
-from federated_nas.federation.distributed import (KILL_WORKER_HOOK, DistributedBackend, decode_state, encode_state,
-                                                 launcher_place)
+from federated_nas.federation.distributed import DistributedBackend
+from federated_nas.federation.distributed.backend import launcher_place
+from federated_nas.federation.distributed.wire import decode_state, encode_state
+from federated_nas.federation.distributed.worker import KILL_WORKER_HOOK
 from federated_nas.runs import run_search
 from conftest import TINY, compose_config
 
@@ -144,7 +146,7 @@ def test_bad_backend_settings_are_one_line_config_errors(monkeypatch):
 
 def test_spawned_workers_share_the_machines_cores():
     """Each of N workers on one machine gets cores // N threads (at least 1), never all the cores."""
-    from federated_nas.federation.distributed import worker_threads
+    from federated_nas.federation.distributed.worker import worker_threads
 
     assert worker_threads(2, cores=2) == 1
     assert worker_threads(4, cores=16) == 4

@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
-from federated_nas.federation.distributed import KILL_WORKER_HOOK
+from federated_nas.federation.distributed.worker import KILL_WORKER_HOOK
 from federated_nas.runs import run_search
 from conftest import TINY, assert_same_states
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated_nas.algorithms.aggregation import WeightedAverage
+from federated_nas.algorithms.aggregation import State, WeightedAverage
 from federated_nas.compat import use_torch_leaf_factory_in_lightning
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
@@ -25,7 +25,6 @@ from federated_nas.data.loaders import batch_loader
 use_torch_leaf_factory_in_lightning()  # before any client fit
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.plots import plot_client_histogram
 
-CLIENT_ACCURACY = "client_accuracy.json"  # read back by tracking/compare.py
+CLIENT_ACCURACY = "client_accuracy.json"  # read back by tracking/run_store.py
 
 
 def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: FederatedData, batch_size: int,

@@ -1,45 +1,16 @@
-"""Clients on several processes: rank 0 is the server, ranks 1..W are workers, over torch.distributed.
-
-The transport is gloo on CPU tensors, also on GPU machines: an update is a few megabytes sent
-once per client and round, so NCCL would gain nothing, and gloo can notice a dead peer (its
-connection closes) and give up on a receive after a time limit, which the fault handling needs.
-Each worker runs its clients through its own ``LocalBackend`` (the clients' work is the same
-code as ``cluster=local``), on its own GPU when there are GPUs (its ``LOCAL_RANK``, or its
-worker index when the server spawned it).
-
-Launch modes (``cluster.backend.launch``):
-
-* ``spawn`` (``cluster=multiprocess``): the server starts ``workers`` processes itself and they
-  meet over ``tcp://127.0.0.1:<free port>``. Each child rebuilds the data and the method from
-  the resolved run config it is given at start-up (the only pickle). A worker that dies or
-  stays silent past its time limit is dropped; the run goes on with the others.
-* ``env`` (``cluster=torchrun``, ``cluster=slurm_distributed``): every rank runs the entry
-  point; rank 0 runs the normal run, the others serve it and return without writing anything.
-  torchrun's agent ends the whole group when one process dies. SLURM (default KillOnBadExit=0)
-  leaves the other tasks running, so the server drops a dead worker task and finishes the run.
-
-Wire format (tensors only, no pickles): a state dict travels as a length-prefixed uint8
-tensor holding a UTF-8 JSON list of [key, shape, dtype], then one flat float64 tensor of all
-values, which is exact for float32/16, bool and integers up to 2**53 (counters). A client's
-outcome is a short float64 head (client id, ok, samples, compute seconds), then its model state,
-its report (train_loss, a reward, a child: whatever its local module reported) and its personal
-state, each framed as a state dict.
-"""
+"""The server side: ``DistributedBackend`` deals each round's clients over the worker processes."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import multiprocessing
 import os
 import queue
-import re
-import signal
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Iterator
 
@@ -49,157 +20,20 @@ import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from federated_nas.algorithms.aggregation import load_state
-from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
-from federated_nas.builders import build, build_data
-from federated_nas.compat import quiet_libraries
+from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan, State
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError, DataError
-from federated_nas.federation.backends import (ClientFailure, ClientUpdate, LocalBackend, State, compile_options,
-                                              usable_cores)
+from federated_nas.federation.backends import ClientFailure, ClientUpdate, compile_options
+from federated_nas.federation.distributed.messages import (SERVER, LinkLost, first_sentence, recv_json, recv_outcome,
+                                                           round_command, send_framed, send_json)
+from federated_nas.federation.distributed.wire import encode_state
+from federated_nas.federation.distributed.worker import WorkerBackend, serve_rounds, spawned_worker
 
 log = logging.getLogger(__name__)
 
-SERVER = 0
 # what a worker needs to rebuild the clients' data and the method (resolved, so plain and picklable)
 WORKER_CONFIG_KEYS = ("seed", "dataset", "partition", "federation", "algorithm", "trainer")
-# a worker waits this long for the server's next command; a server that died is noticed at once
-SERVER_PATIENCE = timedelta(days=1)
-# fault injection for the test suite only: "<rank>:<round index>" makes that worker SIGKILL itself
-KILL_WORKER_HOOK = "FEDNAS_TEST_KILL_WORKER"
 
-WIRE_DTYPES = {str(d).removeprefix("torch."): d for d in (
-    torch.float64, torch.float32, torch.float16, torch.bfloat16,
-    torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)}
-EXACT_INTEGER = 2**53  # the largest magnitude float64 carries without rounding
-
-
-# ---------------------------------------------------------------- wire format (no process group needed)
-
-def json_tensor(value: Any) -> torch.Tensor:
-    return torch.frombuffer(bytearray(json.dumps(value).encode("utf-8")), dtype=torch.uint8)
-
-
-def tensor_json(tensor: torch.Tensor) -> Any:
-    try:
-        return json.loads(tensor.numpy().tobytes().decode("utf-8"))
-    except ValueError as err:
-        raise DataError(f"malformed message header ({err})") from None
-
-
-def encode_state(state: State) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 JSON header of [key, shape, dtype], flat float64 values) of a state dict."""
-    entries, parts = [], []
-    for key, tensor in state.items():
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        if dtype not in WIRE_DTYPES:
-            raise DataError(f"state entry {key!r} is {tensor.dtype}, which the wire format cannot carry exactly")
-        flat = tensor.detach().to("cpu").reshape(-1)
-        if tensor.dtype == torch.int64 and flat.numel() and int(flat.abs().max()) > EXACT_INTEGER:
-            raise DataError(f"state entry {key!r} holds integers beyond 2**53, which float64 would round")
-        entries.append([key, list(tensor.shape), dtype])
-        parts.append(flat.to(torch.float64))
-    values = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
-    return json_tensor(entries), values
-
-
-def decode_state(header: torch.Tensor, values: torch.Tensor) -> State:
-    entries = tensor_json(header)
-    if not entries:
-        return {}
-    counts = [math.prod(shape) for _, shape, _ in entries]
-    if sum(counts) != values.numel():
-        raise DataError(f"state message holds {values.numel()} values, its header describes {sum(counts)}")
-    return {key: chunk.to(WIRE_DTYPES[dtype], copy=True).reshape(shape)
-            for (key, shape, dtype), chunk in zip(entries, values.split(counts))}
-
-
-# ---------------------------------------------------------------- messages between two ranks
-
-def time_left(until: float | None) -> timedelta | None:
-    """The limit of one operation, from an absolute monotonic time (None: the process group's default)."""
-    return None if until is None else timedelta(seconds=max(until - time.monotonic(), 0.01))
-
-
-def first_sentence(err: BaseException) -> str:
-    """An error's gist for a one-line reason: gloo prefixes its source location and appends advice."""
-    text = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip())
-    return text.splitlines()[0].split(". ")[0] if text else type(err).__name__
-
-
-class LinkLost(RuntimeError):
-    """A message could not be sent or received: the peer died, closed its end or missed the time limit."""
-
-
-def _complete(start: Callable[[], dist.Work], limit: timedelta | None, what: str) -> None:
-    try:
-        work = start()
-        done = work.wait() if limit is None else work.wait(timeout=limit)
-    except Exception as err:  # noqa: BLE001 -- gloo reports a closed peer or a timeout as RuntimeError
-        raise LinkLost(f"{what}: {first_sentence(err)}") from err
-    if not done:
-        raise LinkLost(f"{what}: timed out after {limit}")
-
-
-def send_tensor(tensor: torch.Tensor, peer: int, until: float | None = None) -> None:
-    _complete(lambda: dist.isend(tensor, dst=peer), time_left(until), f"sending to rank {peer}")
-
-
-def recv_tensor(tensor: torch.Tensor, peer: int, until: float | None = None,
-                limit: timedelta | None = None) -> torch.Tensor:
-    _complete(lambda: dist.irecv(tensor, src=peer), limit or time_left(until), f"receiving from rank {peer}")
-    return tensor
-
-
-def send_framed(header: torch.Tensor, values: torch.Tensor, peer: int, until: float | None = None) -> None:
-    """Sizes first, so the receiver can allocate; empty tensors are not sent."""
-    send_tensor(torch.tensor([header.numel(), values.numel()], dtype=torch.int64), peer, until)
-    for part in (header, values):
-        if part.numel():
-            send_tensor(part, peer, until)
-
-
-def recv_framed(peer: int, until: float | None = None,
-                limit: timedelta | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    header_bytes, count = recv_tensor(torch.empty(2, dtype=torch.int64), peer, until, limit).tolist()
-    header = torch.empty(header_bytes, dtype=torch.uint8)
-    values = torch.empty(count, dtype=torch.float64)
-    for part in (header, values):
-        if part.numel():
-            recv_tensor(part, peer, until)
-    return header, values
-
-
-def send_json(value: Any, peer: int, until: float | None = None) -> None:
-    send_framed(json_tensor(value), torch.empty(0, dtype=torch.float64), peer, until)
-
-
-def recv_json(peer: int, until: float | None = None, limit: timedelta | None = None) -> Any:
-    return tensor_json(recv_framed(peer, until, limit)[0])
-
-
-def send_outcome(outcome: ClientUpdate | ClientFailure, peer: int = SERVER) -> None:
-    """[client id, ok, samples, compute seconds], then model state, report and personal state (each as a
-    state dict), or the failure's reason."""
-    ok = isinstance(outcome, ClientUpdate)
-    head = [outcome.client_id, float(ok), outcome.num_samples if ok else 0, outcome.compute_seconds if ok else 0]
-    send_tensor(torch.tensor(head, dtype=torch.float64), peer)
-    if ok:
-        for part in (outcome.state, outcome.report, outcome.personal):
-            send_framed(*encode_state(part), peer)
-    else:
-        send_json({"reason": outcome.reason}, peer)
-
-
-def recv_outcome(peer: int, until: float | None) -> ClientUpdate | ClientFailure:
-    client_id, ok, samples, seconds = recv_tensor(torch.empty(4, dtype=torch.float64), peer, until).tolist()
-    if not ok:
-        return ClientFailure(int(client_id), str(recv_json(peer, until)["reason"]))
-    state, report, personal = (decode_state(*recv_framed(peer, until)) for _ in range(3))
-    return ClientUpdate(int(client_id), state, int(samples), seconds, report, personal)
-
-
-# ---------------------------------------------------------------- where this process stands
 
 @dataclass(frozen=True)
 class LaunchPlace:
@@ -244,78 +78,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
-
-# ---------------------------------------------------------------- the worker side
-
-class WorkerBackend(LocalBackend):
-    """A worker's LocalBackend: its clients run on its own GPU (LocalBackend's Trainers ignore the launcher)."""
-
-    def __init__(self, trainer: Callable[..., L.Trainer], accelerator: str, gpu_slot: int,
-                 compile: dict[str, Any] | None = None):
-        super().__init__(trainer, accelerator, compile)
-        self.gpu_slot = gpu_slot
-
-    def device_for(self, position: int) -> dict[str, Any]:
-        return super().device_for(self.gpu_slot)
-
-
-def crash_if_asked(rank: int, round_idx: int) -> None:
-    """Fault injection for the tests (see KILL_WORKER_HOOK): die the way a killed process does."""
-    if os.environ.get(KILL_WORKER_HOOK) == f"{rank}:{round_idx}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
-                 algorithm: FederatedAlgorithm | None = None) -> None:
-    """A worker's life: rebuild data, method and model, report ready, then run what the server sends."""
-    cfg = OmegaConf.create(config)
-    algorithm = algorithm or build(cfg.algorithm)
-    data = build_data(cfg)
-    model = algorithm.build_model(data)  # the structure only: each round's global state is loaded into it
-    send_json({"ready": rank}, SERVER)
-    while True:
-        command = recv_json(SERVER, limit=SERVER_PATIENCE)
-        if command["command"] == "stop":
-            return
-        plan = RoundPlan(**{field.name: command[field.name] for field in fields(RoundPlan)})
-        crash_if_asked(rank, plan.round_idx)
-        global_state = decode_state(*recv_framed(SERVER))
-        personal = {client_id: decode_state(*recv_framed(SERVER)) for client_id in command["clients"]}
-        load_state(model, global_state)  # adopts a pruned structure first
-        clients = [data.clients[client_id] for client_id in command["clients"]]
-        for outcome in runner.run_round(algorithm, model, clients, plan, personal):
-            send_outcome(outcome)
-
-
-def worker_threads(workers: int, cores: int | None = None) -> int:
-    """CPU threads for each of ``workers`` processes spawned on one machine: an even share of its cores."""
-    return max(1, (cores or usable_cores()) // max(workers, 1))
-
-
-def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, Any], accelerator: str,
-                   timeout_seconds: float, joining: Any, compile: dict[str, Any] | None = None) -> None:
-    """Entry of a worker process the server started (``launch: spawn``); ``joining`` is set once imported."""
-    from hydra.utils import instantiate
-
-    logging.basicConfig(level=logging.INFO, format=f"[worker {rank}] %(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
-    # workers started on one machine share its cores: each taking all of them (torch's default)
-    # oversubscribes the CPU, measured 9-14x slower per client with 2 workers on 2 cores
-    torch.set_num_threads(worker_threads(world_size - 1))
-    joining.set()
-    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout_seconds))
-    try:
-        runner = WorkerBackend(instantiate(config["trainer"]), accelerator, gpu_slot=rank - 1, compile=compile)
-        serve_rounds(rank, config, runner)
-    except LinkLost as err:  # the server ended, or gave up on this worker: nothing left to do
-        log.warning("lost the server (%s); stopping", err)
-        raise SystemExit(1) from None
-    finally:
-        dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------- the server side
 
 class DistributedBackend:
     """The ``run_round`` contract of ``LocalBackend``, with the clients spread over worker processes.
@@ -504,14 +266,13 @@ class DistributedBackend:
             shares.setdefault(live[position % len(live)], []).append(client_id)
         deadline = plan.deadline
         round_until = time.monotonic() + deadline + self.deadline_grace_seconds if deadline is not None else math.inf
-        command = {"command": "round", **asdict(plan)}
         state = encode_state(global_model.state_dict())
         personal = personal or {}
         arrivals: queue.Queue = queue.Queue()
         for rank, share in shares.items():
             kept = {client_id: encode_state(personal.get(client_id, {})) for client_id in share}
             threading.Thread(target=self._exchange, name=f"fednas-worker-{rank}-link", daemon=True, args=(
-                rank, {**command, "clients": share}, state, kept, round_until, arrivals)).start()
+                rank, round_command(plan, share), state, kept, round_until, arrivals)).start()
         waiting = {rank: set(share) for rank, share in shares.items()}
         while waiting:
             try:  # each link thread reports by its own limits; this bound only guards against a stuck one
