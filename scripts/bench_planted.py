@@ -36,7 +36,8 @@ def planted_run(method: str, seed: int, rounds: int, out: Path, extra: list[str]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("search", overrides=[
             "dataset=planted_xor", f"algorithm={method}", f"seed={seed}", f"federation.rounds={rounds}",
-            "logger=none", "plots_every=null", *BUDGET, f"paths.output_dir={out}/{method}-s{seed}",
+            # cluster=local: seconds of client work, less than starting worker processes would cost
+            "logger=none", "cluster=local", "plots_every=null", *BUDGET, f"paths.output_dir={out}/{method}-s{seed}",
             f"paths.log_dir={out}", *extra])
     final = run_search(cfg)
     history = load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints")["history"]

@@ -32,7 +32,8 @@ def run_history(name: str, overrides: list[str], tmp: Path) -> list[dict]:
     quiet_libraries()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("search", overrides=[
-            "logger=none", "federation.client_fraction=1.0", "federation.eval_every=1000",
+            # in-process unless the overrides say otherwise: the overhead ratio is of clients run in turn
+            "logger=none", "cluster=local", "federation.client_fraction=1.0", "federation.eval_every=1000",
             "federation.client_eval_every=1000", "plots_every=0",
             f"paths.output_dir={tmp}/bench_rounds/{name}", f"paths.log_dir={tmp}", *overrides,
         ])

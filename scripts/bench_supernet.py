@@ -10,7 +10,15 @@ alternate in one process, so the ratio holds on a shared, noisy machine even whe
 numbers drift. Peak memory is measured in a fresh process per path: the growth of the peak
 resident set (VmHWM) over one local step. Writes benchmarks/results.json and the table in benchmarks/README.md.
 
+The plain step (``--plain-threads``) is the other view: forward, backward and SGD on the weights with
+the softmax relaxation, no Lightning, no method, at each given torch thread count, the two paths
+alternating on the same weights and batch. It is what an outside check of "supernet against DARTS"
+times; a method's step adds what the method does around it (MiLeNAS: a second forward and backward
+on the val batch for the alpha gradient). ``--profile`` writes torch.profiler's per-op tables of one
+step of each view and path to benchmarks/profile.txt.
+
     python scripts/bench_supernet.py [--repeats 3] [--settings small paper] [--methods fednas fedmetanas feddsnas]
+                                     [--plain-threads 1 2] [--profile]
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch.utils.data import TensorDataset
 
@@ -116,6 +126,79 @@ def measure(setting: str, method: str, repeats: int) -> dict:
     }
 
 
+def plain_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds of one weight step: forward, backward (the alphas get their gradient too, as in DARTS), SGD."""
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def plain_models(setting: str) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    """(paths, their SGD optimizers, batch, labels): the softmax supernet and its op-by-op twin, same weights."""
+    C, layers, size, channels, batch = SETTINGS[setting]
+    torch.manual_seed(0)
+    fast = SearchNetwork(channels, 10, C=C, layers=layers)  # softmax relaxation
+    models = {"fast": fast, "reference": ReferenceSearchNetwork(fast)}
+    optimizers = {name: torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+                  for name, model in models.items()}
+    return models, optimizers, torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
+
+
+def measure_plain(setting: str, threads: int, repeats: int) -> dict:
+    """Best plain-step time of each path at ``threads`` torch threads, the paths alternating."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        models, optimizers, x, y = plain_models(setting)
+        times = {name: [] for name in models}
+        for name in models:  # warm-up
+            plain_step(models[name], optimizers[name], x, y)
+        for _ in range(repeats):
+            for name in models:
+                times[name].append(plain_step(models[name], optimizers[name], x, y))
+    finally:
+        torch.set_num_threads(previous)
+    best = {name: min(seconds) for name, seconds in times.items()}
+    C, layers, size, _, batch = SETTINGS[setting]
+    return {"setting": setting, "threads": threads, "C": C, "layers": layers, "image_size": size, "batch": batch,
+            "repeats": repeats, "fast_seconds_per_step": best["fast"],
+            "reference_seconds_per_step": best["reference"], "speedup": best["reference"] / best["fast"]}
+
+
+def op_table(run: Callable[[], object], rows: int = 15) -> str:
+    """torch.profiler's per-op table of one call of ``run``, by self CPU time."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run()
+    return profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def write_profiles(setting: str, threads: int) -> Path:
+    """benchmarks/profile.txt: per-op tables of the plain step and of FedNAS' MiLeNAS step, each path, one step."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    sections = []
+    try:
+        models, optimizers, x, y = plain_models(setting)
+        for name in models:
+            plain_step(models[name], optimizers[name], x, y)  # warm-up outside the profile
+            sections.append((f"plain step, {name}", op_table(lambda: plain_step(models[name], optimizers[name], x, y))))
+        algorithm, local, client, batch = models_for(setting, "fednas")
+        for name in ("fast", "reference"):
+            local_steps(algorithm, local[name], client, batch, 1)
+            sections.append((f"FedNAS MiLeNAS step (Lightning), {name}",
+                             op_table(lambda: local_steps(algorithm, local[name], client, batch, 1))))
+    finally:
+        torch.set_num_threads(previous)
+    C, layers, size, channels, batch = SETTINGS[setting]
+    out = OUT / "profile.txt"
+    out.write_text(f"torch.profiler, CPU, self time by op; setting {setting} (C={C}, {layers} layers, "
+                   f"{size}x{size}x{channels}, batch {batch}), {threads} thread(s), one step after a warm-up\n\n"
+                   + "\n".join(f"== {title}\n{table}" for title, table in sections))
+    return out
+
+
 def peak_memory_mib(setting: str, method: str, path: str) -> float:
     """Growth of the peak resident memory over one local step, in a fresh process."""
     out = subprocess.run([sys.executable, __file__, "--memory-of", setting, method, path],
@@ -142,16 +225,54 @@ def memory_child(setting: str, method: str, path: str) -> None:
     print((memory_kib("VmHWM") - before) / 1024)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its vector instruction sets, from /proc/cpuinfo (the machine type elsewhere)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    isa = [flag for flag in fields.get("flags", "").split() if flag in ("avx2", "fma", "avx512f", "avx512_bf16",
+                                                                          "avx512_vnni", "amx_tile", "amx_bf16")]
+    return f"{fields.get('model name', platform.machine())} ({' '.join(isa) or 'no AVX2'})"
+
+
 def child_cells(row: dict) -> str:
     if "child_samples_per_second" not in row:
         return "- | -"
     return f"{row['child_samples_per_second']:.1f} | {row['step_over_child']:.2f}"
 
 
-def write_report(results: list[dict], machine: str, command: str) -> None:
+def kept_rows(stored: dict, name: str, fresh: list[dict], keys: tuple[str, ...], command: str) -> list[dict]:
+    """This run's rows (stamped with its command), then the stored rows of settings it did not measure."""
+    measured = {tuple(row[key] for key in keys) for row in fresh}
+    earlier = [{"command": stored.get("command", ""), **row} for row in stored.get(name, [])
+               if tuple(row.get(key) for key in keys) not in measured]
+    return [{**row, "command": command} for row in fresh] + earlier
+
+
+def plain_lines(plain: list[dict]) -> list[str]:
+    if not plain:
+        return []
+    lines = ["", "Plain supernet step (`--plain-threads`): forward, backward and SGD on the weights, softmax relaxation, "
+             "no Lightning, best of the repeats, the two paths alternating in one process on the same weights and "
+             "batch, at the given torch thread count.", "",
+             "| setting | C | layers | input | batch | threads | reference (s/step) | fast (s/step) | speedup | command |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in plain:
+        lines.append(f"| {r['setting']} | {r['C']} | {r['layers']} | {r['image_size']}x{r['image_size']}x3 | "
+                     f"{r['batch']} | {r['threads']} | {r['reference_seconds_per_step']:.2f} | "
+                     f"{r['fast_seconds_per_step']:.2f} | {r['speedup']:.2f}x | `{r.get('command', '')}` |")
+    return lines
+
+
+def write_report(results: list[dict], plain: list[dict], machine: str, command: str) -> None:
     results_path = OUT / "results.json"
     stored = json.loads(results_path.read_text()) if results_path.exists() else {}
-    stored.update(machine=machine, command=command, results=results)
+    results = kept_rows(stored, "results", results, ("setting", "method"), command)
+    plain = kept_rows(stored, "plain", plain, ("setting", "threads"), command)
+    stored.update(machine=machine, command=command, results=results, plain=plain)
     OUT.mkdir(exist_ok=True)
     results_path.write_text(json.dumps(stored, indent=2))
     lines = ["# Benchmarks", "", f"Machine: {machine}. Command: `{command}` (also `make bench`).", "",
@@ -163,13 +284,14 @@ def write_report(results: list[dict], machine: str, command: str) -> None:
              "step. Peak memory: growth of the peak resident set over one local step (model built, other paths freed), "
              "fresh process per path.", "",
              "| setting | method | C | layers | input | batch | reference (samples/s) | fast (samples/s) | speedup "
-             "| reference peak (MiB) | fast peak (MiB) | child (samples/s) | fast / child step time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| reference peak (MiB) | fast peak (MiB) | child (samples/s) | fast / child step time | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['setting']} | {r['method']} | {r['C']} | {r['layers']} | "
                      f"{r['image_size']}x{r['image_size']}x3 | {r['batch']} | {r['reference_samples_per_second']:.1f} "
                      f"| {r['fast_samples_per_second']:.1f} | {r['speedup']:.2f}x | {r['reference_peak_mib']:.0f} "
-                     f"| {r['fast_peak_mib']:.0f} | {child_cells(r)} |")
+                     f"| {r['fast_peak_mib']:.0f} | {child_cells(r)} | `{r.get('command', '')}` |")
+    lines += plain_lines(plain)
     readme = OUT / "README.md"
     rest = readme.read_text().split("\n## ", 1) if readme.exists() else []
     tail = "\n## " + rest[1] if len(rest) == 2 else ""
@@ -181,16 +303,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--plain-threads", nargs="*", type=int, default=[1, 2],
+                        help="torch thread counts of the plain-step view (none: skip it)")
+    parser.add_argument("--profile", action="store_true", help="also write benchmarks/profile.txt (first setting)")
     parser.add_argument("--memory-of", nargs=3, metavar=("SETTING", "METHOD", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
         memory_child(*args.memory_of)
         return
     quiet_libraries()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    machine = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+               f"(kernels for {torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads")
     results = [measure(s, m, args.repeats) for s in args.settings for m in args.methods]
-    write_report(results, machine, "python " + " ".join(sys.argv))
+    plain = [measure_plain(s, threads, args.repeats) for s in args.settings for threads in args.plain_threads]
+    write_report(results, plain, machine, "python " + " ".join(sys.argv))
+    if args.profile:
+        print(f"saved {write_profiles(args.settings[0], args.plain_threads[0] if args.plain_threads else 1)}")
 
 
 if __name__ == "__main__":

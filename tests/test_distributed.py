@@ -1,4 +1,4 @@
-"""The multi-process backends (multiprocess, auto): the same model as cluster=local, a killed worker, the wire format."""
+"""The multi-process backends (multiprocess, auto): cluster=local's model, a killed worker, the wire format."""
 
 from __future__ import annotations
 

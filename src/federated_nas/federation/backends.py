@@ -104,7 +104,7 @@ def visible_gpus(accelerator: str) -> int:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on: its CPU affinity (taskset, cgroup cpusets, a SLURM allocation), not the machine's."""
+    """Cores this process may run on: its CPU affinity (taskset, cgroup cpusets, SLURM), not the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity call on this OS (macOS)
