@@ -20,11 +20,14 @@ from federated_nas.tracking.tuning import format_table, pick, tuning_plan
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("overrides", [
-    ["algorithm=fedavg", "model=cnn"],
-    ["algorithm=fedmetanas"],  # pruned, with an annealed temperature the checkpoint must carry
+@pytest.mark.parametrize("overrides, split", [
+    (["algorithm=fedavg", "model=cnn"], "val"),
+    (["algorithm=fedmetanas"], "val"),  # pruned, with an annealed temperature the checkpoint must carry
+    # the NAS methods fit alpha on val, so a run with a 4th split fraction is scored on that part alone
+    (["federation.split=[0.5,0.2,0.1,0.2]"], "holdout"),
 ])
-def test_val_score_of_a_run_is_its_final_model_on_every_clients_val_split(tiny_cfg, monkeypatch, overrides):
+def test_val_score_of_a_run_is_its_final_model_on_every_clients_held_out_split(tiny_cfg, monkeypatch, overrides,
+                                                                                split):
     live = {}
     real_run = server.FederatedRun.run
 
@@ -36,31 +39,12 @@ def test_val_score_of_a_run_is_its_final_model_on_every_clients_val_split(tiny_c
     final = run_search(tiny_cfg("search", ["logger=none", *overrides]))
     score = validation_score(final["run_dir"])
     run = live["run"]
-    # directly: the server's own final model, client by client, weighted by val size
-    sizes = [len(client.val) for client in run.data.clients]
-    correct = sum(evaluate(run.model, client.val)[0] * n for client, n in zip(run.data.clients, sizes))
+    # directly: the server's own final model, client by client, weighted by split size
+    parts = [getattr(client, split) for client in run.data.clients]
+    correct = sum(evaluate(run.model, part)[0] * len(part) for part in parts)
     assert 0.0 <= score["val_acc"] <= 1.0
-    assert score["val_samples"] == sum(sizes) and score["scored_on"] == "val"
-    assert score["val_acc"] == pytest.approx(correct / sum(sizes), abs=1e-12)
-
-
-def test_a_run_with_a_holdout_is_scored_on_the_holdout_alone(tiny_cfg, monkeypatch):
-    """The NAS methods fit alpha on val, so a grid run with a 4th split fraction is scored on that part."""
-    live = {}
-    real_run = server.FederatedRun.run
-
-    def keep_the_run(self):
-        live["run"] = self
-        return real_run(self)
-
-    monkeypatch.setattr(server.FederatedRun, "run", keep_the_run)
-    final = run_search(tiny_cfg("search", ["logger=none", "federation.split=[0.5,0.2,0.1,0.2]"]))
-    score = validation_score(final["run_dir"])
-    clients = live["run"].data.clients
-    sizes = [len(client.holdout) for client in clients]
-    correct = sum(evaluate(live["run"].model, client.holdout)[0] * n for client, n in zip(clients, sizes))
-    assert score["scored_on"] == "holdout" and score["val_samples"] == sum(sizes) > 0
-    assert score["val_acc"] == pytest.approx(correct / sum(sizes), abs=1e-12)
+    assert score["scored_on"] == split and score["val_samples"] == sum(map(len, parts)) > 0
+    assert score["val_acc"] == pytest.approx(correct / sum(map(len, parts)), abs=1e-12)
 
 
 def test_the_grid_runs_hold_out_a_part_and_the_picks_do_not():
