@@ -104,6 +104,10 @@ def test_client_histogram_and_partition_heatmap(tmp_path):
     with pytest.raises(DataError, match="client accuracies"):
         plot_client_histogram([], tmp_path / "empty.png")
     assert_real_image(plot_partition_heatmap(np.arange(12).reshape(4, 3), tmp_path / "partition.png"))
+    # 1,000 clients: the canvas stays bounded (it once grew half an inch per client, +1 GB of memory)
+    wide = plot_partition_heatmap(np.ones((10, 1000), dtype=int), tmp_path / "wide.png")
+    width, height = matplotlib.image.imread(wide).shape[1::-1]
+    assert width <= 16 * 120 and height <= 16 * 120
 
 
 # --- comparing the runs of an MLflow experiment -------------------------------------------------

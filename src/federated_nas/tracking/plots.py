@@ -45,13 +45,21 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+MAX_HEATMAP_INCHES = 16.0  # the partition heatmap's widest side (1,920 pixels at the default dpi)
+
+
 def plot_partition_heatmap(
     counts: np.ndarray, path: str | Path, title: str = "Samples per class and client"
 ) -> Path:
-    """Heatmap of a [classes, clients] count table, to see at a glance how non-IID a split is."""
+    """Heatmap of a [classes, clients] count table, to see at a glance how non-IID a split is.
+
+    Half an inch per client and class up to ``MAX_HEATMAP_INCHES``: beyond that one pixel column per
+    client still shows the skew, and the canvas (and a run's memory) stays bounded at 1,000 clients.
+    """
     counts = np.asarray(counts)
     num_classes, num_clients = counts.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * num_clients + 2), max(3.0, 0.4 * num_classes + 1.5)))
+    fig, ax = plt.subplots(figsize=(min(MAX_HEATMAP_INCHES, max(4.0, 0.5 * num_clients + 2)),
+                                    min(MAX_HEATMAP_INCHES, max(3.0, 0.4 * num_classes + 1.5))))
     try:
         image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
         fig.colorbar(image, ax=ax, label="samples")
