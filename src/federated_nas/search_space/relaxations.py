@@ -77,7 +77,7 @@ class HardGumbelRelaxation(GumbelSoftmaxRelaxation):
 
     ``tempered_sampling`` (not in DSNAS, where the temperature never changes what is sampled):
     s = argmax(alpha / temperature + G), a sample of softmax(alpha / temperature), with
-    y = softmax(alpha / temperature + G), so the credit is the same expression. Annealing the
+    y = softmax(alpha / temperature + G), so the credit keeps DSNAS' form. Annealing the
     temperature then narrows the sampling towards the argmax child, which the late steps train.
     """
 
