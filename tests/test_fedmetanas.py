@@ -107,6 +107,32 @@ def test_first_order_maml_step_with_a_per_task_temperature():
     assert model.relaxation.temperature == pytest.approx(0.1)  # what the server then evaluates at
 
 
+def test_w_that_keeps_its_support_steps_takes_the_query_step_from_the_adapted_point():
+    """w <- (w - eta grad_w L_s) - beta grad_w L_q(w', a'); alpha <- alpha - beta grad_a L_q(w', a') as in MAML."""
+    torch.manual_seed(0)
+    model = SearchNetwork(1, 3, C=2, layers=1)
+    support, query = tiny_batch(4), tiny_batch(5)
+    adapted = copy.deepcopy(model)
+    params = adapted.weight_parameters() + adapted.arch_parameters()
+    eta, beta = 0.05, 0.1
+    inner = grads(adapted, support, params)
+    with torch.no_grad():
+        for p, g in zip(params, inner):
+            p.sub_(eta * g)
+    meta_grad = grads(adapted, query, params)
+    after_support = [p.detach().clone() for p in adapted.weight_parameters()]
+    start_alpha = [p.detach().clone() for p in model.arch_parameters()]
+    module = MetaSearch(model, torch.optim.SGD, functools.partial(torch.optim.SGD, lr=beta), lr=beta,
+                        inner_steps=1, inner_lr_w=eta, inner_lr_alpha=eta, grad_clip=None,
+                        w_keeps_support_steps=True)
+    run_one_step(module, {"support": support, "query": query})
+    weights = len(after_support)
+    for new, old, g in zip(model.weight_parameters(), after_support, meta_grad[:weights]):
+        torch.testing.assert_close(new, old - beta * g, rtol=1e-4, atol=1e-6)
+    for new, old, g in zip(model.arch_parameters(), start_alpha, meta_grad[weights:]):
+        torch.testing.assert_close(new, old - beta * g, rtol=1e-4, atol=1e-6)
+
+
 def test_input_combinations_of_every_node():
     combos = node_input_combinations(steps=4, k=2)
     per_node = [[sources for node, sources in combos if node == n] for n in range(4)]

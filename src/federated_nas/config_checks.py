@@ -198,6 +198,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("algorithm.prune_threshold", Number(low=0, high=1, high_open=True)),
     ("algorithm.warmup", Number(low=0, high=1, high_open=True)),
     ("algorithm.tempered_sampling", FLAG),
+    ("algorithm.w_keeps_support_steps", FLAG),
     ("algorithm.val_lambda", NON_NEGATIVE),
     ("algorithm.lam", NON_NEGATIVE),
     ("algorithm.mu", NON_NEGATIVE),

@@ -45,7 +45,8 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
                  task_size: int | None = None, relaxation: str = "softmax", temperature: dict | None = None,
                  input_combinations: int | None = 2,
                  prune_at: Iterable[float] = (0.5, 0.75), prune_threshold: float = 0.01,
-                 adapt_steps: int = 5, grad_clip: float | None = 5.0, bn_recalibration_batches: int = 0):
+                 adapt_steps: int = 5, grad_clip: float | None = 5.0, bn_recalibration_batches: int = 0,
+                 w_keeps_support_steps: bool = False):
         SupernetAlgorithm.__init__(self, search_space)
         AnnealedTemperature.__init__(self, temperature)
         ScheduledPruning.__init__(self, prune_at, prune_threshold)
@@ -54,6 +55,7 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"algorithm.relaxation must be one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
         self.relaxation = relaxation
+        self.w_keeps_support_steps = bool(w_keeps_support_steps)
         self.bn_recalibration_batches = check_recalibration_batches(bn_recalibration_batches)
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
@@ -70,7 +72,7 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
                             cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds), self.inner_steps,
                             self.inner_lr_w, self.inner_lr_alpha, self.grad_clip,
-                            self.task_temperatures(self.inner_steps))
+                            self.task_temperatures(self.inner_steps), self.w_keeps_support_steps)
         if self.bn_recalibration_batches:
             module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, support_inputs))
         return module

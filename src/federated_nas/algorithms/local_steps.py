@@ -104,14 +104,16 @@ def meta_parameters(model: SearchNetwork, lr_w: float, lr_alpha: float) -> tuple
 
 
 def first_order_meta_gradient(module: LocalModule, params: list[torch.nn.Parameter], rates: list[float],
-                              batch: dict, steps: int, temperatures: list[float] | None = None) -> torch.Tensor:
+                              batch: dict, steps: int, temperatures: list[float] | None = None,
+                              kept: list[bool] | None = None) -> torch.Tensor:
     """Accumulate into ``params``' grads the first-order MAML meta-gradient of one (support, query) task.
 
     ``steps`` inner SGD steps adapt a task copy of ``params`` on the support batch; the query
     loss is differentiated at the adapted point; ``params`` then go back to the meta point,
     where the caller's optimizer step applies that gradient (Eq. 9-10). ``temperatures``: the
     relaxation's temperature at each inner step and at the query (a per-task schedule).
-    Returns the query loss.
+    ``kept``: per param, True keeps the adapted value instead (its support steps stay, and the
+    query gradient is applied from there). Returns the query loss.
     """
     meta_point = [p.detach().clone() for p in params]
     for step in range(steps):  # the task copy
@@ -123,8 +125,9 @@ def first_order_meta_gradient(module: LocalModule, params: list[torch.nn.Paramet
     query_loss = module.loss(batch["query"])
     module.manual_backward(query_loss)
     with torch.no_grad():
-        for param, start in zip(params, meta_point):
-            param.copy_(start)
+        for param, start, keep in zip(params, meta_point, kept or [False] * len(params)):
+            if not keep:
+                param.copy_(start)
     return query_loss
 
 
@@ -133,15 +136,21 @@ class MetaSearch(ArchitectureSearch):
 
     def __init__(self, model: SearchNetwork, w_optimizer: OptimizerFactory, alpha_optimizer: OptimizerFactory,
                  lr: float, inner_steps: int, inner_lr_w: float, inner_lr_alpha: float, grad_clip: float | None,
-                 task_temperatures: list[float] | None = None):
+                 task_temperatures: list[float] | None = None, w_keeps_support_steps: bool = False):
         super().__init__(model, w_optimizer, alpha_optimizer, lr, grad_clip)
         self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
         self.task_temperatures = task_temperatures
+        # True: w is trained by the support batch too (its inner steps stay); alpha stays first-order MAML
+        self.w_keeps_support_steps = w_keeps_support_steps
 
     def local_step(self, batch) -> torch.Tensor:
         params, rates = meta_parameters(self.model, self.inner_lr_w, self.inner_lr_alpha)
+        kept = None
+        if self.w_keeps_support_steps:
+            kept = [True] * len(self.model.weight_parameters()) + [False] * len(self.model.arch_parameters())
         self.zero_grads()
-        query_loss = first_order_meta_gradient(self, params, rates, batch, self.inner_steps, self.task_temperatures)
+        query_loss = first_order_meta_gradient(self, params, rates, batch, self.inner_steps, self.task_temperatures,
+                                               kept)
         self.step()
         return query_loss
 
