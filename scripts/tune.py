@@ -167,9 +167,8 @@ def tune(overrides: list[str], out: Path) -> dict[str, Any]:
         for seed in seeds:
             # without a grid split the pick's first-seed run is its grid run, reused; with one it runs again
             stem = f"p{chosen}-s{seed}" + ("-full" if grid_split else "")
-            wall = run_once([*points[chosen], f"seed={seed}"], out / "runs" / name / stem,
-                            out / "run_logs" / f"{name}-{stem}.log")
             run_dir = out / "runs" / name / stem
+            wall = run_once([*points[chosen], f"seed={seed}"], run_dir, out / "run_logs" / f"{name}-{stem}.log")
             method["seeds"][str(seed)] = seed_record(run_dir, wall)
             save()
     return result

@@ -3,8 +3,9 @@
 Hyperparameters must be picked on data the reported numbers never see: the global test set is what
 the tables report, so a tuning protocol scores each run on the union of the clients' holdout splits
 (``federation.split``'s 4th fraction) instead. The NAS methods fit alpha on the val splits, so those
-are only the fallback for runs that held nothing out. The score is computed after the fact from the run dir (its config.yaml and last checkpoint),
-so any run of any method can be scored without changing how runs record metrics.
+are only the fallback for runs that held nothing out. The score is computed after the fact from the
+run dir (its config.yaml and last checkpoint), so any run of any method can be scored without changing
+how runs record metrics.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def final_model(run_dir: str | Path) -> tuple[nn.Module, FederatedData]:
     return model, data
 
 
-def validation_score(run_dir: str | Path, batch_size: int = 500) -> dict[str, float]:
+def validation_score(run_dir: str | Path, batch_size: int = 500) -> dict[str, float | str]:
     """``val_acc``, ``val_loss`` and ``val_samples`` of the run's final global model on the union of the
     clients' holdout splits (``scored_on``: holdout), or of their val splits where it held none out."""
     model, data = final_model(run_dir)
