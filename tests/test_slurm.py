@@ -68,8 +68,11 @@ def test_a_bad_job_fails_alone_in_a_real_slurm_sweep(tmp_path):
 
 @needs_slurm
 def test_a_sweep_killed_on_slurm_is_finished_by_resume_true(tmp_path):
-    """Each job of the new sweep continues its own killed run (before: none was found, every job failed)."""
-    overrides = ["cluster=slurm", "hydra.launcher.gpus_per_node=0", *JOB, "logger=none", "federation.rounds=8",
+    """Each job of the new sweep continues its own killed run (before: none was found, every job failed).
+
+    40 rounds so that the faster job is still running when the other writes its first checkpoint: SLURM may start
+    them seconds apart, and at 8 rounds one job had finished first (a CI failure)."""
+    overrides = ["cluster=slurm", "hydra.launcher.gpus_per_node=0", *JOB, "logger=none", "federation.rounds=40",
                  "seed=0,1"]
     victim = subprocess.Popen(sweep_command(tmp_path, *overrides), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=quiet_env())
@@ -90,7 +93,7 @@ def test_a_sweep_killed_on_slurm_is_finished_by_resume_true(tmp_path):
     finished = sweep(tmp_path, *overrides, "resume=true")
     assert finished.returncode == 0, finished.stderr[-3000:]
     for seed, run in killed.items():
-        assert (run / "FINISHED").exists() and load_latest_checkpoint(run / "checkpoints")["round"] == 8, seed
+        assert (run / "FINISHED").exists() and load_latest_checkpoint(run / "checkpoints")["round"] == 40, seed
     assert len(list(tmp_path.glob(f"search/multiruns/*/*/checkpoints/{LAST}"))) == 2  # no new runs
 
 
