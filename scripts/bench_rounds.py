@@ -49,7 +49,7 @@ def measure_pruning(tmp: Path, clients: int = 5, rounds: int = 4) -> dict:
     """
     history = run_history("pruning", ["algorithm=fedmetanas", f"federation.num_clients={clients}",
                                       f"federation.rounds={rounds}", "federation.local_batches=2",
-                                      "algorithm.prune_at=[0.5]", "algorithm.prune_threshold=0.125"], tmp)
+                                      "algorithm.pruning.at=[0.5]", "algorithm.pruning.threshold=0.125"], tmp)
     first, last = history[0], history[-1]
     return {"clients": clients, "rounds": rounds, "prune_threshold": 0.125,
             "pruned_ops": int(sum(h.get("pruned_ops", 0) for h in history)),

@@ -58,7 +58,7 @@ def load_final_model(run_dir: Path):
                           f"(Gumbel-)softmax")
     load_state(model, checkpoint["model"])
     search = getattr(algorithm, "search", algorithm)  # FedPNAS' family runs another method's search
-    search.set_temperature(model, int(checkpoint["round"]) - 1, int(checkpoint["rounds"]))
+    search.temperature.apply(model, int(checkpoint["round"]) - 1, int(checkpoint["rounds"]))
     return model, data
 
 

@@ -83,7 +83,7 @@ def test_a_bad_value_is_one_line_naming_the_setting(tiny_cfg, override, message)
 
 @pytest.mark.parametrize("override, message", [
     ("algorithm=fedmetanas algorithm.temperature.shape=step", "algorithm.temperature.shape must be one of linear"),
-    ("algorithm=fedmetanas algorithm.prune_at=[0.5,1.5]", "algorithm.prune_at must be a list of numbers, each in (0, 1]"),
+    ("algorithm=fedmetanas algorithm.pruning.at=[0.5,1.5]", "algorithm.pruning.at must be a list of numbers, each in (0, 1]"),
     ("algorithm=fedrlnas algorithm.local_step=adam", "algorithm.local_step must be one of sgd, maml, got 'adam'"),
     ("algorithm=fedavg model=mlp model.hidden=[16,0]", "model.hidden.1 must be an integer >= 1, got 0"),
     ("algorithm=ditto model=cnn algorithm.personal_lr=0", "algorithm.personal_lr must be a number > 0 or null"),

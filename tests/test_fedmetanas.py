@@ -15,7 +15,7 @@ from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.network import count_parameters
 from federated_nas.search_space.operations import PRIMITIVES
-from federated_nas.algorithms.nas import AnnealedTemperature
+from federated_nas.algorithms.schedules import TemperatureSchedule
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import (GumbelSoftmaxRelaxation, SoftmaxRelaxation,
                                                     TemperedSoftmaxRelaxation, anneal)
@@ -69,17 +69,17 @@ def test_tempered_softmax_is_the_noise_free_gumbel_softmax_in_training_too():
 
 def test_temperature_clocks():
     """rounds: one value per round; task: each task's inner steps anneal start -> end, the query at end."""
-    per_round = AnnealedTemperature({"start": 1.0, "end": 0.1, "clock": "rounds"})
+    per_round = TemperatureSchedule(start=1.0, end=0.1, clock="rounds")
     assert per_round.temperature_at(0, 10) == pytest.approx(1.0)
     assert per_round.temperature_at(9, 10) == pytest.approx(0.1)
     assert per_round.task_temperatures(3) is None
-    per_task = AnnealedTemperature({"start": 1.0, "end": 0.1, "clock": "task"})
+    per_task = TemperatureSchedule(start=1.0, end=0.1, clock="task")
     assert per_task.task_temperatures(2) == pytest.approx([1.0, 0.55, 0.1])
     assert per_task.task_temperatures(0) == pytest.approx([0.1])
     assert per_task.temperature_at(0, 10) == per_task.temperature_at(5, 10) == pytest.approx(0.1)
     for bad in ({"clock": "epochs"}, {"start": 0.0}, {"end": "cold"}):
         with pytest.raises(ConfigError, match="algorithm.temperature"):
-            AnnealedTemperature(bad)
+            TemperatureSchedule(**bad)
 
 
 def test_first_order_maml_step_with_a_per_task_temperature():
@@ -227,7 +227,7 @@ def test_first_order_maml_step(inner):
 
 
 def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
-    cfg = tiny_cfg("search", ["algorithm=fedmetanas", "personalize=true", "algorithm.prune_threshold=0.2",
+    cfg = tiny_cfg("search", ["algorithm=fedmetanas", "personalize=true", "algorithm.pruning.threshold=0.2",
                               "plots_every=0"])
     result = run_search(cfg)
     run_dir = Path(result["run_dir"])
@@ -244,8 +244,8 @@ def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
 
 
 def test_resume_across_a_pruning_round_equals_uninterrupted(tiny_cfg, monkeypatch):
-    overrides = ["logger=none", "algorithm=fedmetanas", "federation.rounds=3", "algorithm.prune_at=[0.34]",
-                 "algorithm.prune_threshold=0.2"]
+    overrides = ["logger=none", "algorithm=fedmetanas", "federation.rounds=3", "algorithm.pruning.at=[0.34]",
+                 "algorithm.pruning.threshold=0.2"]
     whole = run_search(tiny_cfg("search", overrides, run="whole"))
     resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)
     assert_same_states(load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")["model"],
@@ -312,7 +312,7 @@ def test_client_upload_carries_statistics_recalibrated_over_its_first_support_ba
     trained.load_state_dict(update.state)
     first_task, _, _ = next(iter(algorithm.client_loader(ClientTask(client, plan, client_seed(0, 0, 0)))))  # a CombinedLoader's
     first_support = first_task["support"][0]
-    algorithm.set_temperature(trained, 0, 2)
+    algorithm.temperature.apply(trained, 0, 2)
     recalibrate_batch_norm(trained, [first_support])
     for key, value in trained.state_dict().items():
         if "running_" in key:
@@ -349,8 +349,8 @@ def test_default_and_paper_variants(tiny_cfg):
 
 def test_pruning_at_the_last_round_reports_the_accuracy_it_cost(tiny_cfg):
     """The final model is the pruned supernet; the same weights unpruned are evaluated beside it."""
-    final = run_search(tiny_cfg("search", ["algorithm=fedmetanas", "logger=none", "algorithm.prune_at=[1.0]",
-                                           "algorithm.prune_threshold=0.13"]))
+    final = run_search(tiny_cfg("search", ["algorithm=fedmetanas", "logger=none", "algorithm.pruning.at=[1.0]",
+                                           "algorithm.pruning.threshold=0.13"]))
     assert final["pruned_ops"] > 0
     assert 0.0 <= final["global_test_acc_before_pruning"] <= 1.0
     assert final["supernet_params"] < count_parameters(SearchNetwork(1, 4, C=2, layers=2))

@@ -246,7 +246,7 @@ def test_personal_cells_stay_on_their_clients_through_a_crash_and_resume(tiny_cf
 
 def test_two_round_meta_fedpnas_prunes_the_base_and_reports_local_accuracy(tiny_cfg):
     overrides = ["algorithm=meta_fedpnas", "personalize=true", *TINY_SPACE, "federation.local_batches=1",
-                 "algorithm.prune_at=[0.5]", "algorithm.prune_threshold=0.2"]  # prunes the base after round 1
+                 "algorithm.pruning.at=[0.5]", "algorithm.pruning.threshold=0.2"]  # prunes the base after round 1
     cfg = tiny_cfg("search", overrides)
     final = run_search(cfg)
     assert 0.0 <= final["personalized_acc_after_mean"] <= 1.0

@@ -207,7 +207,7 @@ def test_reinforce_on_a_two_arm_problem_moves_probability_to_the_better_arm():
     ("algorithm.alpha_update=momentum", "alpha_update"),
     ("algorithm.reward_batches=0", "reward_batches"),
     ("algorithm.local_step=adam", "local_step"),
-    ("algorithm.prune_at=[1.5]", "prune_at"),
+    ("algorithm.pruning.at=[1.5]", "pruning.at"),
 ])
 def test_bad_fedrlnas_config_is_one_clear_error(tiny_cfg, override, message):
     with pytest.raises(ConfigError, match=message):

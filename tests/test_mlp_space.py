@@ -138,7 +138,7 @@ def test_two_round_search_on_vector_data(tiny_cfg, algorithm):
     """FedMetaNAS with the paper's input_combinations=2, which the chain accepts and ignores."""
     overrides = [*VECTOR, f"algorithm={algorithm}", "plots_every=0"]
     if algorithm == "fedmetanas":
-        overrides += ["algorithm.prune_at=[0.5]", "algorithm.prune_threshold=0.2", "algorithm.input_combinations=2"]
+        overrides += ["algorithm.pruning.at=[0.5]", "algorithm.pruning.threshold=0.2", "algorithm.input_combinations=2"]
     cfg = tiny_cfg("search", overrides)
     assert cfg.algorithm.get("input_combinations") == (2 if algorithm == "fedmetanas" else None)
     result = run_search(cfg)

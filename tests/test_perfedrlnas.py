@@ -159,7 +159,7 @@ def test_maml_child_step_known_answer():
 
 def test_two_round_meta_perfedrlnas_prunes_on_the_averaged_policy(tiny_cfg):
     overrides = ["logger=none", "algorithm=meta_perfedrlnas", "algorithm.reward_batches=1", "algorithm.alpha_lr=0.5",
-                 "algorithm.prune_at=[0.5]", "algorithm.prune_threshold=0.2", "personalize=true"]
+                 "algorithm.pruning.at=[0.5]", "algorithm.pruning.threshold=0.2", "personalize=true"]
     final = run_search(tiny_cfg("search", overrides))
     checkpoint = load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints")
     assert checkpoint["history"][0]["pruned_ops"] > 0 and "pruned_ops" not in checkpoint["history"][1]

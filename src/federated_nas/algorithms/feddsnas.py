@@ -20,46 +20,45 @@ Additions for small budgets (``warmup: 0``, ``bn_recalibration_batches: 0`` and
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.local_steps import MiLeNASSearch
-from federated_nas.algorithms.nas import (AnnealedTemperature, MostLikelyChild, RecalibrateBatchNorm,
-                                         check_recalibration_batches, check_warmup, warming_up)
+from federated_nas.algorithms.nas import RecalibrateBatchNorm, check_recalibration_batches, check_warmup, warming_up
+from federated_nas.algorithms.schedules import TemperatureSchedule, as_schedule
 from federated_nas.search_space.relaxations import HardGumbelRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
 
 
-class FedDSNAS(MostLikelyChild, AnnealedTemperature, FedNAS):
-    """FedNAS' loop and update with DSNAS' sampled, straight-through relaxation."""
+class FedDSNAS(FedNAS):
+    """FedNAS' loop and update with DSNAS' sampled, straight-through relaxation; ships the most likely child."""
 
     name = "feddsnas"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
-                 alpha_optimizer: OptimizerFactory, temperature: dict | None = None, val_lambda: float = 0.0,
-                 warmup: float = 0.0, bn_recalibration_batches: int = 0, tempered_sampling: bool = False,
-                 **fednas_options: Any):
-        FedNAS.__init__(self, search_space, w_optimizer, alpha_optimizer, val_lambda=val_lambda, **fednas_options)
-        AnnealedTemperature.__init__(self, temperature, start=1.0, end=1.0)
+                 alpha_optimizer: OptimizerFactory, temperature: TemperatureSchedule | Mapping | None = None,
+                 val_lambda: float = 0.0, warmup: float = 0.0, bn_recalibration_batches: int = 0,
+                 tempered_sampling: bool = False, final_model: str = "most_likely_child", **fednas_options: Any):
+        """``temperature`` None: DSNAS' constant 1."""
+        super().__init__(search_space, w_optimizer, alpha_optimizer, val_lambda=val_lambda, final_model=final_model,
+                         **fednas_options)
+        self.temperature = as_schedule(TemperatureSchedule, temperature) or TemperatureSchedule(1.0, 1.0)
         self.warmup = check_warmup(warmup)
         self.bn_recalibration_batches = check_recalibration_batches(bn_recalibration_batches)
         self.tempered_sampling = bool(tempered_sampling)
 
     def supernet_options(self) -> dict[str, Any]:
-        return {"relaxation": HardGumbelRelaxation(self.temperature["start"], self.tempered_sampling)}
+        return {"relaxation": HardGumbelRelaxation(self.temperature.start, self.tempered_sampling)}
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MiLeNASSearch:
         plan = task.plan
-        self.set_temperature(model, plan.round_idx, plan.rounds)
+        self.prepare_client_model(model, plan)
         module = super().local_module(model, task)
         module.alpha_frozen = warming_up(self.warmup, plan.round_idx, plan.rounds)
         if self.bn_recalibration_batches:
             module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, train_inputs))
         return module
-
-    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
-        return {"temperature": self.set_temperature(model, round_idx, rounds)}
 
 
 def train_inputs(pair: dict) -> Any:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory, classification_loss, cosine_lr
 from federated_nas.algorithms.local_steps import MetaSearch, inner_steps, meta_parameters
-from federated_nas.algorithms.nas import (AnnealedTemperature, RecalibrateBatchNorm, ScheduledPruning, SupernetAlgorithm,
-                                         check_recalibration_batches, recalibrate_batch_norm)
+from federated_nas.algorithms.nas import (RecalibrateBatchNorm, SupernetAlgorithm, check_recalibration_batches,
+                                         recalibrate_batch_norm)
+from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
@@ -33,23 +34,26 @@ def support_inputs(task: dict) -> torch.Tensor:
     return task["support"][0]
 
 
-class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
-    """Server-side view of FedMetaNAS: temperature schedule, pruning on the aggregate, personal adaptation."""
+class FedMetaNAS(SupernetAlgorithm):
+    """Server-side view of FedMetaNAS: temperature schedule, pruning on the aggregate, personal adaptation.
+
+    Its final model is the pruned supernet (``final_model: supernet``), with no retraining.
+    """
 
     name = "fedmetanas"
-    final_params_metric = "supernet_params"  # the pruned supernet is the final model, no retraining
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
                  inner_steps: int = 1, inner_lr_w: float = 0.025, inner_lr_alpha: float = 0.003,
-                 task_size: int | None = None, relaxation: str = "softmax", temperature: dict | None = None,
-                 input_combinations: int | None = 2,
-                 prune_at: Iterable[float] = (0.5, 0.75), prune_threshold: float = 0.01,
+                 task_size: int | None = None, relaxation: str = "softmax",
+                 temperature: TemperatureSchedule | Mapping | None = None,
+                 input_combinations: int | None = 2, pruning: PruningSchedule | Mapping | None = None,
                  adapt_steps: int = 5, grad_clip: float | None = 5.0, bn_recalibration_batches: int = 0,
-                 w_keeps_support_steps: bool = False):
-        SupernetAlgorithm.__init__(self, search_space)
-        AnnealedTemperature.__init__(self, temperature)
-        ScheduledPruning.__init__(self, prune_at, prune_threshold)
+                 w_keeps_support_steps: bool = False, final_model: str = "supernet"):
+        """``temperature`` None: 1.0 -> 0.1 linear over the rounds; ``pruning`` None: after 1/2 and 3/4 of the
+        rounds at 0.01 (the paper's schedule)."""
+        super().__init__(search_space, TemperatureSchedule() if temperature is None else temperature,
+                         PruningSchedule((0.5, 0.75)) if pruning is None else pruning, final_model)
         if inner_steps < 0:
             raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
         if relaxation not in RELAXATIONS:
@@ -63,16 +67,16 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
         self.task_size, self.input_combinations, self.adapt_steps = task_size, input_combinations, adapt_steps
 
     def supernet_options(self) -> dict[str, Any]:
-        return {"relaxation": RELAXATIONS[self.relaxation](self.temperature_at(0, 1)),
+        return {"relaxation": RELAXATIONS[self.relaxation](self.temperature.temperature_at(0, 1)),
                 "input_combinations": self.input_combinations}
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MetaSearch:
         plan = task.plan
-        self.set_temperature(model, plan.round_idx, plan.rounds)
+        self.prepare_client_model(model, plan)
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
                             cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds), self.inner_steps,
                             self.inner_lr_w, self.inner_lr_alpha, self.grad_clip,
-                            self.task_temperatures(self.inner_steps), self.w_keeps_support_steps)
+                            self.temperature.task_temperatures(self.inner_steps), self.w_keeps_support_steps)
         if self.bn_recalibration_batches:
             module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, support_inputs))
         return module
@@ -80,11 +84,6 @@ class FedMetaNAS(AnnealedTemperature, ScheduledPruning, SupernetAlgorithm):
     def client_loader(self, task: ClientTask) -> Iterable:
         return paired_loader(task.client.train, task.client.val, ("support", "query"),
                              self.task_size or task.plan.batch_size, task.seed)
-
-    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
-        """Anneal the server's temperature and, at the scheduled rounds, prune on the aggregated architecture."""
-        return {"temperature": self.set_temperature(model, round_idx, rounds),
-                **self.prune_if_due(model, round_idx, rounds)}
 
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:

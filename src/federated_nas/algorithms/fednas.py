@@ -33,15 +33,19 @@ def train_val_pairs(client: ClientData, batch_size: int, seed: int) -> Iterable:
 
 
 class FedNAS(SupernetAlgorithm):
-    """Server-side view of FedNAS: a DARTS supernet whose w and alpha are both averaged."""
+    """Server-side view of FedNAS: a DARTS supernet whose w and alpha are both averaged.
+
+    Its final model is the derived genotype (``final_model: discretized``), which the second stage,
+    ``src/train.py``, trains from scratch with FedAvg.
+    """
 
     name = "fednas"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
                  val_lambda: float = 1.0, grad_clip: float | None = 5.0, adapt_steps: int = 5,
-                 adapt_lr_w: float = 0.025, adapt_lr_alpha: float = 0.003):
-        super().__init__(search_space)
+                 adapt_lr_w: float = 0.025, adapt_lr_alpha: float = 0.003, final_model: str = "discretized"):
+        super().__init__(search_space, final_model=final_model)
         if adapt_steps < 0:
             raise ConfigError(f"algorithm.adapt_steps must be >= 0, got {adapt_steps}")
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer

@@ -13,13 +13,13 @@ resume exactly). Each weight entry is averaged over the clients whose child used
 
 The final model is the argmax child (the most likely op on every edge) with its trained weights,
 no retraining: the server's supernet relaxes alpha to that child's one-hot weights, so
-``global_test_acc`` is the argmax child's accuracy (``MostLikelyChild``: ``global_test_acc_discrete``
+``global_test_acc`` is the argmax child's accuracy (``final_model: most_likely_child``: ``global_test_acc_discrete``
 evaluates that child cut out of the supernet, and ``child_params`` is its size).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from lightning.pytorch.utilities import CombinedLoader
@@ -29,8 +29,9 @@ from federated_nas.algorithms.aggregation import MaskedAverage, State
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory, RoundPlan, cosine_lr
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.local_steps import first_order_weight_step
-from federated_nas.algorithms.nas import MostLikelyChild, ScheduledPruning, SupernetAlgorithm
+from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.algorithms.reinforce import ReinforcePolicy, ReinforceState
+from federated_nas.algorithms.schedules import PruningSchedule
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError
@@ -156,10 +157,10 @@ def child_accuracy(model: nn.Module, batches: Iterable, limit: int | None, devic
     return correct / max(seen, 1)
 
 
-class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
+class FedRLNAS(SupernetAlgorithm):
     """Server-side FedRLNAS: argmax-child global model, per-client sampled children, REINFORCE on alpha.
 
-    ``local_step: maml`` and ``prune_at`` add FedMetaNAS' MAML child training and the server's
+    ``local_step: maml`` and ``pruning`` add FedMetaNAS' MAML child training and the server's
     soft pruning (on the alpha the children are drawn from): the FedMetaNAS paper's meta- variants.
     """
 
@@ -170,9 +171,8 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
                  alpha_lr: float = 3e-3, alpha_update: str = "adam", alpha_betas: Iterable[float] = (0.5, 0.999),
                  alpha_eps: float = 1e-8, baseline_decay: float = 0.99, reward_batches: int | None = None,
                  local_step: str = "sgd", inner_steps: int = 1, inner_lr: float = 0.025, task_size: int | None = None,
-                 prune_at: Iterable[float] = (), prune_threshold: float = 0.01):
-        SupernetAlgorithm.__init__(self, search_space)
-        ScheduledPruning.__init__(self, prune_at, prune_threshold)
+                 pruning: PruningSchedule | Mapping | None = None, final_model: str = "most_likely_child"):
+        super().__init__(search_space, pruning=pruning, final_model=final_model)
         if local_step not in LOCAL_STEPS:
             raise ConfigError(f"algorithm.local_step must be one of {', '.join(LOCAL_STEPS)}, got {local_step!r}")
         if inner_steps < 0:
@@ -198,8 +198,9 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
         return model
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> ChildTraining:
-        """Draw this client's child from the global alpha (torch is seeded per client) and train it alone."""
-        return ChildTraining(model, child=sample_child(model), **self.child_training(task.plan))
+        """Draw this client's child from the global alpha, with a generator of the task's seed, and train it alone."""
+        return ChildTraining(model, child=sample_child(model, torch.Generator().manual_seed(task.seed)),
+                             **self.child_training(task.plan))
 
     def child_training(self, plan: RoundPlan) -> dict[str, Any]:
         """How a client trains its child this round (``ChildTraining``'s settings)."""
@@ -228,4 +229,4 @@ class FedRLNAS(MostLikelyChild, ScheduledPruning, SupernetAlgorithm):
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
         return {"reward_mean": float(model.reinforce.reward), "reward_baseline": float(model.reinforce.baseline),
-                **self.prune_if_due(model, round_idx, rounds)}
+                **super().after_aggregation(model, round_idx, rounds)}

@@ -4,18 +4,18 @@ and the discrete model with inherited weights (the "after" column of FedMetaNAS'
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import lightning as L
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule
+from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, RoundPlan
+from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_schedule
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
-from federated_nas.search_space.relaxations import anneal
 from federated_nas.search_space.supernet import SearchNetwork
 
 
@@ -66,14 +66,37 @@ class RecalibrateBatchNorm(L.Callback):
         self.seen = []
 
 
+FINAL_MODELS = {  # what a method ships (``algorithm.final_model``) -> the round metric that sizes it
+    "supernet": "supernet_params",          # FedMetaNAS: the (pruned) supernet itself, no retraining
+    "discretized": "derived_params",        # FedNAS: the derived genotype, trained from scratch by src/train.py
+    "most_likely_child": "child_params",    # FedDSNAS, FedRLNAS: every edge's argmax op, no retraining
+}
+
+
 class SupernetAlgorithm(FederatedAlgorithm):
-    """A federated method whose global model is a ``SearchNetwork``."""
+    """A federated method whose global model is a ``SearchNetwork``.
 
-    final_params_metric = "derived_params"  # FedNAS trains the derived network in its second stage
+    Its per-round schedules are components (``schedules.py``): ``temperature`` is applied to the model
+    a client trains and to the server's aggregate, ``pruning`` to the aggregate alone; a method
+    without one passes None. ``final_model`` names what the method ships: it sizes
+    ``final_model_params`` and is the discrete model evaluated beside the global one
+    (``global_test_acc_discrete``, FedMetaNAS' Table 3).
+    """
 
-    def __init__(self, search_space: Callable[..., SearchNetwork]):
+    def __init__(self, search_space: Callable[..., SearchNetwork],
+                 temperature: TemperatureSchedule | Mapping | None = None,
+                 pruning: PruningSchedule | Mapping | None = None, final_model: str = "supernet"):
+        if final_model not in FINAL_MODELS:
+            raise ConfigError(f"algorithm.final_model must be one of {', '.join(FINAL_MODELS)}, got {final_model!r}")
         self.search_space = search_space
+        self.temperature: TemperatureSchedule | None = as_schedule(TemperatureSchedule, temperature)
+        self.pruning: PruningSchedule | None = as_schedule(PruningSchedule, pruning)
+        self.final_model = final_model
         self.input_shape: tuple[int, ...] = ()
+
+    @property
+    def final_params_metric(self) -> str:
+        return FINAL_MODELS[self.final_model]
 
     def supernet_options(self) -> dict[str, Any]:
         """Extra constructor arguments of this method's supernet (relaxation, input combinations)."""
@@ -84,6 +107,19 @@ class SupernetAlgorithm(FederatedAlgorithm):
         self.input_shape = (1, *data.input_shape)
         return self.search_space(in_channels=data.in_channels, num_classes=data.num_classes,
                                  **self.supernet_options())
+
+    def prepare_client_model(self, model: SearchNetwork, plan: RoundPlan) -> None:
+        """The round's temperature on the model a client is about to train."""
+        if self.temperature is not None:
+            self.temperature.apply(model, plan.round_idx, plan.rounds)
+
+    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
+        """Each schedule the method has, applied to the aggregate: the round's temperature, then any pruning due."""
+        report: dict[str, Any] = {}
+        for schedule in (self.temperature, self.pruning):
+            if schedule is not None:
+                report.update(schedule.apply(model, round_idx, rounds))
+        return report
 
     def round_report(self, model: SearchNetwork) -> dict[str, Any]:
         genotype, entropy, uniform = model.genotype(), alpha_entropy(model), math.log(len(model.primitives))
@@ -102,54 +138,16 @@ class SupernetAlgorithm(FederatedAlgorithm):
                                     **{kind: model.op_probabilities(kind).cpu().tolist()
                                        for kind in model.arch_kinds}},
         }
+        if self.final_model == "most_likely_child":  # its size costs a copy of the supernet: only where shipped
+            report["child_params"] = count_parameters(model.most_likely_child())
         if self.input_shape:
             report["supernet_flops"] = forward_flops(model, self.input_shape)
         return report
 
     def discrete_model(self, model: SearchNetwork) -> SearchNetwork:
-        return model.discretized()
-
-
-class MostLikelyChild:
-    """The final model of the single-path methods (FedDSNAS, FedRLNAS): every edge's argmax op, no retraining.
-
-    Their server evaluates exactly this child, so ``global_test_acc_discrete`` repeats
-    ``global_test_acc`` as a check; ``child_params`` is the final model's size (arch parameters included).
-    """
-
-    final_params_metric = "child_params"
-
-    def discrete_model(self, model: SearchNetwork) -> SearchNetwork:
-        return model.most_likely_child()
-
-    def round_report(self, model: SearchNetwork) -> dict[str, Any]:
-        report = super().round_report(model)
-        report["child_params"] = count_parameters(model.most_likely_child())
-        return report
-
-
-class ScheduledPruning:
-    """Soft pruning decided by the server on the aggregated architecture, after fractions of the rounds.
-
-    At each scheduled round every op (and input combination) whose probability is under
-    ``prune_threshold`` leaves the model for good, so every client receives the same smaller
-    supernet. The rounds are a function of the schedule alone (resume-safe).
-    """
-
-    def __init__(self, prune_at: Iterable[float], prune_threshold: float):
-        self.prune_at, self.prune_threshold = list(prune_at), prune_threshold
-        if any(not 0 < f <= 1 for f in self.prune_at):
-            raise ConfigError(f"algorithm.prune_at holds fractions of the rounds in (0, 1], got {self.prune_at}")
-
-    def prune_rounds(self, rounds: int) -> set[int]:
-        return {max(int(round(f * rounds)) - 1, 0) for f in self.prune_at}
-
-    def prune_if_due(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
-        """Prune ``model`` when ``round_idx`` is scheduled; the counts removed, to log."""
-        if round_idx not in self.prune_rounds(rounds):
-            return {}
-        removed = model.prune(self.prune_threshold)
-        return {"pruned_ops": removed["ops"], "pruned_combinations": removed["combinations"]}
+        """The single-path methods' argmax child (which their server already evaluates, so its accuracy
+        repeats ``global_test_acc`` as a check); else the genotype's ops with inherited weights."""
+        return model.most_likely_child() if self.final_model == "most_likely_child" else model.discretized()
 
 
 def check_recalibration_batches(batches: int) -> int:
@@ -167,49 +165,6 @@ def check_warmup(warmup: float) -> float:
 def warming_up(warmup: float, round_idx: int, rounds: int) -> bool:
     """Whether ``round_idx`` is in the first ``warmup`` fraction of the rounds (a function of the round: resume-safe)."""
     return round_idx < int(round(warmup * rounds))
-
-
-TEMPERATURE_CLOCKS = ("rounds", "task")
-
-
-class AnnealedTemperature:
-    """A relaxation temperature annealed from ``start`` to ``end``, set on the model the server or a client holds.
-
-    ``clock: rounds`` anneals once over the run (one value per round). ``clock: task`` anneals over each
-    task's inner steps, restarting at every task, as MetaNAS' scripts do (their ``curr_step`` is reset
-    per task): the inner steps run from ``start`` towards ``end`` and the query, the server and
-    evaluation use ``end``. Either way the value is a function of the round or step alone, so a
-    resumed run anneals exactly like an uninterrupted one.
-    """
-
-    def __init__(self, temperature: dict | None, start: float = 1.0, end: float = 0.1, shape: str = "linear"):
-        schedule = {"start": start, "end": end, "shape": shape, "clock": "rounds", **(temperature or {})}
-        self.clock = schedule.pop("clock")
-        self.temperature = schedule
-        try:  # a bad schedule fails now, with one line, not at the first round
-            if self.clock not in TEMPERATURE_CLOCKS:
-                raise ValueError(f"clock must be one of {', '.join(TEMPERATURE_CLOCKS)}, got {self.clock!r}")
-            if not all(isinstance(t, (int, float)) and t > 0 for t in (schedule["start"], schedule["end"])):
-                raise ValueError("start and end must be positive numbers")
-            anneal(**self.temperature, round_idx=0, rounds=1)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"algorithm.temperature={dict(self.temperature, clock=self.clock)}: {err}") from None
-
-    def temperature_at(self, round_idx: int, rounds: int) -> float:
-        if self.clock == "task":
-            return float(self.temperature["end"])
-        return anneal(**self.temperature, round_idx=round_idx, rounds=rounds)
-
-    def set_temperature(self, model: SearchNetwork, round_idx: int, rounds: int) -> float:
-        model.relaxation.temperature = self.temperature_at(round_idx, rounds)
-        return model.relaxation.temperature
-
-    def task_temperatures(self, inner_steps: int) -> list[float] | None:
-        """``clock: task``: the temperature of each inner step, then of the query (``end``); else None."""
-        if self.clock != "task":
-            return None
-        return [anneal(**self.temperature, round_idx=step, rounds=inner_steps + 1) for step in range(inner_steps)] + [
-            float(self.temperature["end"])]
 
 
 def alpha_entropy(model: SearchNetwork, deterministic_weights: bool = False) -> float:
