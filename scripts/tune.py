@@ -23,7 +23,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="+", help="experiment=<name> (with a tuning node), then any overrides")
     parser.add_argument("--table", action="store_true", help="only reprint the table of an existing tuning.json")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: logs/tune_<experiment>)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="methods tuned at once, each in its own run processes (give each OMP_NUM_THREADS=1 "
+                             "on a small machine); the runs and picks are the same as with 1")
     return parser.parse_args(argv)
 
 
@@ -128,10 +133,12 @@ def seed_record(run_dir: Path, wall: float) -> dict[str, Any]:
             "wall_seconds": wall}
 
 
-def tune(overrides: list[str], out: Path) -> dict[str, Any]:
+def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
     from federated_nas.federation.validation import final_metrics, validation_score
     from federated_nas.tracking.tuning import BUDGET_KEYS, pick
 
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     task = out.name
     base, runs = compose_all(overrides, task)
     seeds, metric = [int(s) for s in base.tuning.seeds], str(base.tuning.selection_metric)
@@ -142,32 +149,45 @@ def tune(overrides: list[str], out: Path) -> dict[str, Any]:
         "budget": {key: OmegaConf.select(base, key) for key in BUDGET_KEYS}, "methods": {}}
     methods = OmegaConf.to_container(base.tuning.methods, resolve=True)
 
-    def save() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tuning.json").write_text(json.dumps(result, indent=2))
+    saving = threading.RLock()  # held while a method's record changes and while the file is written
+    for name in runs:  # the table's order is the experiment's, whichever method finishes first
+        result["methods"][name] = {"overrides": methods[name]["overrides"], "grid": [], "pick": None, "seeds": {}}
 
-    for name, points in runs.items():
-        method = result["methods"][name] = {"overrides": methods[name]["overrides"], "grid": [], "pick": None,
-                                            "seeds": {}}
+    def save() -> None:
+        with saving:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "tuning.json").write_text(json.dumps(result, indent=2))
+
+    def tune_method(name: str, points: list[list[str]]) -> None:
+        method = result["methods"][name]
         for index, full in enumerate(points):
             run_dir = out / "runs" / name / f"p{index}-s{seeds[0]}"
             wall = run_once([*full, *grid_split, f"seed={seeds[0]}"], run_dir,
                             out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log")
             # the grid's test accuracy is never recorded: only its val score decides
-            method["grid"].append({"overrides": methods[name]["grid"][index], "run_dir": str(run_dir),
-                                   "val": validation_score(run_dir), "wall_seconds": wall,
-                                   "elapsed_seconds": final_metrics(run_dir)["elapsed_seconds"]})
-            print(f"{name} grid {index}: {' '.join(method['grid'][-1]['overrides'])}: "
-                  f"{metric} {method['grid'][-1]['val'][metric]:.4f} ({wall:.0f} s)", flush=True)
-            save()
-        method["pick"] = chosen = pick([point["val"] for point in method["grid"]], metric)
+            point = {"overrides": methods[name]["grid"][index], "run_dir": str(run_dir),
+                     "val": validation_score(run_dir), "wall_seconds": wall,
+                     "elapsed_seconds": final_metrics(run_dir)["elapsed_seconds"]}
+            print(f"{name} grid {index}: {' '.join(point['overrides'])}: {metric} {point['val'][metric]:.4f} "
+                  f"({wall:.0f} s)", flush=True)
+            with saving:
+                method["grid"].append(point)
+                save()
+        with saving:
+            method["pick"] = chosen = pick([point["val"] for point in method["grid"]], metric)
         for seed in seeds:
             # without a grid split the pick's first-seed run is its grid run, reused; with one it runs again
             stem = f"p{chosen}-s{seed}" + ("-full" if grid_split else "")
             run_dir = out / "runs" / name / stem
             wall = run_once([*points[chosen], f"seed={seed}"], run_dir, out / "run_logs" / f"{name}-{stem}.log")
-            method["seeds"][str(seed)] = seed_record(run_dir, wall)
-            save()
+            record = seed_record(run_dir, wall)
+            with saving:
+                method["seeds"][str(seed)] = record
+                save()
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on run processes
+        for done in [pool.submit(tune_method, name, points) for name, points in runs.items()]:
+            done.result()  # a failed run's one-line error, after the other methods finish
     return result
 
 
@@ -182,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             raise DataError(f"{out / 'tuning.json'} does not exist: run make tune EXPERIMENT=<name> first")
         result = json.loads((out / "tuning.json").read_text())
     else:
-        result = tune(args.overrides, out)
+        result = tune(args.overrides, out, args.jobs)
         print(f"wrote {out / 'tuning.json'}")
     print(format_table(result))
 

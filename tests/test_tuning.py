@@ -117,6 +117,16 @@ def test_the_table_gives_each_pick_mean_and_std_over_seeds():
     assert "federation.local_epochs (fedavg: by its grid; the others 1)" in table
 
 
+
+def test_the_budget_line_names_a_setting_a_method_sets_for_itself():
+    """nas_methods_cpu gives the single-path methods 48 rounds (equal wall time): said, not called equal."""
+    result = hand_made_result()
+    result["methods"]["fedavg"]["grid"][1]["overrides"] = ["algorithm.lr=0.2"]
+    result["methods"]["fednas"]["overrides"] = ["algorithm=fednas", "federation.rounds=48"]
+    assert ("Held equal: federation.local_epochs=1. Set per method: federation.rounds (fednas 48; the others 12)."
+            in format_table(result))
+
+
 def load_tune_script():
     spec = importlib.util.spec_from_file_location("tune", ROOT / "scripts" / "tune.py")
     script = importlib.util.module_from_spec(spec)
@@ -162,6 +172,23 @@ def test_every_grid_point_of_digits_compare_composes_and_passes_the_checks():
             assert run.algorithm.name == plan.name
             assert (run.dataset.name, run.partition.alpha, run.federation.num_clients, run.federation.rounds) == (
                 "digits", 0.1, 10, 12)
+
+
+def test_the_nas_methods_grid_composes_each_method_at_its_budget_and_holds_the_rest_equal():
+    """nas_methods_cpu: the single-path methods at 48 rounds (the wall time of the others' 12), everything
+    else the experiment's; tune.py composes and checks every point, with and without the grid's split."""
+    script = load_tune_script()
+    base, runs = script.compose_all(["experiment=nas_methods_cpu"], "tune_nas_methods_cpu")
+    assert list(runs) == ["fednas", "feddsnas", "fedrlnas", "fedmetanas"] and {len(p) for p in runs.values()} == {3}
+    assert base.tuning.grid_split == [0.35, 0.35, 0.1, 0.2]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for name, points in runs.items():
+            for point in points:
+                run = compose("search", overrides=point)
+                assert run.algorithm.name == name
+                assert run.federation.rounds == (48 if name in ("feddsnas", "fedrlnas") else 12)
+                assert (run.dataset.name, run.partition.alpha, run.federation.local_batches) == (
+                    "fashion_mnist", 0.1, 10)
 
 
 def test_a_bad_tuning_setting_is_one_line():

@@ -106,15 +106,24 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def held_equal(result: dict[str, Any]) -> str:
-    """The budget line: what every run shared, and which methods' grids changed a budget setting."""
-    tuned = {key: sorted(name for name, method in result["methods"].items()
+    """The budget line: what every run shared, which methods' own overrides set a budget setting (e.g. the
+    single-path methods' rounds, for equal wall time), and which methods' grids changed one."""
+    methods = result["methods"]
+    own = {key: {name: override.split("=", 1)[1] for name, method in methods.items()
+                 for override in method.get("overrides", []) if setting_keys([override]) == [key]}
+           for key in result["budget"]}
+    tuned = {key: sorted(name for name, method in methods.items()
                          if any(key in setting_keys(p["overrides"]) for p in method["grid"]))
              for key in result["budget"]}
     equal = [f"{key}={'null' if value is None else value}" for key, value in result["budget"].items()
-             if not tuned[key]]
+             if not tuned[key] and not own[key]]
+    line = "Held equal: " + (", ".join(equal) if equal else "none of the budget settings") + "."
+    by_method = [f"{key} ({', '.join(f'{name} {value}' for name, value in values.items())}; the others "
+                 f"{result['budget'][key]})" for key, values in own.items() if values]
+    if by_method:
+        line += " Set per method: " + "; ".join(by_method) + "."
     changed = [f"{key} ({', '.join(names)}: by its grid; the others {result['budget'][key]})"
                for key, names in tuned.items() if names]
-    line = "Held equal: " + ", ".join(equal) + "."
     if changed:
         line += " Tuned, so client compute per round differs: " + "; ".join(changed) + "."
     return line
