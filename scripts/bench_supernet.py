@@ -24,6 +24,7 @@ step of each view and path to benchmarks/profile.txt.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import lightning as L
 import torch
@@ -146,11 +147,20 @@ def plain_models(setting: str) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
     return models, optimizers, torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
 
 
-def measure_plain(setting: str, threads: int, repeats: int) -> dict:
-    """Best plain-step time of each path at ``threads`` torch threads, the paths alternating."""
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside the block, restored after."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure_plain(setting: str, threads: int, repeats: int) -> dict:
+    """Best plain-step time of each path at ``threads`` torch threads, the paths alternating."""
+    with torch_threads(threads):
         models, optimizers, x, y = plain_models(setting)
         times = {name: [] for name in models}
         for name in models:  # warm-up
@@ -158,8 +168,6 @@ def measure_plain(setting: str, threads: int, repeats: int) -> dict:
         for _ in range(repeats):
             for name in models:
                 times[name].append(plain_step(models[name], optimizers[name], x, y))
-    finally:
-        torch.set_num_threads(previous)
     best = {name: min(seconds) for name, seconds in times.items()}
     C, layers, size, _, batch = SETTINGS[setting]
     return {"setting": setting, "threads": threads, "C": C, "layers": layers, "image_size": size, "batch": batch,
@@ -176,10 +184,8 @@ def op_table(run: Callable[[], object], rows: int = 15) -> str:
 
 def write_profiles(setting: str, threads: int) -> Path:
     """benchmarks/profile.txt: per-op tables of the plain step and of FedNAS' MiLeNAS step, each path, one step."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     sections = []
-    try:
+    with torch_threads(threads):
         models, optimizers, x, y = plain_models(setting)
         for name in models:
             plain_step(models[name], optimizers[name], x, y)  # warm-up outside the profile
@@ -189,8 +195,6 @@ def write_profiles(setting: str, threads: int) -> Path:
             local_steps(algorithm, local[name], client, batch, 1)
             sections.append((f"FedNAS MiLeNAS step (Lightning), {name}",
                              op_table(lambda: local_steps(algorithm, local[name], client, batch, 1))))
-    finally:
-        torch.set_num_threads(previous)
     C, layers, size, channels, batch = SETTINGS[setting]
     out = OUT / "profile.txt"
     out.write_text(f"torch.profiler, CPU, self time by op; setting {setting} (C={C}, {layers} layers, "

@@ -2,8 +2,9 @@
 
     python scripts/onednn_kernels.py [--isa AVX2] [--batch 16] [--top 12]
 
-Runs one warm-up and one measured step (forward, backward, SGD; C=8, 5 layers, 28x28x3, softmax
-relaxation, 1 thread) of the fast supernet in a child process with ONEDNN_VERBOSE=1 (and
+Runs one warm-up and one measured plain step (``bench_supernet.py``'s: forward, backward, SGD; its
+``small`` setting, C=8, 5 layers, 28x28x3, softmax relaxation, cut to ``--batch``, 1 thread) of the
+fast supernet in a child process with ONEDNN_VERBOSE=1 (and
 ONEDNN_MAX_CPU_ISA when ``--isa`` is given), then sums the measured step's primitive times by
 (primitive, implementation, direction). A slow generic kernel (``x64:gemm:jit``) standing in for a
 specialised one shows up at the top, with the shapes it ran on.
@@ -17,21 +18,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+SCRIPTS = Path(__file__).resolve().parent
 STEP = textwrap.dedent("""
-    import sys, torch
-    from federated_nas.search_space.supernet import SearchNetwork
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    net = SearchNetwork(3, 10, C=8, layers=5)
-    x, y = torch.randn({batch}, 3, 28, 28), torch.randint(0, 10, ({batch},))
-    sgd = torch.optim.SGD(net.weight_parameters(), lr=0.01)
-    for step in range(2):
-        print("onednn_kernels: step", step, flush=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        sgd.zero_grad()
-        loss.backward()
-        sgd.step()
+    import sys
+    sys.path.insert(0, {scripts!r})
+    from bench_supernet import plain_models, plain_step, torch_threads
+    with torch_threads(1):
+        models, optimizers, x, y = plain_models("small")
+        for step in range(2):
+            print("onednn_kernels: step", step, flush=True)
+            plain_step(models["fast"], optimizers["fast"], x[:{batch}], y[:{batch}])
 """)
 
 
@@ -71,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "OMP_NUM_THREADS": "1"}
     if args.isa:
         env["ONEDNN_MAX_CPU_ISA"] = args.isa
-    done = subprocess.run([sys.executable, "-c", STEP.format(batch=args.batch)], env=env, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", STEP.format(scripts=str(SCRIPTS), batch=args.batch)], env=env,
+                          capture_output=True, text=True, check=True)
     isa = next((line.split(",")[-1] for line in done.stdout.splitlines() if ",isa:" in line), "?")
     total, slowest = by_kernel(measured_step_lines(done.stdout))
     all_ms = sum(total.values())
