@@ -125,6 +125,31 @@ def test_bad_adaptation_settings_are_one_clear_error(tiny_cfg, overrides, key):
         build(tiny_cfg("search", overrides).algorithm)
 
 
+BUDGETS = {  # what each method's personalization costs a client, as the comparison tables show it
+    "fedavg": "5 SGD steps after the rounds", "fedprox": "5 SGD steps after the rounds",
+    "perfedavg": "1 SGD step after the rounds", "fedbabu": "10 SGD steps after the rounds",
+    "fednas": "5 MiLeNAS steps after the rounds", "feddsnas": "5 MiLeNAS steps after the rounds",
+    "fedmetanas": "5 MAML inner steps after the rounds",
+    "ditto": "personal model: every local step of the rounds a client takes part in",
+    "fedrep": "personal head: 10 steps in each round a client takes part in (a client never sampled: "
+              "10 SGD steps after the rounds)",
+    "fedpnas": "personal cells: every local step of the rounds a client takes part in (a client never sampled: "
+               "5 SGD steps after the rounds)",
+    "perfedrlnas": "personal policy: one REINFORCE step per round a client takes part in",
+    "fedrlnas": None, "feddarts": None,
+}
+
+
+@pytest.mark.parametrize("name,budget", sorted(BUDGETS.items()))
+def test_each_personalizing_method_states_its_budget(tiny_cfg, name, budget):
+    from federated_nas.algorithms.base import FederatedAlgorithm
+
+    overrides = [f"algorithm={name}", *(SMALL_CNN if name in SWEPT[:6] else [])]
+    algorithm = build(tiny_cfg("search", overrides).algorithm)
+    assert algorithm.personalization_budget() == budget
+    assert (budget is None) == (type(algorithm).adapt is FederatedAlgorithm.adapt)
+
+
 # --- tiny runs -----------------------------------------------------------------------------------
 
 def test_two_round_perfedavg_run_with_personalization(tiny_cfg):
@@ -157,6 +182,8 @@ def personalized_store(tmp_path_factory):
         for key, value in {"algorithm": algorithm, "dataset": "synthetic", "partition": "label_skew",
                            "partition.classes_per_client": "4", "seed": "1", "final_model": final_model}.items():
             client.set_tag(run_id, key, value)
+        if algorithm == "fedmetanas":
+            client.set_tag(run_id, "personalization", "5 MAML inner steps after the rounds")
         for key, value in {**metrics, "test/final_acc": 0.5, "time/elapsed_seconds": 65.0}.items():
             client.log_metric(run_id, key, value)
         for step, sent, received in ((1, 100, 50), (2, 200, 60), (2, 200, 60)):  # round 2 logged again
@@ -196,6 +223,7 @@ def test_personalization_table_and_histograms(personalized_store, tmp_path):
     assert fednas.bytes_communicated == sum(h["bytes_sent"] + h["bytes_received"] for h in history)
     assert (fednas.params_metric, fednas.params) == ("derived_params", final["derived_params"])
     assert fednas.local_acc_mean == pytest.approx(final["personalized_acc_after_mean"])
+    assert fednas.budget == "2 MiLeNAS steps after the rounds"  # algorithm.adapt_steps=2, from the run's tag
     assert len(fednas.client_accuracy["after"]) == 3
     assert rows["fedmetanas"].params_metric == "supernet_params" and rows["fedmetanas"].bytes_communicated == 410
     assert rows["fedavg"].client_accuracy is None and not rows["fedavg"].personalized
@@ -203,10 +231,11 @@ def test_personalization_table_and_histograms(personalized_store, tmp_path):
     table_path, image_path = compare_personalization(uri, "search", tmp_path / "out", "tags.seed = '1'")
     lines = [line for line in table_path.read_text().splitlines() if line.startswith("| fed")]
     assert lines == [
-        "| fedmetanas | synthetic, label_skew(classes_per_client=4) | 1 | 50.0 | 90.0 ± 5.0 | 2.0k (supernet) "
+        "| fedmetanas | synthetic, label_skew(classes_per_client=4) | 1 | 50.0 | 90.0 ± 5.0 "
+        "| 5 MAML inner steps after the rounds | 2.0k (supernet) "
         "| 1m 05s | 410 B | fedmetanas-made (" + rows["fedmetanas"].short_id + ") |",
         "| fedavg | synthetic, label_skew(classes_per_client=4) | 1 | 50.0 | 40.0 ± 10.0 (global model) "
-        "| 1.2k (network) | 1m 05s | 410 B | fedavg-made (" + rows["fedavg"].short_id + ") |",
+        "| - | 1.2k (network) | 1m 05s | 410 B | fedavg-made (" + rows["fedavg"].short_id + ") |",
     ]
     assert_real_image(image_path)
 

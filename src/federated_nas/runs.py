@@ -26,7 +26,7 @@ from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri, store_lock
 from federated_nas.tracking.plots import plot_partition_heatmap
 from federated_nas.tracking.run_figures import RunFigures
-from federated_nas.tracking.run_record import run_description
+from federated_nas.tracking.run_record import PERSONALIZATION_TAG, run_description
 
 log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
@@ -93,11 +93,15 @@ def server_device(cfg: DictConfig) -> str:
 
 
 def run_tags(cfg: DictConfig, algorithm: FederatedAlgorithm) -> dict[str, Any]:
-    """Tags to filter runs by; ``final_model`` names the metric ``final_model_params`` repeats."""
+    """Tags to filter runs by; ``final_model`` names the metric ``final_model_params`` repeats, and
+    ``personalization`` what a client's personalization cost (runs with personalize=true)."""
     partition = {k: v for k, v in cfg.partition.items() if not str(k).startswith("_") and k != "label"}
-    return {"algorithm": algorithm.name, "dataset": cfg.dataset.name, "num_clients": cfg.federation.num_clients,
+    tags = {"algorithm": algorithm.name, "dataset": cfg.dataset.name, "num_clients": cfg.federation.num_clients,
             "seed": cfg.seed, "final_model": algorithm.final_params_metric,
             **{f"partition.{k}" if k != "name" else "partition": v for k, v in partition.items()}}
+    if cfg.get("personalize"):
+        tags[PERSONALIZATION_TAG] = algorithm.personalization_budget()
+    return tags
 
 
 def build_backend(cfg: DictConfig) -> Any:

@@ -54,6 +54,11 @@ class ClientTask:
     personal: State = field(default_factory=dict)
 
 
+def steps_after_rounds(count: int, kind: str) -> str:
+    """A personalization budget of ``count`` steps on the client's own data once the rounds are over."""
+    return f"{count} {kind} step{'' if count == 1 else 's'} after the rounds"
+
+
 def classification_loss(model: nn.Module, batch) -> torch.Tensor:
     x, y = batch
     return F.cross_entropy(model(x), y)
@@ -168,5 +173,13 @@ class FederatedAlgorithm:
         """A client's personalized copy of the global model, when the method defines personalization.
 
         ``personal`` is what the client's local modules kept across rounds (empty if nothing).
+        """
+        return None
+
+    def personalization_budget(self) -> str | None:
+        """What ``adapt`` costs a client, in words for the comparison tables (None: no personalization).
+
+        Methods personalize with different budgets (steps after the federation, or personal parts
+        trained in every round a client takes part); tables show it so unequal budgets are visible.
         """
         return None

@@ -85,6 +85,9 @@ class Ditto(FedAvg):
         return DittoTraining(model, self.optimizer, lr, self.grad_clip, self.lam,
                              lr if self.personal_lr is None else self.personal_lr, task.personal)
 
+    def personalization_budget(self) -> str:
+        return "personal model: every local step of the rounds a client takes part in"
+
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> nn.Module:
         """The client's personal model v; the global model for a client that never trained."""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from federated_nas.algorithms.base import (ClientTask, FederatedAlgorithm, LocalModule, OptimizerFactory, RoundPlan,
-                                          cosine_lr)
+                                          cosine_lr, steps_after_rounds)
 from federated_nas.algorithms.personal import finetune
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.errors import ConfigError
@@ -60,6 +60,9 @@ class FedAvg(FederatedAlgorithm):
 
     def round_report(self, model: nn.Module) -> dict[str, Any]:
         return {"params": count_parameters(model)}
+
+    def personalization_budget(self) -> str:
+        return steps_after_rounds(self.adapt_steps, "SGD")
 
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> nn.Module:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, steps_after_rounds
 from federated_nas.algorithms.fedavg import FedAvg
 from federated_nas.algorithms.personal import PartialTraining, finetune
 from federated_nas.data.federated_data import ClientData, FederatedData
@@ -43,6 +43,9 @@ class FedBABU(FedAvg):
     def local_module(self, model: nn.Module, task: ClientTask) -> PartialTraining:
         return PartialTraining(model, self.optimizer, self.local_lr(task.plan), self.grad_clip,
                                phases=[(body_parameters, None)])
+
+    def personalization_budget(self) -> str:
+        return steps_after_rounds(self.finetune_steps, "SGD")
 
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> nn.Module:

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.base import (ClientTask, OptimizerFactory, classification_loss, cosine_lr,
+                                          steps_after_rounds)
 from federated_nas.algorithms.local_steps import MetaSearch, inner_steps, meta_parameters
 from federated_nas.algorithms.nas import (RecalibrateBatchNorm, SupernetAlgorithm, check_recalibration_batches,
                                          recalibrate_batch_norm)
@@ -84,6 +85,9 @@ class FedMetaNAS(SupernetAlgorithm):
     def client_loader(self, task: ClientTask) -> Iterable:
         return paired_loader(task.client.train, task.client.val, ("support", "query"),
                              self.task_size or task.plan.batch_size, task.seed)
+
+    def personalization_budget(self) -> str:
+        return steps_after_rounds(self.adapt_steps, "MAML inner")
 
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:

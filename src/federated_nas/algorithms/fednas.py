@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, cosine_lr
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, cosine_lr, steps_after_rounds
 from federated_nas.algorithms.local_steps import MiLeNASSearch, milenas_backward
 from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
@@ -58,6 +58,9 @@ class FedNAS(SupernetAlgorithm):
 
     def client_loader(self, task: ClientTask) -> Iterable:
         return train_val_pairs(task.client, task.plan.batch_size, task.seed)
+
+    def personalization_budget(self) -> str:
+        return steps_after_rounds(self.adapt_steps, "MiLeNAS")
 
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, LocalModule
+from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, LocalModule, steps_after_rounds
 from federated_nas.algorithms.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.nas import SupernetAlgorithm
@@ -79,6 +79,10 @@ class FedPNAS(FederatedAlgorithm):
         module = self.search.local_module(model, task)
         module.callbacks.append(KeepPersonalPart(model.personal_names(), kept=task.personal))
         return module
+
+    def personalization_budget(self) -> str:
+        return ("personal cells: every local step of the rounds a client takes part in "
+                f"(a client never sampled: {steps_after_rounds(self.new_client_steps, 'SGD')})")
 
     def adapt(self, model: PersonalizedSearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> PersonalizedSearchNetwork:

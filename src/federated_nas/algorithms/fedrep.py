@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, State
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, State, steps_after_rounds
 from federated_nas.algorithms.fedavg import FedAvg
 from federated_nas.algorithms.personal import KeepPersonalPart, PartialTraining, finetune, load_parameter_values
 from federated_nas.data.federated_data import ClientData, FederatedData
@@ -54,6 +54,10 @@ class FedRep(FedAvg):
     def local_module(self, model: nn.Module, task: ClientTask) -> FedRepTraining:
         return FedRepTraining(model, self.optimizer, self.local_lr(task.plan), self.grad_clip, self.head_steps,
                               task.personal)
+
+    def personalization_budget(self) -> str:
+        return (f"personal head: {self.head_steps} steps in each round a client takes part in "
+                f"(a client never sampled: {steps_after_rounds(self.head_steps, 'SGD')})")
 
     def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> nn.Module:

@@ -91,6 +91,9 @@ class PerFedRLNAS(FedRLNAS):
         self.policy.advance_baseline(state, rewards)
         state["reinforce.reward"].fill_(sum(rewards) / len(rewards))
 
+    def personalization_budget(self) -> str:
+        return "personal policy: one REINFORCE step per round a client takes part in"
+
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:
         """The argmax child of the client's own policy on the shared weights (the global one without a policy)."""

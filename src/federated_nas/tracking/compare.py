@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from federated_nas.search_space.genotypes import Genotype
 from federated_nas.tracking.cell_drawing import cell_graph, draw_cell_on_axes, drawing_limits
 from federated_nas.tracking.plots import save_figure
-from federated_nas.tracking.run_record import final_name, metric_name
+from federated_nas.tracking.run_record import PERSONALIZATION_TAG, final_name, metric_name
 from federated_nas.tracking.run_store import (CLIENT_ACCURACY_ARTIFACT, bytes_communicated, download_client_accuracy,
                                               download_genotype, matching_runs)
 
@@ -42,12 +42,14 @@ FINAL_MODEL_TAG = "final_model"  # which size final_model_params repeats (runs.r
 # derived network, FedDSNAS and FedRLNAS keep their argmax child, the fixed-network methods train `params`
 PARAMS_KIND = {"supernet_params": "supernet", "derived_params": "derived", "child_params": "child",
                "params": "network"}
-PERSONAL_COLUMNS = ("algorithm", "data setting", "seed", "global acc (%)", "local acc (%)", "params",
-                    "wall time", "communicated", "run")
+PERSONAL_COLUMNS = ("algorithm", "data setting", "seed", "global acc (%)", "local acc (%)", "personalization",
+                    "params", "wall time", "communicated", "run")
 PERSONAL_NOTE = ("Global acc: the final model on the whole test set (`test/final_acc`). "
                  "Local acc: mean ± std over clients of the local test accuracy after personalization "
                  "(`clients/personalized_acc_after_*`); marked *global model* where a run did not personalize "
-                 "(`clients/test_acc_*`). Params: the final model's (`arch/final_model_params`): *network* = the "
+                 "(`clients/test_acc_*`). Personalization: what it cost each client (the run's `personalization` tag): "
+                 "steps on its own data after the rounds, or a personal part trained in the rounds it took part "
+                 "in; budgets differ between methods, so compare rows with this column in view. Params: the final model's (`arch/final_model_params`): *network* = the "
                  "fixed network, *derived* = the network derived from the searched cell, *child* = the argmax "
                  "child, *supernet* = FedMetaNAS' pruned supernet. Wall time: the federated rounds "
                  "(`time/elapsed_seconds`). Communicated: bytes sent plus received by the server "
@@ -186,6 +188,7 @@ class PersonalRow:
     local_acc_mean: float | None
     local_acc_std: float | None
     personalized: bool
+    budget: str | None  # the personalization's cost, from the run's tag
     params: float | None
     params_metric: str | None
     elapsed_seconds: float | None
@@ -220,6 +223,7 @@ def personal_row(client: MlflowClient, run: Run) -> PersonalRow:
         local_acc_mean=metrics.get(mean_key),
         local_acc_std=metrics.get(std_key),
         personalized=personalized,
+        budget=tags.get(PERSONALIZATION_TAG) if personalized else None,
         params=metrics.get(FINAL_PARAMS),
         params_metric=params_metric,
         elapsed_seconds=metrics.get(ELAPSED),
@@ -289,7 +293,8 @@ def _personal_cells(row: PersonalRow) -> list[str]:
     params = _count(row.params)
     if row.params_metric in PARAMS_KIND:
         params += f" ({PARAMS_KIND[row.params_metric]})"
-    return [row.algorithm, row.setting, row.seed, _percent(row.global_test_acc, sign=False), local, params,
+    return [row.algorithm, row.setting, row.seed, _percent(row.global_test_acc, sign=False), local,
+            row.budget or MISSING, params,
             _duration(row.elapsed_seconds), _bytes(row.bytes_communicated), f"{row.name} ({row.short_id})"]
 
 

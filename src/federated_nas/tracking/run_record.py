@@ -14,6 +14,7 @@ from typing import Any
 SECTIONS = ("test", "clients", "arch", "comm", "time")
 GENOTYPE_TAG = "genotype"  # the latest derived architecture, in DARTS' one-line form
 GENOTYPE_TABLE = "architecture_history.json"  # (round, genotype, accuracy), one row per round
+PERSONALIZATION_TAG = "personalization"  # what a client's personalization cost, in words (personalize=true)
 
 # the last round evaluates on the whole test set; these keys hold that evaluation then, and the
 # round curve's point (on federation.global_test_samples) is under "<key>_sampled"
