@@ -124,13 +124,20 @@ def run_once(overrides: list[str], run_dir: Path, log_path: Path) -> float:
 
 def seed_record(run_dir: Path, wall: float) -> dict[str, Any]:
     """What the table reports of one seed run of a pick: test accuracies, val score, times."""
+    from federated_nas.federation.personalization import CLIENT_ACCURACY
     from federated_nas.federation.validation import final_metrics, validation_score
+    from federated_nas.tracking.tuning import PERSONAL_ACC
 
     last = final_metrics(run_dir)
     keep = ("global_test_acc", "global_test_acc_discrete", "client_test_acc_mean", "client_test_acc_std",
             "elapsed_seconds", "params", "supernet_params", "derived_params")
-    return {"run_dir": str(run_dir), **{k: last[k] for k in keep if k in last}, **validation_score(run_dir),
-            "wall_seconds": wall}
+    record = {"run_dir": str(run_dir), **{k: last[k] for k in keep if k in last}, **validation_score(run_dir),
+              "wall_seconds": wall}
+    personalized = run_dir / "personalized" / CLIENT_ACCURACY  # written by runs with personalize=true
+    if personalized.is_file():
+        after = json.loads(personalized.read_text())["after"]
+        record[PERSONAL_ACC] = sum(after) / len(after)
+    return record
 
 
 def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:

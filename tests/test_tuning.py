@@ -67,7 +67,7 @@ class ValOnly(dict):
     """A grid point's scores that fail the test on any read of something other than a val metric."""
 
     def __getitem__(self, key):
-        assert key.startswith("val_"), f"the pick read {key}"
+        assert key.startswith(("val_", "personal_val_")), f"the pick read {key}"
         return super().__getitem__(key)
 
 
@@ -78,8 +78,41 @@ def test_the_pick_is_the_best_val_score_and_reads_nothing_else():
               ValOnly(val_acc=0.60, val_loss=0.9, global_test_acc=0.95)]
     assert pick(scores, "val_acc") == 1  # the first of equals
     assert pick(scores, "val_loss") == 2  # lower wins
-    with pytest.raises(ConfigError, match="val_acc or val_loss"):
+    with pytest.raises(ConfigError, match="must be one of val_acc, val_loss, personal_val_acc"):
         pick(scores, "global_test_acc")
+    with pytest.raises(ConfigError, match=r"grid points \[0, 1, 2, 3\] have no such score"):
+        pick(scores, "personal_val_acc")  # runs that did not personalize
+    personal = [ValOnly(val_acc=0.9, personal_val_acc=0.7, personal_val_loss=0.2),
+                ValOnly(val_acc=0.5, personal_val_acc=0.8, personal_val_loss=0.3)]
+    assert (pick(personal, "val_acc"), pick(personal, "personal_val_acc"), pick(personal, "personal_val_loss")) == (
+        0, 1, 0)
+
+
+def test_a_personalized_runs_score_is_each_clients_personalized_model_on_its_own_holdout(tiny_cfg, monkeypatch):
+    """personal_val_acc: the mean over clients of the model the run's personalization built, on the client's
+    holdout; the same models score the run's own local test accuracy, so scoring rebuilds them exactly."""
+    from federated_nas.federation.personalization import adapt_client
+
+    live = {}
+    real_run = server.FederatedRun.run
+
+    def keep_the_run(self):
+        live["run"] = self
+        return real_run(self)
+
+    monkeypatch.setattr(server.FederatedRun, "run", keep_the_run)
+    final = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedavg", "model=cnn", "personalize=true",
+                                           "algorithm.adapt_steps=3", "federation.split=[0.5,0.2,0.1,0.2]"]))
+    score = validation_score(final["run_dir"])
+    run = live["run"]
+    adapted = [adapt_client(run.algorithm, run.model, client, run.settings.batch_size, run.seed, run.settings.rounds,
+                            run.personal) for client in run.data.clients]
+    on_holdout = [evaluate(model, client.holdout)[0] for model, client in zip(adapted, run.data.clients)]
+    on_test = [evaluate(model, client.test)[0] for model, client in zip(adapted, run.data.clients)]
+    assert score["personal_val_acc"] == pytest.approx(sum(on_holdout) / len(on_holdout), abs=1e-12)
+    saved = json.loads((Path(final["run_dir"]) / "personalized" / "client_accuracy.json").read_text())
+    assert saved["after"] == pytest.approx(on_test, abs=1e-12)
+    assert score["val_acc"] != score["personal_val_acc"]  # 3 SGD steps on each client's data changed something
 
 
 def test_no_method_may_have_more_grid_points_than_another():
@@ -116,6 +149,22 @@ def test_the_table_gives_each_pick_mean_and_std_over_seeds():
     assert "Held equal: federation.rounds=12." in table
     assert "federation.local_epochs (fedavg: by its grid; the others 1)" in table
 
+
+
+def test_the_table_of_a_personalized_tuning_shows_local_accuracy_after_personalization():
+    result = hand_made_result()
+    result["selection_metric"] = "personal_val_acc"
+    for method, local in (("fedavg", 0.8), ("fednas", 0.7)):
+        for point in result["methods"][method]["grid"]:
+            point["val"]["personal_val_acc"] = point["val"]["val_acc"] - 0.1
+        for seed, record in result["methods"][method]["seeds"].items():
+            record["personalized_acc_after_mean"] = local + 0.01 * int(seed)
+    table = format_table(result)
+    assert "| local test acc after personalization (%) |" in table.splitlines()[0]
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| fed")}
+    assert rows["fedavg"].startswith("| fedavg | federation.local_epochs=5 | 83.0% | 92.0 ± 2.0 |  | 91.0 ± 2.0 "
+                                     "| 81.0 ± 1.0 |")
+    assert "scored by the mean over clients of each personalized model" in table
 
 
 def test_the_budget_line_names_a_setting_a_method_sets_for_itself():
@@ -192,7 +241,28 @@ def test_the_nas_methods_grid_composes_each_method_at_its_budget_and_holds_the_r
 
 
 def test_a_bad_tuning_setting_is_one_line():
-    with pytest.raises(ConfigError, match="tuning.selection_metric must be one of val_acc, val_loss, got 'test_acc'"):
+    with pytest.raises(ConfigError, match="tuning.selection_metric must be one of val_acc, val_loss, "
+                                          "personal_val_acc, personal_val_loss, got 'test_acc'"):
         check_config(digits_compare("tuning.selection_metric=test_acc"))
     with pytest.raises(ConfigError, match=r"tuning.seeds must be a list of integers"):
         check_config(digits_compare("tuning.seeds=[0,-1]"))
+
+
+@pytest.mark.parametrize("experiment", ["compare_cpu", "compare_cpu_label_skew"])
+def test_the_personalization_comparisons_tune_every_method_on_personalized_val_accuracy(experiment):
+    """compare_cpu's 8 methods, 3 points each, picked on personal_val_acc; every point composes and passes the
+    checks with the grid's split, and keeps the experiment's budget and personalization."""
+    script = load_tune_script()
+    base, runs = script.compose_all([f"experiment={experiment}"], f"tune_{experiment}")
+    assert base.tuning.selection_metric == "personal_val_acc" and base.personalize
+    assert list(runs) == ["fedavg", "fedprox", "ditto", "perfedavg", "fedrep", "fedbabu", "fednas", "fedmetanas"]
+    assert {len(points) for points in runs.values()} == {3}
+    split = script.grid_split_override(base.tuning)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for name, points in runs.items():
+            for point in points:
+                run = compose("search", overrides=[*point, *split])
+                check_config(run)
+                assert run.algorithm.name == name and run.personalize
+                assert (run.federation.rounds, run.federation.local_batches, list(run.federation.split)) == (
+                    8, 10, [0.35, 0.35, 0.1, 0.2])

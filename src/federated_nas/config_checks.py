@@ -230,7 +230,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("cluster.backend.*seconds", POSITIVE),
     ("logger.*", Text()),
     # scripts/tune.py's protocol (an experiment's `tuning` node); a list that holds words is checked item by item
-    ("tuning.selection_metric", OneOf(("val_acc", "val_loss"))),
+    ("tuning.selection_metric", OneOf(("val_acc", "val_loss", "personal_val_acc", "personal_val_loss"))),
     ("tuning.seeds", Numbers(Number(low=0, high=2**32 - 1, integer=True))),
     ("tuning.grid_split", Numbers(FRACTION, length=4, total=1.0)),  # the grid runs' split: its 4th part scores them
     ("tuning.methods.*.overrides", Text()),

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from federated_nas.algorithms.base import FederatedAlgorithm
-from federated_nas.data.federated_data import FederatedData
+from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.federation.backends import client_seed
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
@@ -25,14 +25,21 @@ from federated_nas.tracking.plots import plot_client_histogram
 CLIENT_ACCURACY = "client_accuracy.json"  # read back by tracking/run_store.py
 
 
+def adapt_client(algorithm: FederatedAlgorithm, model: nn.Module, client: ClientData, batch_size: int, seed: int,
+                 after_round: int, personal: dict[int, dict] | None) -> nn.Module:
+    """The client's personalized model: the run's own personalization and the tuning's scoring both build it
+    here, with the client's seed for ``after_round`` and what it kept across rounds."""
+    kept = (personal or {}).get(client.client_id, {})
+    return algorithm.adapt(model, client, batch_size, client_seed(seed, after_round, client.client_id), kept)
+
+
 def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: FederatedData, batch_size: int,
                         eval_batch_size: int, device, seed: int, after_round: int, run_dir: Path,
                         tracker: RunTracker, personal: dict[int, dict] | None = None) -> dict[str, Any]:
     before, after = [], []
     for client in data.clients:
         before.append(evaluate(model, client.test, eval_batch_size, device)[0])
-        kept = (personal or {}).get(client.client_id, {})
-        adapted = algorithm.adapt(model, client, batch_size, client_seed(seed, after_round, client.client_id), kept)
+        adapted = adapt_client(algorithm, model, client, batch_size, seed, after_round, personal)
         after.append(evaluate(adapted, client.test, eval_batch_size, device)[0])
         # a client's own architecture: its personal cells' (FedPNAS), else its adapted genotype
         genotype = getattr(adapted, "personal_genotype", None) or getattr(adapted, "genotype", None)

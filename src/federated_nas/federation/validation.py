@@ -10,19 +10,23 @@ how runs record metrics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from federated_nas.algorithms.aggregation import load_state
+from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.builders import build, build_data
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import DataError
 from federated_nas.federation.checkpoint import LAST, read_checkpoint
 from federated_nas.federation.evaluation import evaluate
+from federated_nas.federation.personalization import adapt_client
 
 
 def scoring_split(data: FederatedData) -> tuple[str, TensorDataset]:
@@ -33,8 +37,25 @@ def scoring_split(data: FederatedData) -> tuple[str, TensorDataset]:
     return name, TensorDataset(*(torch.cat(parts) for parts in zip(*(split.tensors for split in splits))))
 
 
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished run rebuilt from its dir: config, method, last global model, data and last checkpoint."""
+
+    cfg: DictConfig
+    algorithm: FederatedAlgorithm
+    model: nn.Module
+    data: FederatedData
+    checkpoint: dict
+
+
 def final_model(run_dir: str | Path) -> tuple[nn.Module, FederatedData]:
-    """(the run's last global model, its federated data), rebuilt from config.yaml and checkpoints/last.pt.
+    """(the run's last global model, its federated data); see ``finished_run``."""
+    run = finished_run(run_dir)
+    return run.model, run.data
+
+
+def finished_run(run_dir: str | Path) -> FinishedRun:
+    """The run rebuilt from config.yaml and checkpoints/last.pt.
 
     The data is rebuilt from the same config and seed, so the clients' splits are the run's own.
     """
@@ -48,20 +69,35 @@ def final_model(run_dir: str | Path) -> tuple[nn.Module, FederatedData]:
                         f"the run did not finish (resume it first)")
     cfg = OmegaConf.load(config_path)
     data = build_data(cfg)
-    model = build(cfg.algorithm).build_model(data)
+    algorithm = build(cfg.algorithm)
+    model = algorithm.build_model(data)
     load_state(model, checkpoint["model"])
     if checkpoint.get("temperature") is not None:  # the annealed value the run evaluated its final model at
         model.relaxation.temperature = float(checkpoint["temperature"])
-    return model, data
+    return FinishedRun(cfg, algorithm, model, data, checkpoint)
 
 
 def validation_score(run_dir: str | Path, batch_size: int = 500) -> dict[str, float | str]:
     """``val_acc``, ``val_loss`` and ``val_samples`` of the run's final global model on the union of the
-    clients' holdout splits (``scored_on``: holdout), or of their val splits where it held none out."""
-    model, data = final_model(run_dir)
-    scored_on, split = scoring_split(data)
-    acc, loss = evaluate(model, split, batch_size)
-    return {"val_acc": acc, "val_loss": loss, "val_samples": len(split), "scored_on": scored_on}
+    clients' holdout splits (``scored_on``: holdout), or of their val splits where it held none out.
+
+    A run with personalize=true also gets ``personal_val_acc`` and ``personal_val_loss``: the mean over
+    clients of each client's personalized model (built as the run's personalization builds it) on that
+    client's own holdout (or val) split, as the tables' local accuracy is a mean over clients' test splits.
+    """
+    run = finished_run(run_dir)
+    scored_on, split = scoring_split(run.data)
+    acc, loss = evaluate(run.model, split, batch_size)
+    score = {"val_acc": acc, "val_loss": loss, "val_samples": len(split), "scored_on": scored_on}
+    if run.cfg.get("personalize"):
+        personal = {int(k): v for k, v in run.checkpoint.get("personal", {}).items()}
+        local = [evaluate(adapt_client(run.algorithm, run.model, client, int(run.cfg.federation.batch_size),
+                                       int(run.cfg.seed), int(run.checkpoint["rounds"]), personal),
+                          getattr(client, scored_on), batch_size)
+                 for client in run.data.clients]
+        score.update(personal_val_acc=float(np.mean([a for a, _ in local])),
+                     personal_val_loss=float(np.mean([l for _, l in local])))
+    return score
 
 
 def final_metrics(run_dir: str | Path) -> dict[str, float]:

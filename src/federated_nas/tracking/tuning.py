@@ -15,7 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from federated_nas.errors import ConfigError
 
-LOWER_IS_BETTER = {"val_loss"}
+# what a grid point can be picked by (validation.validation_score): the final global model's, or the mean
+# over clients of their personalized models' (runs with personalize=true); True: lower is better
+PERSONAL_ACC = "personalized_acc_after_mean"  # a seed run's local test accuracy after personalization
+SELECTION_METRICS = {"val_acc": False, "val_loss": True, "personal_val_acc": False, "personal_val_loss": True}
 # the budget a table holds equal unless a grid sets it; printed under the table
 BUDGET_KEYS = ("federation.rounds", "federation.num_clients", "federation.client_fraction",
                "federation.local_epochs", "federation.local_batches", "federation.batch_size", "partition.alpha")
@@ -53,10 +56,14 @@ def setting_keys(point: list[str]) -> list[str]:
 
 def pick(scores: list[dict[str, float]], metric: str) -> int:
     """Index of the best grid point by its validation ``metric`` (first of equals); reads nothing else."""
-    if metric not in ("val_acc", "val_loss"):
-        raise ConfigError(f"tuning.selection_metric must be val_acc or val_loss, got {metric!r}")
+    if metric not in SELECTION_METRICS:
+        raise ConfigError(f"tuning.selection_metric must be one of {', '.join(SELECTION_METRICS)}, got {metric!r}")
+    missing = [index for index, score in enumerate(scores) if metric not in score]
+    if missing:
+        raise ConfigError(f"tuning.selection_metric={metric}: grid points {missing} have no such score "
+                          f"(personal_* needs runs with personalize=true)")
     values = [score[metric] for score in scores]
-    best = min(values) if metric in LOWER_IS_BETTER else max(values)
+    best = min(values) if SELECTION_METRICS[metric] else max(values)
     return values.index(best)
 
 
@@ -74,23 +81,28 @@ def format_table(result: dict[str, Any]) -> str:
     """Markdown table of a ``tuning.json``: per method the pick, its val score and its test accuracy over seeds."""
     metric = result["selection_metric"]
     seeds = result["seeds"]
-    lines = [(f"| method | picked setting | {metric} of the pick (seed {seeds[0]}) | global test acc (%) | "
-              "after discretization (%) | client test acc (%) | loop / wall time per run (s) |"),
-             "|---|---|---|---|---|---|---|"]
+    personal = any(PERSONAL_ACC in record for method in result["methods"].values()
+                   for record in method.get("seeds", {}).values())
+    header = ["method", "picked setting", f"{metric} of the pick (seed {seeds[0]})", "global test acc (%)",
+              "after discretization (%)", "client test acc (%)",
+              *(["local test acc after personalization (%)"] if personal else []), "loop / wall time per run (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, method in result["methods"].items():
         runs = [method["seeds"][str(seed)] for seed in seeds if str(seed) in method.get("seeds", {})]
         if method.get("pick") is None or not runs:
-            lines.append(f"| {name} | (not run yet) | | | | | |")
+            lines.append(f"| {name} | (not run yet) |" + " |" * (len(header) - 2))
             continue
         point = method["grid"][method["pick"]]
         val = point["val"][metric]
         discrete = [r["global_test_acc_discrete"] for r in runs if "global_test_acc_discrete" in r]
+        local = [r[PERSONAL_ACC] for r in runs if PERSONAL_ACC in r]
         lines.append("| " + " | ".join([
             name, ", ".join(point["overrides"]) or "(defaults)",
-            f"{val * 100:.1f}%" if metric == "val_acc" else f"{val:.3f}",
+            f"{val * 100:.1f}%" if metric.endswith("_acc") else f"{val:.3f}",
             mean_std([r["global_test_acc"] for r in runs], 100),
             mean_std(discrete, 100) if len(discrete) == len(runs) else "",
             mean_std([r["client_test_acc_mean"] for r in runs], 100),
+            *([mean_std(local, 100) if len(local) == len(runs) else ""] if personal else []),
             (f"{statistics.mean(r['elapsed_seconds'] for r in runs):.0f} / "
              f"{statistics.mean(r['wall_seconds'] for r in runs):.0f}"),
         ]) + " |")
@@ -98,9 +110,11 @@ def format_table(result: dict[str, Any]) -> str:
     scored_on = ("holdout splits (a part of every client's share no run trained on: grid runs with "
                  f"{result['grid_split'][0]}; the picks then ran with the experiment's split)"
                  if result.get("grid_split") else "val splits")
+    scored_by = ("the mean over clients of each personalized model on that client's own part of the "
+                 if metric.startswith("personal_") else "the final global model on the union of the clients' ")
     lines.append(f"Mean ± sample std over seeds {', '.join(map(str, seeds))}; each method's grid "
-                 f"({result['grid_points']} points) ran at seed {seeds[0]} and was scored on the union of the "
-                 f"clients' {scored_on} (never the test set).")
+                 f"({result['grid_points']} points) ran at seed {seeds[0]} and was scored by {scored_by}"
+                 f"{scored_on} (never the test set).")
     lines.append(held_equal(result))
     return "\n".join(lines)
 
