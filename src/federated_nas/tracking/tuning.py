@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from federated_nas.errors import ConfigError
 
+PERSONAL_ACC = "personalized_acc_after_mean"  # a seed run's local test accuracy after personalization
 # what a grid point can be picked by (validation.validation_score): the final global model's, or the mean
 # over clients of their personalized models' (runs with personalize=true); True: lower is better
-PERSONAL_ACC = "personalized_acc_after_mean"  # a seed run's local test accuracy after personalization
 SELECTION_METRICS = {"val_acc": False, "val_loss": True, "personal_val_acc": False, "personal_val_loss": True}
 # the budget a table holds equal unless a grid sets it; printed under the table
 BUDGET_KEYS = ("federation.rounds", "federation.num_clients", "federation.client_fraction",
