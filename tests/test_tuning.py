@@ -20,6 +20,19 @@ from federated_nas.tracking.tuning import format_table, pick, tuning_plan
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def keep_the_run(monkeypatch) -> dict:
+    """A dict whose "run" will be the FederatedRun the next search runs (its server-side model and data)."""
+    live = {}
+    real_run = server.FederatedRun.run
+
+    def keeping(self):
+        live["run"] = self
+        return real_run(self)
+
+    monkeypatch.setattr(server.FederatedRun, "run", keeping)
+    return live
+
+
 @pytest.mark.parametrize("overrides, split", [
     (["algorithm=fedavg", "model=cnn"], "val"),
     (["algorithm=fedmetanas"], "val"),  # pruned, with an annealed temperature the checkpoint must carry
@@ -28,14 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_val_score_of_a_run_is_its_final_model_on_every_clients_held_out_split(tiny_cfg, monkeypatch, overrides,
                                                                                 split):
-    live = {}
-    real_run = server.FederatedRun.run
-
-    def keep_the_run(self):
-        live["run"] = self
-        return real_run(self)
-
-    monkeypatch.setattr(server.FederatedRun, "run", keep_the_run)
+    live = keep_the_run(monkeypatch)
     final = run_search(tiny_cfg("search", ["logger=none", *overrides]))
     score = validation_score(final["run_dir"])
     run = live["run"]
@@ -93,14 +99,7 @@ def test_a_personalized_runs_score_is_each_clients_personalized_model_on_its_own
     holdout; the same models score the run's own local test accuracy, so scoring rebuilds them exactly."""
     from federated_nas.federation.personalization import adapt_client
 
-    live = {}
-    real_run = server.FederatedRun.run
-
-    def keep_the_run(self):
-        live["run"] = self
-        return real_run(self)
-
-    monkeypatch.setattr(server.FederatedRun, "run", keep_the_run)
+    live = keep_the_run(monkeypatch)
     final = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedavg", "model=cnn", "personalize=true",
                                            "algorithm.adapt_steps=3", "federation.split=[0.5,0.2,0.1,0.2]"]))
     score = validation_score(final["run_dir"])
