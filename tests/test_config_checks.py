@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from federated_nas import config_checks
 from federated_nas.config_checks import (RULES, UNCHECKED, FlagOrPath, OneOf, Text, check_config, rule_for,
                                          settings)
 from federated_nas.errors import ConfigError
@@ -109,11 +112,49 @@ def test_a_config_error_on_the_command_line_comes_before_torch_and_leaves_no_run
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
-def test_a_gpu_asked_for_where_there_is_none_fails_before_the_data_loads(tiny_cfg):
+@pytest.mark.parametrize("known_without_torch", [True, False])
+def test_a_gpu_asked_for_where_there_is_none_fails_before_the_data_loads(tiny_cfg, monkeypatch, known_without_torch):
+    """Where /dev or CUDA_VISIBLE_DEVICES tells, the config check says so; elsewhere torch's check does."""
+    if not known_without_torch:
+        monkeypatch.setattr(config_checks, "surely_no_gpu", lambda: None)
     cfg = tiny_cfg("search", ["logger=none", "trainer.accelerator=gpu"])
     with pytest.raises(ConfigError, match=r"^trainer\.accelerator=gpu but no GPU is visible"):
         run_search(cfg)
     assert not Path(cfg.paths.output_dir).exists()
+
+
+@pytest.mark.parametrize("visible, devices, why", [
+    ("", [], "CUDA_VISIBLE_DEVICES=''"),
+    ("-1", ["/dev/nvidia0"], "CUDA_VISIBLE_DEVICES='-1'"),
+    (None, [], "no GPU device in /dev"),
+    (None, ["/dev/nvidia0"], None),  # a GPU may be there: torch decides
+    ("0", ["/dev/kfd"], None),
+])
+def test_no_gpu_is_known_without_torch_only_where_it_is_certain(monkeypatch, visible, devices, why):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(config_checks.sys, "platform", "linux")
+    monkeypatch.setattr(config_checks.glob, "glob",
+                        lambda pattern: [d for d in devices if fnmatch.fnmatch(d, pattern)])
+    found = config_checks.surely_no_gpu()
+    assert found == why if why is None or why.startswith("CUDA") else found.startswith(why)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_a_gpu_config_error_answers_without_importing_torch(tmp_path):
+    run_dir = tmp_path / "never"
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(ROOT / "src" / "search.py"), "trainer.accelerator=gpu",
+         "logger=none", f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == ["error: trainer.accelerator=gpu but no GPU is visible (CUDA_VISIBLE_DEVICES=''); "
+                      "use trainer.accelerator=cpu or auto"]
+    assert "torch" not in imported and not run_dir.exists()
 
 
 def a_bad_value(rule):

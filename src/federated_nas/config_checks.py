@@ -9,7 +9,10 @@ that cannot read the samples) stay with those objects. This module imports only 
 
 from __future__ import annotations
 
+import glob
 import math
+import os
+import sys
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Iterator
@@ -267,8 +270,28 @@ def settings(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` naming the first setting whose value has the wrong type or range."""
+    """Raise ``ConfigError`` naming the first setting whose value has the wrong type or range, or a GPU
+    asked for on a machine that surely has none."""
     for key, value in settings(cfg):
         rule = rule_for(key)
         if rule is not None and not rule.accepts(value):
             raise ConfigError(f"{key} must be {rule.expectation()}, got {value!r}")
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and surely_no_gpu():
+        raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible ({surely_no_gpu()}); "
+                          f"use trainer.accelerator=cpu or auto")
+
+
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")  # NVIDIA's, ROCm's, WSL's GPU devices
+
+
+def surely_no_gpu() -> str | None:
+    """Why no GPU can be visible to torch, where that is known without importing it (torch takes ~10 s
+    to ask); None where unsure, and torch's own check (``backends.visible_gpus``) decides later."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={visible!r}"
+    if sys.platform.startswith("linux") and os.path.isdir("/dev") and not any(
+            glob.glob(pattern) for pattern in GPU_DEVICE_FILES):
+        return "no GPU device in /dev: " + ", ".join(GPU_DEVICE_FILES)
+    return None
