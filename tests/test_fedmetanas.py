@@ -319,6 +319,28 @@ def test_client_upload_carries_statistics_recalibrated_over_its_first_support_ba
             torch.testing.assert_close(update.state[key], value, msg=key)
 
 
+def test_prune_sweep_script_prunes_as_the_last_round_would(tiny_cfg, capsys):
+    """A threshold swept after the run removes what the server's last-round pruning removes, at the same
+    accuracy: the sweep predicts `algorithm.pruning.threshold` without another run."""
+    from test_tracking import load_script
+
+    final = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedmetanas", "algorithm.pruning.at=[1.0]",
+                                           "algorithm.pruning.threshold=0.13", "federation.split=[0.5,0.2,0.1,0.2]"]))
+    unpruned = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedmetanas", "algorithm.pruning.at=[]",
+                                              "federation.split=[0.5,0.2,0.1,0.2]"], run="unpruned"))
+    script = load_script("prune_sweep")
+    report = script.main([unpruned["run_dir"], "--thresholds", "0.13", "0.01", "--on", "test"])
+    assert report["scored_on"] == "test" and report["unpruned"]["accuracy"] == pytest.approx(unpruned["global_test_acc"])
+    swept = {row["threshold"]: row for row in report["thresholds"]}
+    assert swept[0.13]["pruned_ops"] == final["pruned_ops"] > swept[0.01]["pruned_ops"]
+    assert swept[0.13]["accuracy"] == pytest.approx(final["global_test_acc"], abs=1e-12)
+    assert script.main([unpruned["run_dir"], "--thresholds", "0.13"])["scored_on"] == "holdout"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        script.main([unpruned["run_dir"], "--thresholds", "1.5"])
+    assert capsys.readouterr().err.strip() == "error: --thresholds must lie in (0, 1), got [1.5]"
+
+
 def test_relaxation_diagnosis_script_on_a_tiny_run(tiny_cfg):
     from test_tracking import load_script
 
