@@ -28,7 +28,7 @@ def composed_algorithm(name: str):
 
 @pytest.mark.parametrize("name, temperature, pruning, final_params", [
     ("fednas", None, None, "derived_params"),
-    ("fedmetanas", (1.0, 0.1), [0.5, 0.75, 1.0], "supernet_params"),
+    ("fedmetanas", (1.0, 0.5), [0.5, 0.75, 1.0], "supernet_params"),
     ("fedmetanas_paper", (1.0, 0.1), [0.5, 0.75], "supernet_params"),
     ("feddsnas", (1.0, 0.1), None, "child_params"),
     ("fedrlnas", None, [], "child_params"),
