@@ -277,8 +277,9 @@ def check_config(cfg: DictConfig) -> None:
         if rule is not None and not rule.accepts(value):
             raise ConfigError(f"{key} must be {rule.expectation()}, got {value!r}")
     accelerator = OmegaConf.select(cfg, "trainer.accelerator")
-    if accelerator in ("gpu", "cuda") and surely_no_gpu():
-        raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible ({surely_no_gpu()}); "
+    absent = surely_no_gpu() if accelerator in ("gpu", "cuda") else None
+    if absent:
+        raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible ({absent}); "
                           f"use trainer.accelerator=cpu or auto")
 
 
