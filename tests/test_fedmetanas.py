@@ -330,7 +330,8 @@ def test_prune_sweep_script_prunes_as_the_last_round_would(tiny_cfg, capsys):
                                               "federation.split=[0.5,0.2,0.1,0.2]"], run="unpruned"))
     script = load_script("prune_sweep")
     report = script.main([unpruned["run_dir"], "--thresholds", "0.13", "0.01", "--on", "test"])
-    assert report["scored_on"] == "test" and report["unpruned"]["accuracy"] == pytest.approx(unpruned["global_test_acc"])
+    assert report["scored_on"] == "test"
+    assert report["unpruned"]["accuracy"] == pytest.approx(unpruned["global_test_acc"])
     swept = {row["threshold"]: row for row in report["thresholds"]}
     assert swept[0.13]["pruned_ops"] == final["pruned_ops"] > swept[0.01]["pruned_ops"]
     assert swept[0.13]["accuracy"] == pytest.approx(final["global_test_acc"], abs=1e-12)

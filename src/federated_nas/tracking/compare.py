@@ -50,7 +50,8 @@ PERSONAL_NOTE = ("Global acc: the final model on the whole test set (`test/final
                  "(`clients/test_acc_*`). Personalization: what it cost each client (the run's `personalization` "
                  "tag): steps on its own data after the rounds, or a personal part trained in the rounds it took "
                  "part in; budgets differ between methods, so compare rows with this column in view. Params: the "
-                 "final model's (`arch/final_model_params`): *network* = the fixed network, *derived* = the network derived from the searched cell, *child* = the argmax "
+                 "final model's (`arch/final_model_params`): *network* = the fixed network, *derived* = the network "
+                 "derived from the searched cell, *child* = the argmax "
                  "child, *supernet* = FedMetaNAS' pruned supernet. Wall time: the federated rounds "
                  "(`time/elapsed_seconds`). Communicated: bytes sent plus received by the server "
                  "(`comm/bytes_*`), summed over rounds.")
