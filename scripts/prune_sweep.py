@@ -7,7 +7,8 @@ exactly as the server's ``pruning`` schedule would at the last round (``SearchNe
 op and input combination whose weight is under the threshold leaves, each edge keeping its
 strongest op) and evaluates it. ``--on val`` (the default) scores on the union of the clients'
 holdout splits, or their val splits where the run held none out: a threshold chosen there is
-chosen without the test set. ``--on test`` scores on the global test set. Prints one JSON object.
+chosen without the test set. ``--on test`` scores on the global test set. ``params`` counts what the
+run logs as ``supernet_params``. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from federated_nas.cli import one_line_errors
 from federated_nas.errors import ConfigError
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.federation.validation import finished_run, scoring_split
+from federated_nas.search_space.network import count_parameters
 from federated_nas.search_space.supernet import SearchNetwork
 
 
@@ -34,10 +36,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def weight_count(model: SearchNetwork) -> int:
-    return sum(int(p.numel()) for p in model.weight_parameters())
-
-
 @one_line_errors
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
@@ -49,13 +47,13 @@ def main(argv: list[str] | None = None) -> dict:
     scored_on, split = scoring_split(run.data) if args.on == "val" else ("test", run.data.global_test)
     report = {"run_dir": str(args.run_dir), "scored_on": scored_on, "samples": len(split),
               "temperature": float(run.model.relaxation.temperature), "unpruned": {
-                  "weights": weight_count(run.model), "accuracy": evaluate(run.model, split, args.batch_size)[0]},
+                  "params": count_parameters(run.model), "accuracy": evaluate(run.model, split, args.batch_size)[0]},
               "thresholds": []}
     for threshold in sorted(args.thresholds):
         pruned = copy.deepcopy(run.model)
         removed = pruned.prune(threshold)
         report["thresholds"].append({"threshold": threshold, "pruned_ops": removed["ops"],
-                                     "pruned_combinations": removed["combinations"], "weights": weight_count(pruned),
+                                     "pruned_combinations": removed["combinations"], "params": count_parameters(pruned),
                                      "accuracy": evaluate(pruned, split, args.batch_size)[0]})
     print(json.dumps(report, indent=1))
     return report

@@ -335,6 +335,7 @@ def test_prune_sweep_script_prunes_as_the_last_round_would(tiny_cfg, capsys):
     swept = {row["threshold"]: row for row in report["thresholds"]}
     assert swept[0.13]["pruned_ops"] == final["pruned_ops"] > swept[0.01]["pruned_ops"]
     assert swept[0.13]["accuracy"] == pytest.approx(final["global_test_acc"], abs=1e-12)
+    assert swept[0.13]["params"] == final["supernet_params"]
     assert script.main([unpruned["run_dir"], "--thresholds", "0.13"])["scored_on"] == "holdout"
     capsys.readouterr()
     with pytest.raises(SystemExit):

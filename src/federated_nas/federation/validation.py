@@ -48,12 +48,6 @@ class FinishedRun:
     checkpoint: dict
 
 
-def final_model(run_dir: str | Path) -> tuple[nn.Module, FederatedData]:
-    """(the run's last global model, its federated data); see ``finished_run``."""
-    run = finished_run(run_dir)
-    return run.model, run.data
-
-
 def finished_run(run_dir: str | Path) -> FinishedRun:
     """The run rebuilt from config.yaml and checkpoints/last.pt.
 
