@@ -247,14 +247,21 @@ def test_a_bad_tuning_setting_is_one_line():
         check_config(digits_compare("tuning.seeds=[0,-1]"))
 
 
-@pytest.mark.parametrize("experiment", ["compare_cpu", "compare_cpu_label_skew"])
-def test_the_personalization_comparisons_tune_every_method_on_personalized_val_accuracy(experiment):
-    """compare_cpu's 8 methods, 3 points each, picked on personal_val_acc; every point composes and passes the
-    checks with the grid's split, and keeps the experiment's budget and personalization."""
+COMPARE_CPU_METHODS = ["fedavg", "fedprox", "ditto", "perfedavg", "fedrep", "fedbabu", "fednas", "fedmetanas"]
+PERSONAL_NAS_METHODS = ["fednas", "fedmetanas", "fedpnas", "meta_fedpnas", "perfedrlnas", "meta_perfedrlnas"]
+
+
+@pytest.mark.parametrize("experiment, methods", [("compare_cpu", COMPARE_CPU_METHODS),
+                                                 ("compare_cpu_label_skew", COMPARE_CPU_METHODS),
+                                                 ("personal_nas_cpu", PERSONAL_NAS_METHODS)])
+def test_the_personalization_comparisons_tune_every_method_on_personalized_val_accuracy(experiment, methods):
+    """Each table's own methods (personal_nas_cpu: the NAS ones, not compare_cpu's), 3 points each, picked on
+    personal_val_acc; every point composes and passes the checks with the grid's split, and keeps the
+    experiment's budget and personalization."""
     script = load_tune_script()
     base, runs = script.compose_all([f"experiment={experiment}"], f"tune_{experiment}")
     assert base.tuning.selection_metric == "personal_val_acc" and base.personalize
-    assert list(runs) == ["fedavg", "fedprox", "ditto", "perfedavg", "fedrep", "fedbabu", "fednas", "fedmetanas"]
+    assert list(runs) == methods
     assert {len(points) for points in runs.values()} == {3}
     split = script.grid_split_override(base.tuning)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
