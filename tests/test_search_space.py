@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from federated_nas.search_space.depthwise import MIN_PHASE_SIZE, depthwise_conv2d
 from federated_nas.search_space.genotypes import Genotype, derive_cell, derive_genotype, edge_index
 from federated_nas.search_space.network import GenotypeNetwork
 from federated_nas.search_space.operations import PRIMITIVES, make_op
@@ -58,6 +59,35 @@ def test_bundle_equals_plain_mixed_ops_in_value_and_gradient(stride):
     grads_plain = torch.autograd.grad((plain ** 2).sum(), [x, weights])
     for a, b in zip(grads_fast, grads_plain):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (5, 1), (3, 2), (5, 2)])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [7, 9, 15, 16])
+def test_depthwise_conv_with_fast_backward_equals_conv2d_in_value_and_gradient(kernel, dilation, stride, size):
+    """Every path (flipped-kernel input gradient; plain, parity-grid and correlation weight gradients; strided)
+    has F.conv2d's math: float64 against F.conv2d, and float32, which runs oneDNN's kernels (their AVX2
+    variants under ONEDNN_MAX_CPU_ISA=AVX2), against float64."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 1, kernel, kernel, dtype=torch.float64)
+    pad = dilation * (kernel - 1) // 2
+
+    def value_and_grads(x, weight, conv):
+        x, weight = x.detach().requires_grad_(), weight.detach().requires_grad_()
+        out = conv(x, weight)
+        upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        return (out, *torch.autograd.grad(out, [x, weight], upstream))
+
+    def fast(x, weight):
+        return depthwise_conv2d(x, weight, pad, dilation, stride)
+
+    plain = value_and_grads(x, weight, lambda x, w: torch.nn.functional.conv2d(x, w, None, stride, pad, dilation, 6))
+    for a, b in zip(value_and_grads(x, weight, fast), plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(value_and_grads(x.float(), weight.float(), fast), plain, strict=True):
+        torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-4)
+    assert (size >= MIN_PHASE_SIZE) == (size in (15, 16))  # every weight-gradient path is covered
 
 
 @pytest.mark.parametrize("relaxation, combinations, prune", [

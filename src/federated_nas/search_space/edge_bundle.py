@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from federated_nas.search_space.depthwise import depthwise_conv2d
 from federated_nas.search_space.operations import PRIMITIVES, half_grid, make_op
 
 
@@ -167,10 +168,8 @@ class EdgeBundle(nn.Module):
             if stage:
                 y = F.relu(y)
             pad = dilation * (kernel - 1) // 2
-            y = F.conv2d(y, self._weight(f"{name}_dw{stage}", positions), None, 1, pad, dilation, groups * self.c)
-            if stage == 0 and self.stride == 2:
-                # same values as a stride-2 conv, but CPU backends have no fast strided depthwise kernel
-                y = y[:, :, ::2, ::2]
+            stride = self.stride if stage == 0 else 1
+            y = depthwise_conv2d(y, self._weight(f"{name}_dw{stage}", positions), pad, dilation, stride)
             y = F.conv2d(y, self._weight(f"{name}_pw{stage}", positions), None, 1, 0, 1, groups)
             y = self._batch_norm(f"{name}_bn{stage}", y, positions)
         return y
