@@ -90,6 +90,23 @@ def test_depthwise_conv_with_fast_backward_equals_conv2d_in_value_and_gradient(k
     assert (size >= MIN_PHASE_SIZE) == (size in (15, 16))  # every weight-gradient path is covered
 
 
+def test_depthwise_conv_skips_the_weight_gradient_a_restricted_backward_does_not_want(monkeypatch):
+    """MiLeNAS' val pass takes gradients for alpha only (``inputs=``): like the built-in convolution, the
+    fast backward then computes no weight gradient."""
+    import federated_nas.search_space.depthwise as depthwise
+
+    calls = []
+    monkeypatch.setattr(depthwise, "_weight_grad", lambda *args: calls.append(1) or torch.zeros_like(args[2]))
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    weight = torch.randn(4, 1, 3, 3, requires_grad=True)
+    scale = torch.ones(1, requires_grad=True)
+    out = depthwise_conv2d(x * scale, weight, 2, 2).square().sum()
+    torch.autograd.grad(out, [scale], retain_graph=True)
+    assert calls == []
+    torch.autograd.grad(out, [scale, weight])
+    assert calls == [1]
+
+
 @pytest.mark.parametrize("relaxation, combinations, prune", [
     ("softmax", None, None), ("gumbel", 2, None), ("softmax", None, 0.12), ("gumbel", 2, 0.1),
     ("hard", None, None), ("hard", 2, 0.1),

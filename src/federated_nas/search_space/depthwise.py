@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.graph import get_gradient_edge
 
 MIN_PHASE_SIZE = 14  # below this, the four parity grids are too small to beat the dilated kernel
 
@@ -43,6 +44,7 @@ class _DepthwiseConv(torch.autograd.Function):
     def forward(ctx, x, weight, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation = padding, dilation
+        ctx.input_nodes = [get_gradient_edge(t).node if t.requires_grad else None for t in (x, weight)]
         return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
 
     @staticmethod
@@ -52,13 +54,26 @@ class _DepthwiseConv(torch.autograd.Function):
         # under autocast the forward ran in grad_out's precision; the gradients return in the inputs' own
         compute = grad_out.dtype
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # "same" padding: the transposed convolution is the flipped one
+        if _needed(ctx, 0):  # "same" padding: the transposed convolution is the flipped one
             grad_x = F.conv2d(grad_out, weight.to(compute).flip((2, 3)), None, 1, ctx.padding, ctx.dilation,
                               weight.shape[0]).to(x.dtype)
-        if ctx.needs_input_grad[1]:
+        if _needed(ctx, 1):
             grad_w = _weight_grad(x.to(compute), grad_out, weight.to(compute), ctx.padding,
                                   ctx.dilation).to(weight.dtype)
         return grad_x, grad_w, None, None
+
+
+def _needed(ctx, index: int) -> bool:
+    """Whether this backward wants the gradient of input ``index``. ``ctx.needs_input_grad`` only says it
+    requires one; a backward restricted with ``inputs=`` (MiLeNAS' alpha-only val pass) wants no weight
+    gradients, and the built-in convolution skips them there too."""
+    node = ctx.input_nodes[index]
+    if node is None:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(node)
+    except (AttributeError, RuntimeError):  # the private check missing or called outside the engine
+        return ctx.needs_input_grad[index]
 
 
 def _weight_grad(x, grad_out, weight, padding: int, dilation: int) -> torch.Tensor:
