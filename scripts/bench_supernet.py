@@ -170,9 +170,16 @@ def measure_plain(setting: str, threads: int, repeats: int) -> dict:
                 times[name].append(plain_step(models[name], optimizers[name], x, y))
     best = {name: min(seconds) for name, seconds in times.items()}
     C, layers, size, _, batch = SETTINGS[setting]
-    return {"setting": setting, "threads": threads, "C": C, "layers": layers, "image_size": size, "batch": batch,
+    return {"setting": setting, "threads": threads, "onednn_isa": onednn_isa(), "C": C, "layers": layers,
+            "image_size": size, "batch": batch,
             "repeats": repeats, "fast_seconds_per_step": best["fast"],
             "reference_seconds_per_step": best["reference"], "speedup": best["reference"] / best["fast"]}
+
+
+def onednn_isa() -> str:
+    """The instruction set oneDNN may use: ``ONEDNN_MAX_CPU_ISA`` where set (AVX2 stands in for an AVX2-only
+    CPU), else the machine's best (torch's CPU capability)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or f"all ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def op_table(run: Callable[[], object], rows: int = 15) -> str:
@@ -262,11 +269,12 @@ def plain_lines(plain: list[dict]) -> list[str]:
     lines = ["", "Plain supernet step (`--plain-threads`): forward, backward and SGD on the weights, softmax relaxation, "
              "no Lightning, best of the repeats, the two paths alternating in one process on the same weights and "
              "batch, at the given torch thread count.", "",
-             "| setting | C | layers | input | batch | threads | reference (s/step) | fast (s/step) | speedup | command |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| setting | C | layers | input | batch | threads | oneDNN ISA | reference (s/step) | fast (s/step) "
+             "| speedup | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in plain:
         lines.append(f"| {r['setting']} | {r['C']} | {r['layers']} | {r['image_size']}x{r['image_size']}x3 | "
-                     f"{r['batch']} | {r['threads']} | {r['reference_seconds_per_step']:.2f} | "
+                     f"{r['batch']} | {r['threads']} | {r.get('onednn_isa', 'all')} | {r['reference_seconds_per_step']:.2f} | "
                      f"{r['fast_seconds_per_step']:.2f} | {r['speedup']:.2f}x | `{r.get('command', '')}` |")
     return lines
 
@@ -275,7 +283,7 @@ def write_report(results: list[dict], plain: list[dict], machine: str, command: 
     results_path = OUT / "results.json"
     stored = json.loads(results_path.read_text()) if results_path.exists() else {}
     results = kept_rows(stored, "results", results, ("setting", "method"), command)
-    plain = kept_rows(stored, "plain", plain, ("setting", "threads"), command)
+    plain = kept_rows(stored, "plain", plain, ("setting", "threads", "onednn_isa"), command)
     stored.update(machine=machine, command=command, results=results, plain=plain)
     OUT.mkdir(exist_ok=True)
     results_path.write_text(json.dumps(stored, indent=2))
