@@ -144,24 +144,31 @@ class EdgeBundle(nn.Module):
             return param
         return param.index_select(0, _group_channels(positions, width or self.c).to(param.device))
 
-    def _batch_norm(self, key: str, y: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """The op's BatchNorm, or its channels of the groups at ``positions`` (their statistics alone move)."""
+    def _batch_norm(self, key: str, y: torch.Tensor, positions: torch.Tensor | None,
+                    scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The op's BatchNorm, or its channels of the groups at ``positions`` (their statistics alone move).
+
+        ``scale`` (one per group): the ops' mixing weights, applied as the normalisation's per-channel
+        factor, so the weighted output costs no separate multiplication (its gradient reaches the weights
+        through the factor).
+        """
         bn = self.bns[key]
-        if positions is None:
-            return bn(y)
-        channels = _group_channels(positions, self.c).to(bn.running_mean.device)
-        mean, var = bn.running_mean[channels], bn.running_var[channels]
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked + 1)
-        out = F.batch_norm(y, mean, var, None, None, bn.training, momentum, bn.eps)
-        if bn.training:  # F.batch_norm updated the gathered copies; write them back
+        channels = None if positions is None else _group_channels(positions, self.c).to(bn.running_mean.device)
+        mean = bn.running_mean if channels is None else bn.running_mean[channels]
+        var = bn.running_var if channels is None else bn.running_var[channels]
+        if bn.training:
+            bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        factor = None if scale is None else scale.repeat_interleave(self.c)
+        out = F.batch_norm(y, mean, var, factor, None, bn.training, momentum, bn.eps)
+        if bn.training and channels is not None:  # F.batch_norm updated the gathered copies; write them back
             with torch.no_grad():
                 bn.running_mean.index_copy_(0, channels, mean)
                 bn.running_var.index_copy_(0, channels, var)
-                bn.num_batches_tracked.add_(1)
         return out
 
     def _conv_op(self, name: str, replicated: torch.Tensor, groups: int,
-                 positions: torch.Tensor | None = None) -> torch.Tensor:
+                 positions: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
         kernel, dilation, stages = CONV_OPS[name]
         y = replicated
         for stage in range(stages):
@@ -171,18 +178,18 @@ class EdgeBundle(nn.Module):
             stride = self.stride if stage == 0 else 1
             y = depthwise_conv2d(y, self._weight(f"{name}_dw{stage}", positions), pad, dilation, stride)
             y = F.conv2d(y, self._weight(f"{name}_pw{stage}", positions), None, 1, 0, 1, groups)
-            y = self._batch_norm(f"{name}_bn{stage}", y, positions)
+            y = self._batch_norm(f"{name}_bn{stage}", y, positions, scale if stage == stages - 1 else None)
         return y
 
-    def _reduce_skip(self, replicated: torch.Tensor, groups: int, positions: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+    def _reduce_skip(self, replicated: torch.Tensor, groups: int, positions: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
         half = self.c // 2
         # stride 2 as a 1x1 conv on each half grid (see half_grid: oneDNN's strided 1x1 kernel is unsafe)
         a = F.conv2d(half_grid(replicated, 0), self._weight("skip_a", positions, half), None, 1, 0, 1, groups)
         b = F.conv2d(half_grid(replicated, 1), self._weight("skip_b", positions, half), None, 1, 0, 1, groups)
         n, _, h, w = a.shape
         both = torch.stack([a.view(n, groups, half, h, w), b.view(n, groups, half, h, w)], dim=2)
-        return self._batch_norm("skip_bn", both.view(n, groups * self.c, h, w), positions)
+        return self._batch_norm("skip_bn", both.view(n, groups * self.c, h, w), positions, scale)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, skip_zero: bool = False) -> torch.Tensor:
         """``skip_zero``: ops whose weight is exactly 0 on an edge are not computed there.
@@ -252,11 +259,11 @@ class EdgeBundle(nn.Module):
             replicated_inputs[key] = chosen.reshape(n, h, w, count * c).permute(0, 3, 1, 2)
         replicated = replicated_inputs[key]
         if name in CONV_OPS:
-            out = self._conv_op(name, replicated, count, positions)
+            out = self._conv_op(name, replicated, count, positions, weights[sources, edges, k])
         else:
-            out = self._reduce_skip(replicated, count, positions)
+            out = self._reduce_skip(replicated, count, positions, weights[sources, edges, k])
         out = out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        out = out.reshape(*out.shape[:3], count, c) * weights[sources, edges, k].view(count, 1)
+        out = out.reshape(*out.shape[:3], count, c)  # already weighted, by its last BatchNorm
         if full and s == 1:
             return out
         return out.new_zeros(*out.shape[:3], e, c).index_add(3, edges, out)
