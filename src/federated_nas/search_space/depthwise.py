@@ -34,7 +34,9 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int, dilati
     if stride == 2 and dilation == 2 and padding % 2 == 0:
         # it reads only the input's even rows and columns: an undilated stride-1 convolution of those
         return depthwise_conv2d(x[:, :, ::2, ::2], weight, padding // 2, 1)
-    if stride != 1:  # oneDNN's strided undilated depthwise kernels are fast both ways
+    # oneDNN's strided undilated depthwise kernels are fast both ways; with no backward to come
+    # (evaluation), the custom function would only add its bookkeeping to the forward
+    if stride != 1 or not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
         return F.conv2d(x, weight, None, stride, padding, dilation, weight.shape[0])
     return _DepthwiseConv.apply(x, weight, padding, dilation)
 
