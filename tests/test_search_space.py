@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from federated_nas.search_space.depthwise import MIN_PHASE_SIZE, depthwise_conv2d
+from federated_nas.search_space.depthwise import (
+    MIN_PHASE_SIZE,
+    batch_norm_keeping_output,
+    depthwise_conv2d,
+    depthwise_pointwise,
+)
 from federated_nas.search_space.genotypes import Genotype, derive_cell, derive_genotype, edge_index
 from federated_nas.search_space.network import GenotypeNetwork
 from federated_nas.search_space.operations import PRIMITIVES, make_op
@@ -105,6 +110,58 @@ def test_depthwise_conv_skips_the_weight_gradient_a_restricted_backward_does_not
     assert calls == []
     torch.autograd.grad(out, [scale, weight])
     assert calls == [1]
+
+
+@pytest.mark.parametrize("kernel, dilation, stride", [(3, 1, 1), (5, 2, 1), (3, 1, 2), (5, 2, 2)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_conv_stage_equals_its_separate_ops_and_keeps_only_its_input(kernel, dilation, stride, relu):
+    """(ReLU,) depthwise, grouped pointwise: the same value and gradients as the separate ops in float64,
+    while the forward keeps only the input and the two weights for the backward."""
+    torch.manual_seed(0)
+    groups, c = 3, 4
+    x = torch.randn(2, groups * c, 16, 16, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    dw = torch.randn(groups * c, 1, kernel, kernel, dtype=torch.float64)
+    pw = torch.randn(groups * c, c, 1, 1, dtype=torch.float64)
+    pad = dilation * (kernel - 1) // 2
+    F = torch.nn.functional
+
+    def value_and_grads(stage):
+        leaves = [t.detach().requires_grad_() for t in (x, dw, pw)]
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            out = stage(*leaves)
+        upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        return (out, *torch.autograd.grad(out, leaves, upstream)), kept
+
+    fused, kept = value_and_grads(lambda x, dw, pw: depthwise_pointwise(x, dw, pw, pad, dilation, stride, groups, relu))
+    plain, _ = value_and_grads(lambda x, dw, pw: F.conv2d(
+        F.conv2d(F.relu(x) if relu else x, dw, None, stride, pad, dilation, groups * c), pw, None, 1, 0, 1, groups))
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert len(kept) == 3 and kept[0].shape[1] == groups * c and kept[1].shape == dw.shape
+    assert kept[0].untyped_storage().data_ptr() == x.untyped_storage().data_ptr() or stride == 2
+
+
+def test_batch_norm_keeping_output_equals_batch_norm_and_keeps_only_its_output():
+    """Value, input gradient and running statistics as ``F.batch_norm`` in training mode (float64);
+    what the forward keeps is its output (and one value per channel), never its input."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 6, 7, 7, dtype=torch.float64) * 3 + 1
+    stats = [torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)]
+    plain_stats = [t.clone() for t in stats]
+    upstream = torch.randn(5, 6, 7, 7, dtype=torch.float64)
+    leaf, plain_leaf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        out = batch_norm_keeping_output(leaf, *stats, 0.1, 1e-5)
+    plain = torch.nn.functional.batch_norm(plain_leaf, *plain_stats, None, None, True, 0.1, 1e-5)
+    torch.testing.assert_close(out, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(stats, plain_stats, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    grad, = torch.autograd.grad(out, leaf, upstream)
+    plain_grad, = torch.autograd.grad(plain, plain_leaf, upstream)
+    torch.testing.assert_close(grad, plain_grad, rtol=1e-10, atol=1e-10)
+    assert [t.shape for t in kept] == [out.shape, (6,)] and kept[0].data_ptr() == out.data_ptr()
 
 
 @pytest.mark.parametrize("relaxation, combinations, prune", [

@@ -15,6 +15,11 @@ on faster kernels:
   with the output gradient as the kernel.
 
 Other devices keep ``F.conv2d``'s own backward.
+
+A DARTS conv stage (ReLU, depthwise, pointwise, BatchNorm) also stores fewer activations here:
+``depthwise_pointwise`` recomputes its depthwise output (and its input's ReLU) in the backward,
+and ``batch_norm_keeping_output`` keeps the normalised output instead of the input, which is the
+tensor the next stage keeps anyway.
 """
 
 from __future__ import annotations
@@ -46,23 +51,122 @@ class _DepthwiseConv(torch.autograd.Function):
     def forward(ctx, x, weight, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation = padding, dilation
-        ctx.input_nodes = [get_gradient_edge(t).node if t.requires_grad else None for t in (x, weight)]
+        ctx.input_nodes = _gradient_nodes(x, weight)
         return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)  # oneDNN's fast depthwise layout
-        # under autocast the forward ran in grad_out's precision; the gradients return in the inputs' own
-        compute = grad_out.dtype
-        grad_x = grad_w = None
-        if _needed(ctx, 0):  # "same" padding: the transposed convolution is the flipped one
-            grad_x = F.conv2d(grad_out, weight.to(compute).flip((2, 3)), None, 1, ctx.padding, ctx.dilation,
-                              weight.shape[0]).to(x.dtype)
-        if _needed(ctx, 1):
-            grad_w = _weight_grad(x.to(compute), grad_out, weight.to(compute), ctx.padding,
-                                  ctx.dilation).to(weight.dtype)
-        return grad_x, grad_w, None, None
+        return (*_depthwise_grads(ctx, x, weight, grad_out, _needed(ctx, 0), _needed(ctx, 1)), None, None)
+
+
+def depthwise_pointwise(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, padding: int,
+                        dilation: int, stride: int, groups: int, relu: bool = False) -> torch.Tensor:
+    """``F.conv2d(depthwise_conv2d(F.relu(x) if relu else x, dw_weight, ...), pw_weight, groups=groups)``.
+
+    Why fused: the pointwise convolution's weight gradient needs the depthwise output, and the
+    depthwise one needs ``relu(x)``; separate ops would keep both for the backward. Here only ``x``
+    is kept and the backward recomputes the rest (a ReLU and one cheap depthwise forward).
+    """
+    if (x.device.type == "cpu" and stride == 2 and dilation == 2 and padding % 2 == 0
+            and 2 * padding == dilation * (dw_weight.shape[-1] - 1)):
+        x, padding, dilation, stride = x[:, :, ::2, ::2], padding // 2, 1, 1  # as in depthwise_conv2d
+    if (x.device.type != "cpu" or 2 * padding != dilation * (dw_weight.shape[-1] - 1)
+            or not torch.is_grad_enabled()
+            or not any(t.requires_grad for t in (x, dw_weight, pw_weight))):
+        hidden = depthwise_conv2d(F.relu(x) if relu else x, dw_weight, padding, dilation, stride)
+        return F.conv2d(hidden, pw_weight, None, 1, 0, 1, groups)
+    return _DepthwisePointwise.apply(x, dw_weight, pw_weight, padding, dilation, stride, groups, relu)
+
+
+class _DepthwisePointwise(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dw_weight, pw_weight, padding, dilation, stride, groups, relu):
+        ctx.save_for_backward(x, dw_weight, pw_weight)
+        ctx.padding, ctx.dilation, ctx.stride, ctx.groups, ctx.relu = padding, dilation, stride, groups, relu
+        ctx.input_nodes = _gradient_nodes(x, dw_weight, pw_weight)
+        hidden = F.conv2d(F.relu(x) if relu else x, dw_weight, None, stride, padding, dilation, dw_weight.shape[0])
+        return F.conv2d(hidden, pw_weight, None, 1, 0, 1, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, dw_weight, pw_weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        compute = grad_out.dtype  # see _depthwise_grads
+        need_x, need_dw, need_pw = (_needed(ctx, i) for i in range(3))
+        inputs = F.relu(x) if ctx.relu else x  # recomputed, not stored
+        hidden = F.conv2d(inputs.to(compute), dw_weight.to(compute), None, ctx.stride, ctx.padding, ctx.dilation,
+                          dw_weight.shape[0])
+        grad_hidden, grad_pw, _ = torch.ops.aten.convolution_backward(
+            grad_out, hidden, pw_weight.to(compute), None, [1, 1], [0, 0], [1, 1], False, [0, 0], ctx.groups,
+            [need_x or need_dw, need_pw, False])
+        del hidden
+        grad_x = grad_dw = None
+        grad_hidden = None if grad_hidden is None else grad_hidden.contiguous(memory_format=torch.channels_last)
+        if ctx.stride != 1 and (need_x or need_dw):  # oneDNN's strided depthwise backward is fast as it is
+            grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
+                grad_hidden, inputs.to(compute), dw_weight.to(compute), None, [ctx.stride] * 2, [ctx.padding] * 2,
+                [ctx.dilation] * 2, False, [0, 0], dw_weight.shape[0], [need_x, need_dw, False])
+            grad_x = None if grad_x is None else grad_x.to(x.dtype)
+            grad_dw = None if grad_dw is None else grad_dw.to(dw_weight.dtype)
+        elif need_x or need_dw:
+            grad_x, grad_dw = _depthwise_grads(ctx, inputs, dw_weight, grad_hidden, need_x, need_dw)
+        if grad_x is not None and ctx.relu:
+            grad_x = torch.ops.aten.threshold_backward(grad_x, x, 0)  # ReLU's own backward
+        return grad_x, grad_dw, None if grad_pw is None else grad_pw.to(pw_weight.dtype), None, None, None, None, None
+
+
+def batch_norm_keeping_output(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                              momentum: float, eps: float) -> torch.Tensor:
+    """Training-mode BatchNorm without affine (``F.batch_norm(x, running_mean, running_var, None, None,
+    True, momentum, eps)``, running statistics updated alike) that keeps its output for the backward.
+
+    Why: for the normalised output z the input gradient is ``invstd * (g - mean(g) - z * mean(g z))``
+    per channel, so the input need not be kept; a following ``depthwise_pointwise(z, ..., relu=True)``
+    keeps z itself, and the stage between two BatchNorms then stores one activation, not two.
+    """
+    return _NormalizeKeepingOutput.apply(x, running_mean, running_var, momentum, eps)
+
+
+class _NormalizeKeepingOutput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, momentum, eps):
+        out, _, invstd = torch.ops.aten.native_batch_norm(x, None, None, running_mean, running_var, True,
+                                                           momentum, eps)
+        ctx.save_for_backward(out, invstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, invstd = ctx.saved_tensors
+        # BatchNorm's own backward, handed z as an input already normalised (mean 0, invstd 1) and the
+        # real invstd as the affine weight: invstd * (g - mean(g) - z * mean(g z)) in one kernel
+        unit = torch.ones_like(invstd)
+        return (torch.ops.aten.native_batch_norm_backward(
+            grad_out, z, invstd, None, None, torch.zeros_like(invstd), unit, True, 0.0, [True, False, False])[0],
+            None, None, None, None)
+
+
+def _depthwise_grads(ctx, x, weight, grad_out, need_x: bool, need_w: bool):
+    """The input and weight gradients of a stride-1 "same" depthwise convolution, from fast kernels.
+
+    Under autocast the forward ran in ``grad_out``'s precision; the gradients return in the inputs' own.
+    """
+    compute = grad_out.dtype
+    grad_x = grad_w = None
+    if need_x:  # "same" padding: the transposed convolution is the flipped one
+        grad_x = F.conv2d(grad_out, weight.to(compute).flip((2, 3)), None, 1, ctx.padding, ctx.dilation,
+                          weight.shape[0]).to(x.dtype)
+    if need_w:
+        grad_w = _weight_grad(x.to(compute), grad_out, weight.to(compute), ctx.padding,
+                              ctx.dilation).to(weight.dtype)
+    return grad_x, grad_w
+
+
+def _gradient_nodes(*tensors: torch.Tensor) -> list:
+    """Each input's node in the autograd graph (None where it needs no gradient), for ``_needed``."""
+    return [get_gradient_edge(t).node if t.requires_grad else None for t in tensors]
 
 
 def _needed(ctx, index: int) -> bool:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated_nas.search_space.depthwise import depthwise_conv2d
+from federated_nas.search_space.depthwise import batch_norm_keeping_output, depthwise_pointwise
 from federated_nas.search_space.operations import PRIMITIVES, half_grid, make_op
 
 
@@ -145,12 +145,13 @@ class EdgeBundle(nn.Module):
         return param.index_select(0, _group_channels(positions, width or self.c).to(param.device))
 
     def _batch_norm(self, key: str, y: torch.Tensor, positions: torch.Tensor | None,
-                    scale: torch.Tensor | None = None) -> torch.Tensor:
+                    scale: torch.Tensor | None = None, keep_output: bool = False) -> torch.Tensor:
         """The op's BatchNorm, or its channels of the groups at ``positions`` (their statistics alone move).
 
         ``scale`` (one per group): the ops' mixing weights, applied as the normalisation's per-channel
         factor, so the weighted output costs no separate multiplication (its gradient reaches the weights
-        through the factor).
+        through the factor). ``keep_output``: the backward keeps the output, not the input (see
+        ``batch_norm_keeping_output``); for an output that a fused stage will keep anyway.
         """
         bn = self.bns[key]
         channels = None if positions is None else _group_channels(positions, self.c).to(bn.running_mean.device)
@@ -159,9 +160,12 @@ class EdgeBundle(nn.Module):
         if bn.training:
             bn.num_batches_tracked.add_(1)
         momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        factor = None if scale is None else scale.repeat_interleave(self.c)
-        out = F.batch_norm(y, mean, var, factor, None, bn.training, momentum, bn.eps)
-        if bn.training and channels is not None:  # F.batch_norm updated the gathered copies; write them back
+        if keep_output and scale is None and bn.training and torch.is_grad_enabled() and y.requires_grad:
+            out = batch_norm_keeping_output(y, mean, var, momentum, bn.eps)
+        else:
+            factor = None if scale is None else scale.repeat_interleave(self.c)
+            out = F.batch_norm(y, mean, var, factor, None, bn.training, momentum, bn.eps)
+        if bn.training and channels is not None:  # the normalisation updated the gathered copies; write them back
             with torch.no_grad():
                 bn.running_mean.index_copy_(0, channels, mean)
                 bn.running_var.index_copy_(0, channels, var)
@@ -172,13 +176,13 @@ class EdgeBundle(nn.Module):
         kernel, dilation, stages = CONV_OPS[name]
         y = replicated
         for stage in range(stages):
-            if stage:
-                y = F.relu(y)
             pad = dilation * (kernel - 1) // 2
             stride = self.stride if stage == 0 else 1
-            y = depthwise_conv2d(y, self._weight(f"{name}_dw{stage}", positions), pad, dilation, stride)
-            y = F.conv2d(y, self._weight(f"{name}_pw{stage}", positions), None, 1, 0, 1, groups)
-            y = self._batch_norm(f"{name}_bn{stage}", y, positions, scale if stage == stages - 1 else None)
+            y = depthwise_pointwise(y, self._weight(f"{name}_dw{stage}", positions),
+                                    self._weight(f"{name}_pw{stage}", positions), pad, dilation, stride, groups,
+                                    relu=stage > 0)
+            last = stage == stages - 1
+            y = self._batch_norm(f"{name}_bn{stage}", y, positions, scale if last else None, keep_output=not last)
         return y
 
     def _reduce_skip(self, replicated: torch.Tensor, groups: int, positions: torch.Tensor | None = None,
