@@ -14,6 +14,10 @@ with the experiment's own split. Of the test set the driver records only the pic
 after each run. A run dir that holds FINISHED is not run again, so an interrupted tuning resumes; one that
 holds a run of other overrides (the grid was edited) is an error, never silently reused.
 Extra overrides (e.g. ``federation.rounds=2`` for a smoke test) go to every run.
+A method with a ``retrain`` list is a search + retrain method (FedNAS): each of its runs is a search
+(``<run>-search``, with the grid point) and then ``src/train.py`` on its genotype (``<run>``, with the
+experiment's and the ``retrain`` overrides, on the same split); the trained network is scored and reported,
+and its time is both stages'.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ def experiment_of(overrides: list[str]) -> str:
     return names[0]
 
 
-def compose_checked(overrides: list[str], where: str) -> Any:
-    """search.yaml composed with ``overrides`` and checked; Hydra's errors as one line naming ``where``."""
+def compose_checked(overrides: list[str], where: str, config_name: str = "search") -> Any:
+    """``config_name``.yaml composed with ``overrides`` and checked; Hydra's errors as one line naming ``where``."""
     from hydra import compose
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -64,7 +68,7 @@ def compose_checked(overrides: list[str], where: str) -> Any:
     from federated_nas.config_checks import check_config
 
     try:
-        cfg = compose("search", overrides=overrides)
+        cfg = compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:  # bad override syntax, an unknown key or option
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{where}: {first}") from None
@@ -80,30 +84,61 @@ def grid_split_override(tuning: Any) -> list[str]:
     return [] if split is None else [f"federation.split=[{','.join(str(f) for f in split)}]"]
 
 
-def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[list[str]]]]:
-    """The base config and, per method, each grid point's full override list (the seed runs'; the grid runs
-    add ``grid_split_override``); every one composed and checked, with and without the grid's split."""
+def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[list[str]]], dict[str, list[str] | None]]:
+    """The base config; per method, each grid point's full override list (the seed runs'; the grid runs
+    add ``grid_split_override``); and per method its train stage's overrides (None: no retraining). Every
+    one composed and checked, with and without the grid's split."""
     from hydra import initialize_config_dir
 
     from federated_nas.tracking.tuning import tuning_plan
 
     runs: dict[str, list[list[str]]] = {}
+    retrains: dict[str, list[str] | None] = {}
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         base = compose_checked(overrides, " ".join(overrides))
         if base.get("tuning") is None:
             raise ConfigError(f"{experiment_of(overrides)}: the experiment has no tuning node to run")
+        split = grid_split_override(base.tuning)
         for plan in tuning_plan(base.tuning):
             runs[plan.name] = []
             for index, point in enumerate(plan.grid):
                 full = [*overrides, *plan.overrides, *point, f"task_name={task}", "logger=none"]
                 compose_checked(full, f"tuning.methods.{plan.name}.grid.{index}")
-                compose_checked([*full, *grid_split_override(base.tuning)], f"tuning.methods.{plan.name}.grid.{index}")
+                compose_checked([*full, *split], f"tuning.methods.{plan.name}.grid.{index}")
                 runs[plan.name].append(full)
-    return base, runs
+            retrains[plan.name] = None
+            if plan.retrain is not None:
+                retrains[plan.name] = [*overrides, *plan.retrain, f"task_name={task}", "logger=none"]
+                for extra in ([], split):
+                    compose_checked([*retrains[plan.name], *extra], f"tuning.methods.{plan.name}.retrain", "train")
+    return base, runs, retrains
 
 
-def run_once(overrides: list[str], run_dir: Path, log_path: Path) -> float:
-    """One search in its own process; its wall seconds (kept in the run dir, so a resumed tuning has them)."""
+def run_method(search: list[str], retrain: list[str] | None, run_dir: Path, log_path: Path) -> float:
+    """A method's run at ``run_dir``: the search, or for a search + retrain method the search at
+    ``<run_dir>-search`` and then the training of its genotype at ``run_dir``. Wall seconds of both."""
+    if retrain is None:
+        return run_once(search, run_dir, log_path)
+    search_dir = run_dir.with_name(run_dir.name + "-search")
+    wall = run_once(search, search_dir, log_path.with_name(log_path.stem + "-search.log"))
+    return round(wall + run_once([*retrain, f"search_run={search_dir}"], run_dir, log_path, "train.py"), 2)
+
+
+def stage_dirs(run_dir: Path, retrain: list[str] | None) -> list[Path]:
+    """The run dirs a method's run consists of (its search's first, where it has two stages)."""
+    return [run_dir] if retrain is None else [run_dir.with_name(run_dir.name + "-search"), run_dir]
+
+
+def elapsed_seconds(run_dir: Path, retrain: list[str] | None) -> float:
+    """Loop seconds of a method's run: both stages' for a search + retrain method."""
+    from federated_nas.federation.validation import final_metrics
+
+    return sum(final_metrics(stage)["elapsed_seconds"] for stage in stage_dirs(run_dir, retrain))
+
+
+def run_once(overrides: list[str], run_dir: Path, log_path: Path, script: str = "search.py") -> float:
+    """One run of ``src/<script>`` in its own process; its wall seconds (kept in the run dir, so a resumed
+    tuning has them)."""
     wall_file, saved = run_dir / "tuning_wall_seconds", run_dir / ".hydra" / "overrides.yaml"
     if saved.is_file() and [str(o) for o in OmegaConf.load(saved)] != overrides:
         raise DataError(f"{run_dir} holds a run of other overrides (see {saved}); delete it or tune with another --out")
@@ -113,7 +148,7 @@ def run_once(overrides: list[str], run_dir: Path, log_path: Path) -> float:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        done = subprocess.run([sys.executable, str(ROOT / "src" / "search.py"), *overrides,
+        done = subprocess.run([sys.executable, str(ROOT / "src" / script), *overrides,
                                f"hydra.run.dir={run_dir}"], stdout=log, stderr=subprocess.STDOUT, check=False)
     wall = round(time.perf_counter() - started, 2)  # as kept in the file, so a resumed tuning writes the same
     if done.returncode != 0:
@@ -122,8 +157,9 @@ def run_once(overrides: list[str], run_dir: Path, log_path: Path) -> float:
     return wall
 
 
-def seed_record(run_dir: Path, wall: float) -> dict[str, Any]:
-    """What the table reports of one seed run of a pick: test accuracies, val score, times."""
+def seed_record(run_dir: Path, wall: float, retrain: list[str] | None = None) -> dict[str, Any]:
+    """What the table reports of one seed run of a pick: test accuracies, val score, times (both stages'
+    for a search + retrain method, whose accuracies are its trained network's)."""
     from federated_nas.federation.personalization import CLIENT_ACCURACY
     from federated_nas.federation.validation import final_metrics, validation_score
     from federated_nas.tracking.tuning import PERSONAL_ACC
@@ -132,7 +168,7 @@ def seed_record(run_dir: Path, wall: float) -> dict[str, Any]:
     keep = ("global_test_acc", "global_test_acc_discrete", "client_test_acc_mean", "client_test_acc_std",
             "elapsed_seconds", "params", "supernet_params", "derived_params")
     record = {"run_dir": str(run_dir), **{k: last[k] for k in keep if k in last}, **validation_score(run_dir),
-              "wall_seconds": wall}
+              "wall_seconds": wall, "elapsed_seconds": elapsed_seconds(run_dir, retrain)}
     personalized = run_dir / "personalized" / CLIENT_ACCURACY  # written by runs with personalize=true
     if personalized.is_file():
         after = json.loads(personalized.read_text())["after"]
@@ -141,13 +177,13 @@ def seed_record(run_dir: Path, wall: float) -> dict[str, Any]:
 
 
 def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
-    from federated_nas.federation.validation import final_metrics, validation_score
+    from federated_nas.federation.validation import validation_score
     from federated_nas.tracking.tuning import BUDGET_KEYS, pick
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     task = out.name
-    base, runs = compose_all(overrides, task)
+    base, runs, retrains = compose_all(overrides, task)
     seeds, metric = [int(s) for s in base.tuning.seeds], str(base.tuning.selection_metric)
     grid_split = grid_split_override(base.tuning)
     result: dict[str, Any] = {
@@ -159,6 +195,8 @@ def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
     saving = threading.RLock()  # held while a method's record changes and while the file is written
     for name in runs:  # the table's order is the experiment's, whichever method finishes first
         result["methods"][name] = {"overrides": methods[name]["overrides"], "grid": [], "pick": None, "seeds": {}}
+        if retrains[name] is not None:
+            result["methods"][name]["retrain"] = methods[name]["retrain"]
 
     def save() -> None:
         with saving:
@@ -169,12 +207,13 @@ def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
         method = result["methods"][name]
         for index, full in enumerate(points):
             run_dir = out / "runs" / name / f"p{index}-s{seeds[0]}"
-            wall = run_once([*full, *grid_split, f"seed={seeds[0]}"], run_dir,
-                            out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log")
+            retrain = None if retrains[name] is None else [*retrains[name], *grid_split, f"seed={seeds[0]}"]
+            wall = run_method([*full, *grid_split, f"seed={seeds[0]}"], retrain, run_dir,
+                              out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log")
             # the grid's test accuracy is never recorded: only its val score decides
             point = {"overrides": methods[name]["grid"][index], "run_dir": str(run_dir),
                      "val": validation_score(run_dir), "wall_seconds": wall,
-                     "elapsed_seconds": final_metrics(run_dir)["elapsed_seconds"]}
+                     "elapsed_seconds": elapsed_seconds(run_dir, retrain)}
             print(f"{name} grid {index}: {' '.join(point['overrides'])}: {metric} {point['val'][metric]:.4f} "
                   f"({wall:.0f} s)", flush=True)
             with saving:
@@ -186,8 +225,9 @@ def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
             # without a grid split the pick's first-seed run is its grid run, reused; with one it runs again
             stem = f"p{chosen}-s{seed}" + ("-full" if grid_split else "")
             run_dir = out / "runs" / name / stem
-            wall = run_once([*points[chosen], f"seed={seed}"], run_dir, out / "run_logs" / f"{name}-{stem}.log")
-            record = seed_record(run_dir, wall)
+            retrain = None if retrains[name] is None else [*retrains[name], f"seed={seed}"]
+            wall = run_method([*points[chosen], f"seed={seed}"], retrain, run_dir, out / "run_logs" / f"{name}-{stem}.log")
+            record = seed_record(run_dir, wall, retrain)
             with saving:
                 method["seeds"][str(seed)] = record
                 save()

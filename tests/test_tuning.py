@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from federated_nas.config_checks import check_config
 from federated_nas.errors import ConfigError, DataError
@@ -173,6 +174,9 @@ def test_the_budget_line_names_a_setting_a_method_sets_for_itself():
     result["methods"]["fednas"]["overrides"] = ["algorithm=fednas", "federation.rounds=48"]
     assert ("Held equal: federation.local_epochs=1. Set per method: federation.rounds (fednas 48; the others 12)."
             in format_table(result))
+    result["methods"]["fednas"]["retrain"] = ["federation.rounds=80"]  # metanas_vs_fednas' FedNAS
+    assert ("Searched, then its genotype trained by src/train.py, and scored and timed over both stages: "
+            "fednas (federation.rounds=80).") in format_table(result)
 
 
 def load_tune_script():
@@ -226,7 +230,8 @@ def test_the_nas_methods_grid_composes_each_method_at_its_budget_and_holds_the_r
     """nas_methods_cpu: the single-path methods at 48 rounds (the wall time of the others' 12), everything
     else the experiment's; tune.py composes and checks every point, with and without the grid's split."""
     script = load_tune_script()
-    base, runs = script.compose_all(["experiment=nas_methods_cpu"], "tune_nas_methods_cpu")
+    base, runs, retrains = script.compose_all(["experiment=nas_methods_cpu"], "tune_nas_methods_cpu")
+    assert set(retrains.values()) == {None}  # every method's search is its final model
     assert list(runs) == ["fednas", "feddsnas", "fedrlnas", "fedmetanas"] and {len(p) for p in runs.values()} == {3}
     assert base.tuning.grid_split == [0.35, 0.35, 0.1, 0.2]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -237,6 +242,51 @@ def test_the_nas_methods_grid_composes_each_method_at_its_budget_and_holds_the_r
                 assert run.federation.rounds == (48 if name in ("feddsnas", "fedrlnas") else 12)
                 assert (run.dataset.name, run.partition.alpha, run.federation.local_batches) == (
                     "fashion_mnist", 0.1, 10)
+
+
+def test_metanas_vs_fednas_tunes_fednas_as_search_then_retrain_and_fedmetanas_alone():
+    """FedNAS' runs are a 6-round search and an 80-round train stage (src/train.py, FedAvg on the genotype,
+    the grid's split too); FedMetaNAS' a 12-round search; the same 3 search settings for both."""
+    script = load_tune_script()
+    base, runs, retrains = script.compose_all(["experiment=metanas_vs_fednas"], "tune_metanas_vs_fednas")
+    assert list(runs) == ["fednas", "fedmetanas"] and retrains["fedmetanas"] is None
+    split = script.grid_split_override(base.tuning)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        searches = {name: [compose("search", overrides=[*point, *split]) for point in points]
+                    for name, points in runs.items()}
+        train = compose("train", overrides=[*retrains["fednas"], *split, "search_run=somewhere"])
+    assert [run.federation.rounds for run in searches["fednas"]] == [6, 6, 6]
+    assert [run.federation.rounds for run in searches["fedmetanas"]] == [12, 12, 12]
+    assert [(run.algorithm.lr, run.algorithm.alpha_optimizer.lr) for run in searches["fednas"]] == [
+        (run.algorithm.lr, run.algorithm.alpha_optimizer.lr) for run in searches["fedmetanas"]]
+    assert (train.algorithm.name, train.model._target_.rsplit(".", 1)[1], train.federation.rounds) == (
+        "fedavg", "GenotypeNetwork", 80)
+    assert list(train.federation.split) == list(searches["fednas"][0].federation.split) == [0.35, 0.35, 0.1, 0.2]
+
+
+def test_a_search_then_retrain_run_is_scored_on_its_trained_network_and_timed_over_both_stages(tmp_path):
+    """The two stages for real (tiny, in subprocesses): the train stage reads the search's genotype, the score
+    is the trained network's on the holdout, and the loop time is the sum of both stages'."""
+    from conftest import TINY
+
+    script = load_tune_script()
+    common = [*TINY, f"paths.root_dir={tmp_path}", "logger=none", "federation.split=[0.35,0.35,0.1,0.2]"]
+    run_dir = tmp_path / "runs" / "fednas" / "p0-s0"
+    wall = script.run_method([*common, "algorithm=fednas"], [*common, "federation.rounds=1"], run_dir,
+                             tmp_path / "logs" / "fednas-p0-s0.log")
+    search_dir = tmp_path / "runs" / "fednas" / "p0-s0-search"
+    assert (search_dir / "genotype.json").is_file() and (run_dir / "FINISHED").exists()
+    assert (tmp_path / "logs" / "fednas-p0-s0-search.log").is_file()
+    train_cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert (train_cfg.model._target_.rsplit(".", 1)[1], train_cfg.federation.rounds, train_cfg.search_run) == (
+        "GenotypeNetwork", 1, str(search_dir))
+    assert validation_score(run_dir)["scored_on"] == "holdout"
+    from federated_nas.federation.validation import final_metrics
+
+    stages = [final_metrics(d)["elapsed_seconds"] for d in (search_dir, run_dir)]
+    assert script.elapsed_seconds(run_dir, ["federation.rounds=1"]) == pytest.approx(sum(stages))
+    record = script.seed_record(run_dir, wall, ["federation.rounds=1"])
+    assert record["elapsed_seconds"] == pytest.approx(sum(stages)) and record["wall_seconds"] == wall > 0
 
 
 def test_a_bad_tuning_setting_is_one_line():
@@ -259,7 +309,7 @@ def test_the_personalization_comparisons_tune_every_method_on_personalized_val_a
     personal_val_acc; every point composes and passes the checks with the grid's split, and keeps the
     experiment's budget and personalization."""
     script = load_tune_script()
-    base, runs = script.compose_all([f"experiment={experiment}"], f"tune_{experiment}")
+    base, runs, _ = script.compose_all([f"experiment={experiment}"], f"tune_{experiment}")
     assert base.tuning.selection_metric == "personal_val_acc" and base.personalize
     assert list(runs) == methods
     assert {len(points) for points in runs.values()} == {3}

@@ -26,11 +26,17 @@ BUDGET_KEYS = ("federation.rounds", "federation.num_clients", "federation.client
 
 @dataclass(frozen=True)
 class MethodPlan:
-    """A method: the overrides that define it and its grid (each point a list of overrides)."""
+    """A method: the overrides that define it and its grid (each point a list of overrides).
+
+    ``retrain``: for a search + retrain method (FedNAS), the train stage's own overrides: each run is then a
+    search (``src/search.py``, with the grid point) and the training of its genotype (``src/train.py``),
+    and the trained network is what is scored. None: the search run is the method's final model.
+    """
 
     name: str
     overrides: list[str]
     grid: list[list[str]]
+    retrain: list[str] | None = None
 
 
 def tuning_plan(tuning: DictConfig | dict) -> list[MethodPlan]:
@@ -39,7 +45,8 @@ def tuning_plan(tuning: DictConfig | dict) -> list[MethodPlan]:
     methods = node.get("methods") or {}
     if not methods:
         raise ConfigError("tuning.methods is empty: name at least one method with its overrides and grid")
-    plans = [MethodPlan(name, list(spec.get("overrides") or []), [list(point) for point in spec.get("grid") or []])
+    plans = [MethodPlan(name, list(spec.get("overrides") or []), [list(point) for point in spec.get("grid") or []],
+                        None if spec.get("retrain") is None else list(spec["retrain"]))
              for name, spec in methods.items()]
     sizes = {plan.name: len(plan.grid) for plan in plans}
     if min(sizes.values()) < 1 or len(set(sizes.values())) > 1:
@@ -136,6 +143,11 @@ def held_equal(result: dict[str, Any]) -> str:
                  f"{result['budget'][key]})" for key, values in own.items() if values]
     if by_method:
         line += " Set per method: " + "; ".join(by_method) + "."
+    retrained = [f"{name} ({', '.join(method['retrain']) or 'the experiment settings'})"
+                 for name, method in methods.items() if method.get("retrain") is not None]
+    if retrained:
+        line += (" Searched, then its genotype trained by src/train.py, and scored and timed over both stages: "
+                 + "; ".join(retrained) + ".")
     changed = [f"{key} ({', '.join(names)}: by its grid; the others {result['budget'][key]})"
                for key, names in tuned.items() if names]
     if changed:
