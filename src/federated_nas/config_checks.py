@@ -240,6 +240,8 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("tuning.methods.*.overrides.*", Text()),
     ("tuning.methods.*.grid", Text()),
     ("tuning.methods.*.grid.*", Text()),  # a point (a list of overrides) and each override in it
+    ("tuning.methods.*.retrain", Text()),  # a search + retrain method's src/train.py overrides
+    ("tuning.methods.*.retrain.*", Text()),
 )
 
 

@@ -14,20 +14,20 @@ import json
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import torch
-from lightning.pytorch.loggers import MLFlowLogger
-from mlflow.entities import Dataset, DatasetInput, InputTag
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from federated_nas.errors import ConfigError
 from federated_nas.tracking.run_record import mlflow_metrics, researcher_params
+
+if TYPE_CHECKING:  # MLflow itself is imported where a run is tracked: logger=none runs start a second sooner
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from mlflow.tracking import MlflowClient
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows as the run's description
@@ -107,6 +107,8 @@ class RunTracker:
         self.logger = logger
         self.system_metrics: SystemMetricsMonitor | None = None
         if logger is not None:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
             logger.experiment  # noqa: B018 -- creates the run now, so a bad tracking URI fails before any work
             self.system_metrics = SystemMetricsMonitor(self.run_id, SYSTEM_METRICS_SECONDS,
                                                        tracking_uri=getattr(logger, "_tracking_uri", None))
@@ -182,6 +184,9 @@ class RunTracker:
         """
         if self.logger is None:
             return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
         digest = hashlib.sha256(Path(partition_file).read_bytes()).hexdigest()[:12]
         profile = {"clients": len(split_sizes["train"]),
                    **{f"{role}_sizes": sizes for role, sizes in split_sizes.items()}}
