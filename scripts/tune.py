@@ -119,7 +119,7 @@ def run_method(search: list[str], retrain: list[str] | None, run_dir: Path, log_
     ``<run_dir>-search`` and then the training of its genotype at ``run_dir``. Wall seconds of both."""
     if retrain is None:
         return run_once(search, run_dir, log_path)
-    search_dir = run_dir.with_name(run_dir.name + "-search")
+    search_dir, _ = stage_dirs(run_dir, retrain)
     wall = run_once(search, search_dir, log_path.with_name(log_path.stem + "-search.log"))
     return round(wall + run_once([*retrain, f"search_run={search_dir}"], run_dir, log_path, "train.py"), 2)
 
@@ -166,7 +166,7 @@ def seed_record(run_dir: Path, wall: float, retrain: list[str] | None = None) ->
 
     last = final_metrics(run_dir)
     keep = ("global_test_acc", "global_test_acc_discrete", "client_test_acc_mean", "client_test_acc_std",
-            "elapsed_seconds", "params", "supernet_params", "derived_params")
+            "params", "supernet_params", "derived_params")
     record = {"run_dir": str(run_dir), **{k: last[k] for k in keep if k in last}, **validation_score(run_dir),
               "wall_seconds": wall, "elapsed_seconds": elapsed_seconds(run_dir, retrain)}
     personalized = run_dir / "personalized" / CLIENT_ACCURACY  # written by runs with personalize=true

@@ -34,49 +34,28 @@ MIN_PHASE_SIZE = 14  # below this, the four parity grids are too small to beat t
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int, dilation: int,
                      stride: int = 1) -> torch.Tensor:
     """A "same"-padded depthwise convolution: ``F.conv2d(x, weight, None, stride, padding, dilation, C)``."""
-    if x.device.type != "cpu" or 2 * padding != dilation * (weight.shape[-1] - 1):
-        return F.conv2d(x, weight, None, stride, padding, dilation, weight.shape[0])
-    if stride == 2 and dilation == 2 and padding % 2 == 0:
-        # it reads only the input's even rows and columns: an undilated stride-1 convolution of those
-        return depthwise_conv2d(x[:, :, ::2, ::2], weight, padding // 2, 1)
-    # oneDNN's strided undilated depthwise kernels are fast both ways; with no backward to come
-    # (evaluation), the custom function would only add its bookkeeping to the forward
-    if stride != 1 or not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        return F.conv2d(x, weight, None, stride, padding, dilation, weight.shape[0])
-    return _DepthwiseConv.apply(x, weight, padding, dilation)
+    return depthwise_pointwise(x, weight, None, padding, dilation, stride)
 
 
-class _DepthwiseConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.dilation = padding, dilation
-        ctx.input_nodes = _gradient_nodes(x, weight)
-        return F.conv2d(x, weight, None, 1, padding, dilation, weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)  # oneDNN's fast depthwise layout
-        return (*_depthwise_grads(ctx, x, weight, grad_out, _needed(ctx, 0), _needed(ctx, 1)), None, None)
-
-
-def depthwise_pointwise(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor, padding: int,
-                        dilation: int, stride: int, groups: int, relu: bool = False) -> torch.Tensor:
-    """``F.conv2d(depthwise_conv2d(F.relu(x) if relu else x, dw_weight, ...), pw_weight, groups=groups)``.
+def depthwise_pointwise(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor | None, padding: int,
+                        dilation: int, stride: int, groups: int = 1, relu: bool = False) -> torch.Tensor:
+    """``F.conv2d(F.relu(x) if relu else x, dw_weight, ...)`` (depthwise, "same" padding), then, unless
+    ``pw_weight`` is None, ``F.conv2d(., pw_weight, groups=groups)`` (grouped pointwise): a DARTS conv stage.
 
     Why fused: the pointwise convolution's weight gradient needs the depthwise output, and the
     depthwise one needs ``relu(x)``; separate ops would keep both for the backward. Here only ``x``
     is kept and the backward recomputes the rest (a ReLU and one cheap depthwise forward).
     """
-    if (x.device.type == "cpu" and stride == 2 and dilation == 2 and padding % 2 == 0
-            and 2 * padding == dilation * (dw_weight.shape[-1] - 1)):
-        x, padding, dilation, stride = x[:, :, ::2, ::2], padding // 2, 1, 1  # as in depthwise_conv2d
-    if (x.device.type != "cpu" or 2 * padding != dilation * (dw_weight.shape[-1] - 1)
-            or not torch.is_grad_enabled()
-            or not any(t.requires_grad for t in (x, dw_weight, pw_weight))):
-        hidden = depthwise_conv2d(F.relu(x) if relu else x, dw_weight, padding, dilation, stride)
-        return F.conv2d(hidden, pw_weight, None, 1, 0, 1, groups)
+    same = 2 * padding == dilation * (dw_weight.shape[-1] - 1)
+    if x.device.type == "cpu" and same and stride == 2 and dilation == 2 and padding % 2 == 0:
+        # it reads only the input's even rows and columns: an undilated stride-1 convolution of those
+        x, padding, dilation, stride = x[:, :, ::2, ::2], padding // 2, 1, 1
+    weights = (dw_weight,) if pw_weight is None else (dw_weight, pw_weight)
+    # with no backward to come (evaluation), the custom function would only add its bookkeeping
+    if (x.device.type != "cpu" or not same or not torch.is_grad_enabled()
+            or not any(t.requires_grad for t in (x, *weights))):
+        hidden = F.conv2d(F.relu(x) if relu else x, dw_weight, None, stride, padding, dilation, dw_weight.shape[0])
+        return hidden if pw_weight is None else F.conv2d(hidden, pw_weight, None, 1, 0, 1, groups)
     return _DepthwisePointwise.apply(x, dw_weight, pw_weight, padding, dilation, stride, groups, relu)
 
 
@@ -87,23 +66,26 @@ class _DepthwisePointwise(torch.autograd.Function):
         ctx.padding, ctx.dilation, ctx.stride, ctx.groups, ctx.relu = padding, dilation, stride, groups, relu
         ctx.input_nodes = _gradient_nodes(x, dw_weight, pw_weight)
         hidden = F.conv2d(F.relu(x) if relu else x, dw_weight, None, stride, padding, dilation, dw_weight.shape[0])
-        return F.conv2d(hidden, pw_weight, None, 1, 0, 1, groups)
+        return hidden if pw_weight is None else F.conv2d(hidden, pw_weight, None, 1, 0, 1, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, dw_weight, pw_weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)  # oneDNN's fast depthwise layout
         compute = grad_out.dtype  # see _depthwise_grads
         need_x, need_dw, need_pw = (_needed(ctx, i) for i in range(3))
         inputs = F.relu(x) if ctx.relu else x  # recomputed, not stored
-        hidden = F.conv2d(inputs.to(compute), dw_weight.to(compute), None, ctx.stride, ctx.padding, ctx.dilation,
-                          dw_weight.shape[0])
-        grad_hidden, grad_pw, _ = torch.ops.aten.convolution_backward(
-            grad_out, hidden, pw_weight.to(compute), None, [1, 1], [0, 0], [1, 1], False, [0, 0], ctx.groups,
-            [need_x or need_dw, need_pw, False])
-        del hidden
+        grad_hidden, grad_pw = grad_out, None
+        if pw_weight is not None:
+            hidden = F.conv2d(inputs.to(compute), dw_weight.to(compute), None, ctx.stride, ctx.padding,
+                              ctx.dilation, dw_weight.shape[0])  # recomputed, not stored
+            grad_hidden, grad_pw, _ = torch.ops.aten.convolution_backward(
+                grad_out, hidden, pw_weight.to(compute), None, [1, 1], [0, 0], [1, 1], False, [0, 0], ctx.groups,
+                [need_x or need_dw, need_pw, False])
+            del hidden
+            if grad_hidden is not None:
+                grad_hidden = grad_hidden.contiguous(memory_format=torch.channels_last)
         grad_x = grad_dw = None
-        grad_hidden = None if grad_hidden is None else grad_hidden.contiguous(memory_format=torch.channels_last)
         if ctx.stride != 1 and (need_x or need_dw):  # oneDNN's strided depthwise backward is fast as it is
             grad_x, grad_dw, _ = torch.ops.aten.convolution_backward(
                 grad_hidden, inputs.to(compute), dw_weight.to(compute), None, [ctx.stride] * 2, [ctx.padding] * 2,
@@ -164,9 +146,9 @@ def _depthwise_grads(ctx, x, weight, grad_out, need_x: bool, need_w: bool):
     return grad_x, grad_w
 
 
-def _gradient_nodes(*tensors: torch.Tensor) -> list:
+def _gradient_nodes(*tensors: torch.Tensor | None) -> list:
     """Each input's node in the autograd graph (None where it needs no gradient), for ``_needed``."""
-    return [get_gradient_edge(t).node if t.requires_grad else None for t in tensors]
+    return [get_gradient_edge(t).node if t is not None and t.requires_grad else None for t in tensors]
 
 
 def _needed(ctx, index: int) -> bool:
