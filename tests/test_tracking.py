@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 
 import matplotlib.image
 import numpy as np
 import pytest
 
-from federated_nas.errors import DataError
+from federated_nas.errors import ConfigError, DataError
 from federated_nas.search_space.genotypes import Genotype
 from federated_nas.search_space.operations import PRIMITIVES
 from federated_nas.tracking.cell_drawing import cell_graph, draw_cell, draw_genotype
@@ -316,3 +317,34 @@ def test_sweep_jobs_nest_under_one_parent_run(tmp_path):
     assert parent.info.status == "FINISHED"
     children = client.search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parents[0]}'")
     assert len(children) == 2
+
+
+def test_opening_tracker_lets_the_run_go_on_and_waits_at_first_use():
+    """The run does not wait for MLflow to open; its first use of the tracker does, and gets the tracker's."""
+    from federated_nas.tracking.mlflow_tracker import OpeningTracker, RunTracker
+
+    release, opened = threading.Event(), RunTracker(None)
+
+    def open_slowly():
+        release.wait(10)
+        return opened
+
+    tracker = OpeningTracker(open_slowly)  # returns while the store is still "opening"
+    assert not tracker._opened.done()
+    release.set()
+    assert tracker.run_id is None and tracker.result() is opened
+    tracker.finish()
+
+
+def test_an_opening_error_is_raised_at_first_use_and_does_not_hide_a_runs_own():
+    from federated_nas.tracking.mlflow_tracker import OpeningTracker
+
+    def fail():
+        raise ConfigError("logger.tracking_uri=x: cannot create the local store")
+
+    tracker = OpeningTracker(fail)
+    with pytest.raises(ConfigError, match="cannot create the local store"):
+        tracker.log_metrics({"acc": 1.0}, step=1)
+    tracker.finish("FAILED")  # a failed run: its own error is the one raised, not this one
+    with pytest.raises(ConfigError, match="cannot create the local store"):
+        tracker.finish()

@@ -7,6 +7,7 @@ logged about it.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.builders import build, build_data
 from federated_nas.cli import sweep_job
 from federated_nas.config_checks import check_config
+from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
-from federated_nas.tracking.mlflow_tracker import RunTracker, check_tracking_uri, store_lock
+from federated_nas.tracking.mlflow_tracker import OpeningTracker, RunTracker, check_tracking_uri, store_lock
 from federated_nas.tracking.plots import plot_partition_heatmap
 from federated_nas.tracking.run_figures import RunFigures
 from federated_nas.tracking.run_record import PERSONALIZATION_TAG, run_description
@@ -129,30 +131,14 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     # the model is built before anything is written: bad input leaves no run dir and no MLflow run
     run = FederatedRun(algorithm, data, backend, settings, run_dir, int(cfg.seed), device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = (checkpoint or {}).get("mlflow_run_id") or None
-    with store_lock(cfg.logger.get("tracking_uri") if cfg.get("logger") else None):  # concurrent sweep jobs
-        tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
-        job = sweep_job()
-        if job is not None and checkpoint is None:
-            tracker.join_sweep(str(Path(job.runtime.output_dir).parent))  # the sweep dir as made on disk
+    if checkpoint is None:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    tracker = start_tracking(cfg, checkpoint, data, run_dir, {**run_tags(cfg, algorithm), **(tags or {})})
     figures = RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None
     run.attach(tracker, figures)
-    if checkpoint is not None:
-        run.restore(checkpoint)
-    else:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        tracker.log_config(cfg)
-        tracker.set_tags({**run_tags(cfg, algorithm), **(tags or {})})
-        tracker.log_artifact(run_dir / "config.yaml")
-        partition_files = data.save_partition(run_dir / "partition")
-        heatmap = plot_partition_heatmap(data.class_counts, run_dir / "partition" / "partition_heatmap.png",
-                                         title="Samples per class and client")
-        for path in [*partition_files, heatmap]:
-            tracker.log_artifact(path, "partition")
-        tracker.log_data_setting(f"{cfg.dataset.name}-{cfg.partition.get('label', cfg.partition.name)}",
-                                 partition_files[0], {role: [len(getattr(client, role)) for client in data.clients]
-                                                      for role in ("train", "val", "test")})
     try:
+        if checkpoint is not None:
+            run.restore(checkpoint)
         final = run.run()
         if cfg.get("personalize"):
             final.update(personalize_clients(algorithm, run.model, data, settings.batch_size,
@@ -172,6 +158,46 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
                  mlflow_model_id=model_id)
     log.info(summary(final))
     return final
+
+
+def start_tracking(cfg: DictConfig, checkpoint: dict[str, Any] | None, data: FederatedData, run_dir: Path,
+                   tags: dict[str, Any]) -> OpeningTracker:
+    """The run's tracker, opened beside round 1 (``OpeningTracker``); a new run's start is recorded there too.
+
+    The thread gets a copy of the config and the tags made here, so it shares nothing the loop changes.
+    """
+    cfg = copy.deepcopy(cfg)
+    uri = cfg.logger.get("tracking_uri") if cfg.get("logger") else None
+    run_id = (checkpoint or {}).get("mlflow_run_id") or None
+    job = sweep_job()
+    sweep_dir = str(Path(job.runtime.output_dir).parent) if job is not None and checkpoint is None else None
+
+    def open_and_record() -> RunTracker:
+        with store_lock(uri):  # concurrent sweep jobs
+            tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
+            if sweep_dir is not None:
+                tracker.join_sweep(sweep_dir)  # the sweep dir as made on disk
+        if checkpoint is None:
+            record_run_start(tracker, cfg, data, run_dir, tags)
+        return tracker
+
+    return OpeningTracker(open_and_record)
+
+
+def record_run_start(tracker: RunTracker, cfg: DictConfig, data: FederatedData, run_dir: Path,
+                     tags: dict[str, Any]) -> None:
+    """What a new run records before its results: config, tags, the partition (files and heatmap)."""
+    tracker.log_config(cfg)
+    tracker.set_tags(tags)
+    tracker.log_artifact(run_dir / "config.yaml")
+    partition_files = data.save_partition(run_dir / "partition")
+    heatmap = plot_partition_heatmap(data.class_counts, run_dir / "partition" / "partition_heatmap.png",
+                                     title="Samples per class and client")
+    for path in [*partition_files, heatmap]:
+        tracker.log_artifact(path, "partition")
+    tracker.log_data_setting(f"{cfg.dataset.name}-{cfg.partition.get('label', cfg.partition.name)}",
+                             partition_files[0], {role: [len(getattr(client, role)) for client in data.clients]
+                                                  for role in ("train", "val", "test")})
 
 
 def summary(final: dict[str, Any]) -> str:

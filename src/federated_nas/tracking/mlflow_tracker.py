@@ -13,8 +13,9 @@ import hashlib
 import json
 import socket
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
 import torch
@@ -228,3 +229,31 @@ class RunTracker:
             self.system_metrics = None
         if self.logger is not None:
             self.logger.finalize("success" if status == "FINISHED" else "failed")
+
+
+class OpeningTracker:
+    """A ``RunTracker`` still being opened on a background thread, standing in for it meanwhile.
+
+    Opening MLflow (its import, the store, the run) and recording the run's start (config, partition
+    files, heatmap) take seconds that the first round does not need: the round starts at once and
+    the first use of the tracker, at the round's end, waits for it. An error in opening is raised
+    there, as raised on the thread.
+    """
+
+    def __init__(self, open_tracker: Callable[[], RunTracker]):
+        pool = ThreadPoolExecutor(1, thread_name_prefix="tracker-open")
+        self._opened = pool.submit(open_tracker)
+        pool.shutdown(wait=False)  # its one thread ends with the task; nothing waits for it here
+
+    def result(self) -> RunTracker:
+        """The opened tracker (waits until it is)."""
+        return self._opened.result()
+
+    def __getattr__(self, name: str) -> Any:  # only names this class does not define: the tracker's
+        return getattr(self.result(), name)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the run; a failed run whose tracker never opened has nothing to close (its own error is raised)."""
+        if status != "FINISHED" and self._opened.exception() is not None:
+            return
+        self.result().finish(status)

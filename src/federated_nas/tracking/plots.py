@@ -41,7 +41,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
             temp_path.unlink(missing_ok=True)
             raise
     finally:
-        plt.close(fig)
+        if fig.canvas.manager is not None:  # a pyplot figure; one made as Figure() is not pyplot's to close
+            plt.close(fig)
     return path
 
 
@@ -55,28 +56,28 @@ def plot_partition_heatmap(
 
     Half an inch per client and class up to ``MAX_HEATMAP_INCHES``: beyond that one pixel column per
     client still shows the skew, and the canvas (and a run's memory) stays bounded at 1,000 clients.
+    Drawn without pyplot (whose figure registry is not thread-safe): a run draws it on the thread
+    that records its start (``runs.record_run_start``) while round 1 runs.
     """
     counts = np.asarray(counts)
     num_classes, num_clients = counts.shape
-    fig, ax = plt.subplots(figsize=(min(MAX_HEATMAP_INCHES, max(4.0, 0.5 * num_clients + 2)),
-                                    min(MAX_HEATMAP_INCHES, max(3.0, 0.4 * num_classes + 1.5))))
-    try:
-        image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
-        fig.colorbar(image, ax=ax, label="samples")
-        ax.set_xlabel("client")
-        ax.set_ylabel("class")
-        ax.set_title(title)
-        if num_classes <= 20 and num_clients <= 20:
-            ax.set_xticks(range(num_clients))
-            ax.set_yticks(range(num_classes))
-            threshold = counts.max() / 2 if counts.size else 0
-            for (row, column), value in np.ndenumerate(counts):
-                color = "black" if value > threshold else "white"
-                ax.text(column, row, str(int(value)), ha="center", va="center", fontsize=7, color=color)
-        fig.tight_layout()
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(min(MAX_HEATMAP_INCHES, max(4.0, 0.5 * num_clients + 2)),
+                          min(MAX_HEATMAP_INCHES, max(3.0, 0.4 * num_classes + 1.5))))
+    ax = fig.subplots()
+    image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="samples")
+    ax.set_xlabel("client")
+    ax.set_ylabel("class")
+    ax.set_title(title)
+    if num_classes <= 20 and num_clients <= 20:
+        ax.set_xticks(range(num_clients))
+        ax.set_yticks(range(num_classes))
+        threshold = counts.max() / 2 if counts.size else 0
+        for (row, column), value in np.ndenumerate(counts):
+            color = "black" if value > threshold else "white"
+            ax.text(column, row, str(int(value)), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def plot_alpha_evolution(probabilities: np.ndarray, primitives: Sequence[str], path: str | Path,
