@@ -118,6 +118,23 @@ def test_unreachable_tracking_server_fails_in_seconds(tiny_cfg):
     assert not Path(cfg.paths.output_dir).exists()
 
 
+def test_a_failure_recording_the_start_fails_the_run_and_its_mlflow_run(tiny_cfg, monkeypatch):
+    """The start is recorded on the tracker's thread (runs.start_tracking): its error is the run's, raised
+    once, and the MLflow run it opened ends FAILED rather than left running."""
+    import federated_nas.runs as runs
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs, "plot_partition_heatmap", disk_full)
+    cfg = tiny_cfg("search", ["federation.rounds=1"])
+    with pytest.raises(OSError, match="No space left on device"):
+        run_search(cfg)
+    client = MlflowClient(cfg.logger.tracking_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(cfg.task_name).experiment_id])
+    assert run.info.status == "FAILED"
+
+
 def test_genotype_model_without_a_genotype_says_so(tiny_cfg):
     cfg = tiny_cfg("search", ["logger=none", "algorithm=fedavg", "model=genotype"])
     with pytest.raises(ConfigError, match="model.genotype"):

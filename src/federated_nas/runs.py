@@ -178,7 +178,11 @@ def start_tracking(cfg: DictConfig, checkpoint: dict[str, Any] | None, data: Fed
             if sweep_dir is not None:
                 tracker.join_sweep(sweep_dir)  # the sweep dir as made on disk
         if checkpoint is None:
-            record_run_start(tracker, cfg, data, run_dir, tags)
+            try:
+                record_run_start(tracker, cfg, data, run_dir, tags)
+            except BaseException:
+                tracker.finish("FAILED")  # the run is opened: mark it, as its first use will raise this
+                raise
         return tracker
 
     return OpeningTracker(open_and_record)
