@@ -66,7 +66,7 @@ tune compare-tuned: EXPERIMENT = digits_compare
 tune:  ## every method of an experiment tuned alike on val data, picks over seeds: make tune [EXPERIMENT=digits_compare]
 	$(PYTHON) scripts/tune.py experiment=$(EXPERIMENT)
 
-compare-tuned:  ## reprint the table of logs/tune_<experiment>/tuning.json: make compare-tuned [EXPERIMENT=digits_compare]
+compare-tuned:  ## reprint the table of logs/tune_<experiment>/tuning.json (else the committed benchmarks/tune_<experiment>.json): make compare-tuned [EXPERIMENT=digits_compare]
 	$(PYTHON) scripts/tune.py experiment=$(EXPERIMENT) --table
 
 bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead and pruned traffic; start-up (not part of `make test`)

@@ -241,13 +241,19 @@ def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = args.out or ROOT / "logs" / f"tune_{experiment_of(args.overrides)}"
+    experiment = experiment_of(args.overrides)
+    out = args.out or ROOT / "logs" / f"tune_{experiment}"
     from federated_nas.tracking.tuning import format_table
 
     if args.table:
-        if not (out / "tuning.json").is_file():
-            raise DataError(f"{out / 'tuning.json'} does not exist: run make tune EXPERIMENT=<name> first")
-        result = json.loads((out / "tuning.json").read_text())
+        source, committed = out / "tuning.json", ROOT / "benchmarks" / f"tune_{experiment}.json"
+        if not source.is_file() and args.out is None and committed.is_file():
+            source = committed  # a fresh clone: the tuning behind the README's table
+            print(f"(no tuning of this experiment under {out.relative_to(ROOT)}: the committed one, "
+                  f"{committed.relative_to(ROOT)})")
+        if not source.is_file():
+            raise DataError(f"{source} does not exist: run make tune EXPERIMENT={experiment} first")
+        result = json.loads(source.read_text())
     else:
         result = tune(args.overrides, out, args.jobs)
         print(f"wrote {out / 'tuning.json'}")

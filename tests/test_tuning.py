@@ -196,6 +196,20 @@ def test_make_compare_tuned_reprints_the_table_of_a_tuning_json(tmp_path, capsys
     assert capsys.readouterr().err.startswith("error: ")
 
 
+def test_make_compare_tuned_on_a_fresh_clone_prints_the_committed_tuning(tmp_path, capsys, monkeypatch):
+    """No logs/tune_<experiment>/ yet: the table of benchmarks/tune_<experiment>.json, the README's, and which it is."""
+    script = load_tune_script()
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "tune_digits_compare.json").write_text(json.dumps(hand_made_result()))
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    script.main(["experiment=digits_compare", "--table"])
+    first, table = capsys.readouterr().out.strip().split("\n", 1)
+    assert "benchmarks/tune_digits_compare.json" in first and table == format_table(hand_made_result())
+    with pytest.raises(SystemExit):  # an experiment without one: the one-line error
+        script.main(["experiment=nas_methods_cpu", "--table"])
+    assert "make tune EXPERIMENT=nas_methods_cpu" in capsys.readouterr().err
+
+
 def test_a_run_dir_of_other_overrides_is_never_reused(tmp_path):
     """An edited grid must not pick up the old point's finished run under the same index."""
     script = load_tune_script()
