@@ -152,3 +152,29 @@ def test_spawned_workers_share_the_machines_cores():
     assert worker_threads(4, cores=16) == 4
     assert worker_threads(3, cores=2) == 1
     assert worker_threads(1, cores=8) == 8
+
+
+SERVER_RUN = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import compose_config
+from federated_nas.builders import build
+from federated_nas.runs import run_search
+run_search(compose_config("search", Path({tmp!r}), ["logger=none", "federation.rounds=1", *{cluster!r}]))
+build(compose_config("search", Path({tmp!r}), ["algorithm=fedmetanas"]).algorithm)  # its module, too
+print(sorted({{name.split(".")[0] for name in sys.modules}} & {{"lightning", "torchmetrics", "torchvision"}}))
+"""
+
+
+def test_a_server_whose_clients_run_in_workers_never_imports_lightning(tmp_path):
+    """Lightning's import is seconds (torchmetrics, torchvision's models, torch._dynamo): the server of
+    cluster=auto / multiprocess (here FedNAS, the default) starts its first round without it, and only its
+    workers import it. FedMetaNAS' method module is checked too."""
+    program = SERVER_RUN.format(tests=str(ROOT / "tests"), tmp=str(tmp_path), cluster=MULTIPROCESS)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=environment,
+                              timeout=240, cwd=ROOT)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.strip().splitlines()[-1] == "[]"
+    assert len(list(tmp_path.glob(f"search/runs/*/checkpoints/{LAST}"))) == 1  # the run went through its round

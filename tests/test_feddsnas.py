@@ -105,7 +105,7 @@ def test_bad_temperature_schedule_is_one_line(tiny_cfg):
 
 
 def test_warmup_rounds_keep_alpha_and_train_w():
-    from federated_nas.algorithms.fednas import MiLeNASSearch
+    from federated_nas.algorithms.local_steps import MiLeNASSearch
     from federated_nas.algorithms.nas import warming_up
     from test_update_rules import run_one_step, tiny_batch
 

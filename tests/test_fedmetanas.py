@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from federated_nas.algorithms.fedmetanas import MetaSearch
+from federated_nas.algorithms.local_steps import MetaSearch
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.network import count_parameters

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from lightning.pytorch.plugins.environments import LightningEnvironment
 
 from federated_nas.algorithms.fedavg import SupervisedTraining
-from federated_nas.algorithms.fednas import FedNAS, MiLeNASSearch
+from federated_nas.algorithms.fednas import FedNAS
+from federated_nas.algorithms.local_steps import MiLeNASSearch
 from federated_nas.algorithms.base import cosine_lr
 from federated_nas.federation.backends import no_srun_hint
 from federated_nas.search_space.supernet import SearchNetwork

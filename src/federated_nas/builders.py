@@ -42,3 +42,20 @@ def build_data(cfg: DictConfig) -> FederatedData:
     dataset = build(cfg.dataset, keep_name=True)
     return build_federated_data(dataset, build(cfg.partition), int(cfg.federation.num_clients), int(cfg.seed),
                                 tuple(cfg.federation.split))
+
+
+class TrainerFactory:
+    """``trainer(**options)``: a Trainer from the config's partial node (``configs/trainer``), built on first use.
+
+    Instantiating the node imports Lightning, which costs seconds; a server whose clients run in
+    worker processes never calls it, so it never pays them.
+    """
+
+    def __init__(self, node: Any):
+        self.node = node
+        self._partial: Any = None
+
+    def __call__(self, **options: Any) -> Any:
+        if self._partial is None:
+            self._partial = instantiate(self.node)
+        return self._partial(**options)

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from federated_nas.algorithms.base import FederatedAlgorithm
-from federated_nas.builders import build, build_data
+from federated_nas.builders import TrainerFactory, build, build_data
 from federated_nas.cli import sweep_job
 from federated_nas.config_checks import check_config
 from federated_nas.data.federated_data import FederatedData
@@ -108,7 +108,7 @@ def run_tags(cfg: DictConfig, algorithm: FederatedAlgorithm) -> dict[str, Any]:
 
 def build_backend(cfg: DictConfig) -> Any:
     """The execution backend; a distributed one keeps the run config its workers rebuild data and method from."""
-    backend = instantiate(cfg.cluster.backend, trainer=instantiate(cfg.trainer))
+    backend = instantiate(cfg.cluster.backend, trainer=TrainerFactory(cfg.trainer))
     backend.prepare(cfg)
     return backend
 

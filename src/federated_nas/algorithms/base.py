@@ -1,28 +1,28 @@
-"""What every federated method shares: the contract with the federated loop and the local-step skeleton.
+"""What every federated method shares: the contract with the federated loop.
 
 A method is a small strategy object (``FederatedAlgorithm``): it builds the global model, wraps
-a client's copy of it in a LightningModule for the local work, and reports what a round
-produced. The loop, aggregation, checkpoints and tracking are the same for all methods.
+a client's copy of it in a LightningModule for the local work (``local_module``: the skeleton),
+and reports what a round produced. The loop, aggregation, checkpoints and tracking are the same
+for all methods. Nothing here imports Lightning: a method module imports its LightningModule
+where a client's work is built, so a server whose clients run elsewhere never pays for it.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from federated_nas.algorithms.aggregation import State, WeightedAverage
-from federated_nas.compat import use_torch_leaf_factory_in_lightning
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
 
-use_torch_leaf_factory_in_lightning()  # before any client fit
+if TYPE_CHECKING:  # Lightning is imported only where clients train (see local_module)
+    from federated_nas.algorithms.local_module import LocalModule
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -68,64 +68,6 @@ def cosine_lr(base: float, minimum: float, round_idx: int, rounds: int) -> float
     """Cosine annealing across rounds, so the schedule is a function of the round alone (resume-safe)."""
     progress = round_idx / max(rounds, 1)
     return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * progress))
-
-
-class LocalModule(L.LightningModule):
-    """A client's local work on its copy of the global model, with manual optimization.
-
-    Subclasses implement ``local_step``; this class owns the loss, the optimizer factory calls
-    and the logging every method needs. Optimizer state starts fresh for each client fit, as
-    in FedNAS: momentum does not travel between clients or rounds.
-    """
-
-    def __init__(self, model: nn.Module, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None):
-        super().__init__()
-        self.automatic_optimization = False
-        self.model = model
-        self.w_optimizer = w_optimizer
-        self.lr = lr
-        self.grad_clip = grad_clip
-        self.compute_seconds = 0.0
-        # state this client keeps across rounds (a personal model, a head), as it stands after the fit:
-        # a method that keeps one fills it (from its task's ``personal``); the server checkpoints it per client
-        self.personal: State = {}
-        # what the client tells the server besides its model (FedRLNAS: its child and reward); the
-        # backend adds the fit's train_loss and sends it next to the state, never averaged into it
-        self.report: dict[str, torch.Tensor | float] = {}
-        # extra per-fit behaviour a method attaches to a module it did not define (e.g. keeping a personal part)
-        self.callbacks: list[L.Callback] = []
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        return list(self.callbacks)
-
-    def on_train_start(self) -> None:
-        self._train_started = time.perf_counter()
-
-    def on_train_end(self) -> None:
-        # the local work alone, without Trainer set-up: what round overhead is measured against
-        self.compute_seconds = time.perf_counter() - self._train_started
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        getter = getattr(self.model, "weight_parameters", None)
-        return getter() if getter else list(self.model.parameters())
-
-    def configure_optimizers(self):
-        return self.w_optimizer(self.weight_parameters(), lr=self.lr)
-
-    def loss(self, batch) -> torch.Tensor:
-        return classification_loss(self.model, batch)
-
-    def clip_weight_gradients(self, optimizer) -> None:
-        if self.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-
-    def training_step(self, batch, batch_idx):
-        loss = self.local_step(batch)
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=False, logger=False)
-        return loss
-
-    def local_step(self, batch) -> torch.Tensor:
-        raise NotImplementedError
 
 
 class FederatedAlgorithm:

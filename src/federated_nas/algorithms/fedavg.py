@@ -7,8 +7,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import (ClientTask, FederatedAlgorithm, LocalModule, OptimizerFactory, RoundPlan,
-                                          cosine_lr, steps_after_rounds)
+from federated_nas.algorithms.base import (ClientTask, FederatedAlgorithm, OptimizerFactory, RoundPlan, cosine_lr,
+                                          steps_after_rounds)
+from federated_nas.algorithms.local_module import LocalModule
 from federated_nas.algorithms.personal import finetune
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.errors import ConfigError

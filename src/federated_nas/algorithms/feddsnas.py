@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.local_steps import MiLeNASSearch
-from federated_nas.algorithms.nas import RecalibrateBatchNorm, check_recalibration_batches, check_warmup, warming_up
+from federated_nas.algorithms.local_steps import RecalibrateBatchNorm
+from federated_nas.algorithms.nas import check_recalibration_batches, check_warmup, warming_up
 from federated_nas.algorithms.schedules import TemperatureSchedule, as_schedule
 from federated_nas.search_space.relaxations import HardGumbelRelaxation
 from federated_nas.search_space.supernet import SearchNetwork

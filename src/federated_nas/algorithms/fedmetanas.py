@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
 from federated_nas.algorithms.base import (ClientTask, OptimizerFactory, classification_loss, cosine_lr,
                                           steps_after_rounds)
-from federated_nas.algorithms.local_steps import MetaSearch, inner_steps, meta_parameters
-from federated_nas.algorithms.nas import (RecalibrateBatchNorm, SupernetAlgorithm, check_recalibration_batches,
+from federated_nas.algorithms.nas import (SupernetAlgorithm, check_recalibration_batches,
                                          recalibrate_batch_norm)
 from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule
 from federated_nas.data.federated_data import ClientData
@@ -29,6 +28,9 @@ from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import RELAXATIONS
 from federated_nas.search_space.supernet import SearchNetwork
+
+if TYPE_CHECKING:
+    from federated_nas.algorithms.local_steps import MetaSearch
 
 
 def support_inputs(task: dict) -> torch.Tensor:
@@ -72,6 +74,8 @@ class FedMetaNAS(SupernetAlgorithm):
                 "input_combinations": self.input_combinations}
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MetaSearch:
+        from federated_nas.algorithms.local_steps import MetaSearch, RecalibrateBatchNorm  # Lightning, where clients train
+
         plan = task.plan
         self.prepare_client_model(model, plan)
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
@@ -92,6 +96,8 @@ class FedMetaNAS(SupernetAlgorithm):
     def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
               personal: dict[str, torch.Tensor]) -> SearchNetwork:
         """Personalization: a few inner-loop steps on the client's own train split, from the meta-learned start."""
+        from federated_nas.algorithms.local_steps import inner_steps, meta_parameters
+
         adapted = copy.deepcopy(model).train()
         batches = list(batch_loader(client.train, self.task_size or batch_size, shuffle=True, seed=seed))
         batches = (batches * self.adapt_steps)[: self.adapt_steps]

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory, cosine_lr, steps_after_rounds
-from federated_nas.algorithms.local_steps import MiLeNASSearch, milenas_backward
 from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork
+
+if TYPE_CHECKING:
+    from federated_nas.algorithms.local_steps import MiLeNASSearch
 
 
 def train_val_pairs(client: ClientData, batch_size: int, seed: int) -> Iterable:
@@ -53,6 +55,8 @@ class FedNAS(SupernetAlgorithm):
         self.adapt_steps, self.adapt_lr_w, self.adapt_lr_alpha = adapt_steps, adapt_lr_w, adapt_lr_alpha
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MiLeNASSearch:
+        from federated_nas.algorithms.local_steps import MiLeNASSearch  # Lightning, where clients train
+
         lr = cosine_lr(self.lr, self.lr_min, task.plan.round_idx, task.plan.rounds)
         return MiLeNASSearch(model, self.w_optimizer, self.alpha_optimizer, lr, self.val_lambda, self.grad_clip)
 
@@ -69,6 +73,8 @@ class FedNAS(SupernetAlgorithm):
         Runs on a copy of the global supernet, so each client's alpha (its genotype) moves toward
         its own data; the batch pairs cycle when the client has fewer than ``adapt_steps``.
         """
+        from federated_nas.algorithms.local_steps import milenas_backward
+
         adapted = copy.deepcopy(model).train()
         device = next(adapted.parameters()).device
         w_sgd = torch.optim.SGD(adapted.weight_parameters(), lr=self.adapt_lr_w)

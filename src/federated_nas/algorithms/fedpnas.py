@@ -21,9 +21,10 @@ from typing import Any, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, LocalModule, steps_after_rounds
+from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, steps_after_rounds
 from federated_nas.algorithms.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.fednas import FedNAS
+from federated_nas.algorithms.local_module import LocalModule
 from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.algorithms.personal import KeepPersonalPart, finetune, load_parameter_values
 from federated_nas.data.federated_data import ClientData, FederatedData

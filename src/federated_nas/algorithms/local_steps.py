@@ -4,16 +4,21 @@ One home for the rules, as DARTS keeps its step in ``architect.py``: a method mo
 here and says only when and with what settings it runs. ``ArchitectureSearch`` is the skeleton
 (two optimizers, w's gradient clipped, alpha frozen during warm-up); ``milenas_backward`` is
 FedNAS' mixed-level gradient; ``inner_steps`` and ``first_order_meta_gradient`` are first-order
-MAML, which FedMetaNAS, Per-FedAvg and FedRLNAS' meta- variants share.
+MAML, which FedMetaNAS, Per-FedAvg and FedRLNAS' meta- variants share; ``RecalibrateBatchNorm`` ends a
+client's search with BatchNorm statistics of the evaluation relaxation. Method modules import this
+module where a client's work is built, so the server process never imports Lightning.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
+import lightning as L
 import torch
 
-from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss
+from federated_nas.algorithms.base import OptimizerFactory, classification_loss
+from federated_nas.algorithms.local_module import LocalModule
+from federated_nas.algorithms.nas import recalibrate_batch_norm
 from federated_nas.search_space.supernet import SearchNetwork
 
 Backward = Callable[..., None]
@@ -168,3 +173,21 @@ def first_order_weight_step(module: LocalModule, task: dict, steps: int, inner_l
     module.clip_weight_gradients(optimizer)
     optimizer.step()
     return query_loss
+
+
+class RecalibrateBatchNorm(L.Callback):
+    """At the end of a client's local search, ``recalibrate_batch_norm`` over the first ``batches``
+    training inputs it saw (``inputs`` picks them out of a batch), so the server averages
+    statistics that match what it evaluates."""
+
+    def __init__(self, batches: int, inputs: Callable[[Any], torch.Tensor]):
+        self.batches, self.inputs = batches, inputs
+        self.seen: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: LocalModule, batch: Any, batch_idx: int) -> None:
+        if len(self.seen) < self.batches:
+            self.seen.append(self.inputs(batch).detach())
+
+    def on_train_end(self, trainer: L.Trainer, module: LocalModule) -> None:
+        recalibrate_batch_norm(module.model, self.seen)
+        self.seen = []

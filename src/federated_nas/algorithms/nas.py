@@ -6,12 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-import lightning as L
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from federated_nas.algorithms.base import FederatedAlgorithm, LocalModule, RoundPlan
+from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
 from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_schedule
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
@@ -46,24 +45,6 @@ def recalibrate_batch_norm(model: SearchNetwork, inputs: Iterable[torch.Tensor])
             norm.momentum = momentum
         model.compute_every_op = False
         model.train(was_training)
-
-
-class RecalibrateBatchNorm(L.Callback):
-    """At the end of a client's local search, ``recalibrate_batch_norm`` over the first ``batches``
-    training inputs it saw (``inputs`` picks them out of a batch), so the server averages
-    statistics that match what it evaluates."""
-
-    def __init__(self, batches: int, inputs: Callable[[Any], torch.Tensor]):
-        self.batches, self.inputs = batches, inputs
-        self.seen: list[torch.Tensor] = []
-
-    def on_train_batch_start(self, trainer: L.Trainer, module: LocalModule, batch: Any, batch_idx: int) -> None:
-        if len(self.seen) < self.batches:
-            self.seen.append(self.inputs(batch).detach())
-
-    def on_train_end(self, trainer: L.Trainer, module: LocalModule) -> None:
-        recalibrate_batch_norm(module.model, self.seen)
-        self.seen = []
 
 
 FINAL_MODELS = {  # what a method ships (``algorithm.final_model``) -> the round metric that sizes it

@@ -18,7 +18,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import LocalModule, OptimizerFactory, classification_loss
+from federated_nas.algorithms.base import OptimizerFactory, classification_loss
+from federated_nas.algorithms.local_module import LocalModule
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader
 

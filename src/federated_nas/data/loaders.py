@@ -6,9 +6,13 @@ The client datasets are in-memory tensors, so a batch is one fancy-index of them
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities import CombinedLoader
 
 
 def batch_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
@@ -27,6 +31,8 @@ def paired_loader(first: TensorDataset, second: TensorDataset, roles: tuple[str,
 
     FedNAS pairs (train, val) for its two-level update; FedMetaNAS pairs (support, query) tasks.
     """
+    from lightning.pytorch.utilities import CombinedLoader  # with the client's work: Lightning is slow to import
+
     loaders = {roles[0]: batch_loader(first, batch_size, shuffle=True, seed=seed),
                roles[1]: batch_loader(second, batch_size, shuffle=True, seed=seed + 1)}
     return CombinedLoader(loaders, mode="max_size_cycle")

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
-
-import lightning as L
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from federated_nas.errors import ConfigError
 from federated_nas.federation.backends import LocalBackend, usable_cores, visible_gpus
 from federated_nas.federation.distributed import DistributedBackend
 from federated_nas.federation.server import clients_per_round
+
+if TYPE_CHECKING:  # the server does not import Lightning (see algorithms/local_module)
+    import lightning as L
 
 log = logging.getLogger(__name__)
 

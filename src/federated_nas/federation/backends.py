@@ -15,19 +15,19 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.plugins.environments import LightningEnvironment
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from federated_nas.algorithms.aggregation import load_state
 from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, RoundPlan, State
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
+
+if TYPE_CHECKING:  # Lightning is imported with the first client fit, not by the server (see local_module)
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def no_srun_hint():
     did not start this process: on every local run of a machine with SLURM installed. A client fit
     is never a SLURM rank, so the hint is always wrong here; only that message is muted.
     """
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used",
                                 category=PossibleUserWarning)
@@ -129,6 +131,10 @@ class LocalBackend:
         self.compile = compile_options(compile)  # the worker copy is compiled once: it serves every client after
         self._worker: nn.Module | None = None
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        # clients fit in this process, so it needs Lightning: imported now, in the thread that builds the run,
+        # before the run's tracker thread may import it too (two threads importing one package can deadlock
+        # on its module locks). A server whose clients run in workers (DistributedBackend) never imports it.
+        import federated_nas.algorithms.local_module  # noqa: F401
 
     # The lifecycle every backend has, so a run never asks which backend it holds. Here, in one
     # process, there is nothing to prepare, serve or stop.
@@ -185,6 +191,8 @@ class LocalBackend:
     def _run_client(self, algorithm: FederatedAlgorithm, global_state: State, task: ClientTask,
                     position: int) -> ClientUpdate:
         """One client's local work on the reused worker model, through a fresh Trainer."""
+        from lightning.pytorch.plugins.environments import LightningEnvironment
+
         load_state(self._worker, global_state)
         torch.manual_seed(task.seed)  # any randomness inside the local step (e.g. Gumbel noise)
         module = algorithm.local_module(self._worker, task)

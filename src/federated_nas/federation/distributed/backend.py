@@ -12,9 +12,8 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import lightning as L
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -28,6 +27,9 @@ from federated_nas.federation.distributed.messages import (SERVER, LinkLost, fir
                                                            round_command, send_framed, send_json)
 from federated_nas.federation.distributed.wire import encode_state
 from federated_nas.federation.distributed.worker import WorkerBackend, serve_rounds, spawned_worker
+
+if TYPE_CHECKING:  # the server does not import Lightning (see algorithms/local_module)
+    import lightning as L
 
 log = logging.getLogger(__name__)
 

@@ -6,21 +6,23 @@ import logging
 import os
 import signal
 from datetime import timedelta
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import lightning as L
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from federated_nas.algorithms.aggregation import load_state
 from federated_nas.algorithms.base import FederatedAlgorithm
-from federated_nas.builders import build, build_data
+from federated_nas.builders import TrainerFactory, build, build_data
 from federated_nas.compat import quiet_libraries
 from federated_nas.federation.backends import LocalBackend, usable_cores
 from federated_nas.federation.distributed.messages import (SERVER, LinkLost, recv_framed, recv_json, round_plan,
                                                            send_json, send_outcome)
 from federated_nas.federation.distributed.wire import decode_state
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
     algorithm = algorithm or build(cfg.algorithm)
     data = build_data(cfg)
     model = algorithm.build_model(data)  # the structure only: each round's global state is loaded into it
+    import federated_nas.algorithms.local_module  # noqa: F401 -- Lightning, for the client fits: before "ready"
+
     send_json({"ready": rank}, SERVER)
     while True:
         command = recv_json(SERVER, limit=SERVER_PATIENCE)
@@ -78,7 +82,6 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
 def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, Any], accelerator: str,
                    timeout_seconds: float, joining: Any, compile: dict[str, Any] | None = None) -> None:
     """Entry of a worker process the server started (``launch: spawn``); ``joining`` is set once imported."""
-    from hydra.utils import instantiate
 
     logging.basicConfig(level=logging.INFO, format=f"[worker {rank}] %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
@@ -89,7 +92,7 @@ def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, A
     dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=timeout_seconds))
     try:
-        runner = WorkerBackend(instantiate(config["trainer"]), accelerator, gpu_slot=rank - 1, compile=compile)
+        runner = WorkerBackend(TrainerFactory(config["trainer"]), accelerator, gpu_slot=rank - 1, compile=compile)
         serve_rounds(rank, config, runner)
     except LinkLost as err:  # the server ended, or gave up on this worker: nothing left to do
         log.warning("lost the server (%s); stopping", err)

@@ -1,0 +1,79 @@
+"""A client's local work as a LightningModule: the base every method's local step subclasses.
+
+Why a module of its own: Lightning's import costs seconds (it brings torchmetrics, torchvision's
+models, torch._dynamo and scipy). The method strategies, the loop and the server import none of
+it, so a run's server process (``cluster=auto``, SLURM, torchrun) starts its first round without
+it; Lightning is imported where a client's local work is first built.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from torch import nn
+
+from federated_nas.algorithms.aggregation import State
+from federated_nas.algorithms.base import OptimizerFactory, classification_loss
+from federated_nas.compat import use_torch_leaf_factory_in_lightning
+
+use_torch_leaf_factory_in_lightning()  # before any client fit
+
+
+class LocalModule(L.LightningModule):
+    """A client's local work on its copy of the global model, with manual optimization.
+
+    Subclasses implement ``local_step``; this class owns the loss, the optimizer factory calls
+    and the logging every method needs. Optimizer state starts fresh for each client fit, as
+    in FedNAS: momentum does not travel between clients or rounds.
+    """
+
+    def __init__(self, model: nn.Module, w_optimizer: OptimizerFactory, lr: float, grad_clip: float | None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.w_optimizer = w_optimizer
+        self.lr = lr
+        self.grad_clip = grad_clip
+        self.compute_seconds = 0.0
+        # state this client keeps across rounds (a personal model, a head), as it stands after the fit:
+        # a method that keeps one fills it (from its task's ``personal``); the server checkpoints it per client
+        self.personal: State = {}
+        # what the client tells the server besides its model (FedRLNAS: its child and reward); the
+        # backend adds the fit's train_loss and sends it next to the state, never averaged into it
+        self.report: dict[str, torch.Tensor | float] = {}
+        # extra per-fit behaviour a method attaches to a module it did not define (e.g. keeping a personal part)
+        self.callbacks: list[L.Callback] = []
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return list(self.callbacks)
+
+    def on_train_start(self) -> None:
+        self._train_started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        # the local work alone, without Trainer set-up: what round overhead is measured against
+        self.compute_seconds = time.perf_counter() - self._train_started
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        getter = getattr(self.model, "weight_parameters", None)
+        return getter() if getter else list(self.model.parameters())
+
+    def configure_optimizers(self):
+        return self.w_optimizer(self.weight_parameters(), lr=self.lr)
+
+    def loss(self, batch) -> torch.Tensor:
+        return classification_loss(self.model, batch)
+
+    def clip_weight_gradients(self, optimizer) -> None:
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
+    def training_step(self, batch, batch_idx):
+        loss = self.local_step(batch)
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=False, logger=False)
+        return loss
+
+    def local_step(self, batch) -> torch.Tensor:
+        raise NotImplementedError
