@@ -92,6 +92,31 @@ def test_unpacked_files_are_found_without_debian_dir(fake_debian_dir, tmp_path):
     assert len(again.train_y) == 6
 
 
+def test_idx_files_are_read_as_torchvision_reads_them(fake_debian_dir, tmp_path):
+    """The MNIST family's IDX files are read with numpy (torchvision's import costs a run's server over a
+    second): the same tensors as torchvision's loader gives."""
+    from federated_nas.data import datasets
+
+    debian_dir, _ = fake_debian_dir
+    data_dir = tmp_path / "data"
+    ours = load_image_dataset("fashion_mnist", str(data_dir), download=False, debian_dir=str(debian_dir))
+    spec = datasets.DATASETS["fashion_mnist"]
+    theirs = datasets._to_image_dataset("fashion_mnist", spec, *datasets._try_torchvision(spec, data_dir, False, []))
+    for name in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+
+
+def test_a_truncated_idx_file_is_a_one_line_data_error(fake_debian_dir, tmp_path):
+    debian_dir, _ = fake_debian_dir
+    data_dir = tmp_path / "data"
+    load_image_dataset("fashion_mnist", str(data_dir), download=False, debian_dir=str(debian_dir))
+    images = data_dir / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(DataError) as info:
+        load_image_dataset("fashion_mnist", str(data_dir), download=False, debian_dir=str(tmp_path / "gone"))
+    assert "\n" not in str(info.value) and str(data_dir) in str(info.value)
+
+
 def test_synthetic_dataset_shapes_and_determinism():
     first = make_synthetic_dataset(num_classes=3, in_channels=2, image_size=5, train_per_class=7, test_per_class=2)
     again = make_synthetic_dataset(num_classes=3, in_channels=2, image_size=5, train_per_class=7, test_per_class=2)

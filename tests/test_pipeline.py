@@ -121,12 +121,12 @@ def test_unreachable_tracking_server_fails_in_seconds(tiny_cfg):
 def test_a_failure_recording_the_start_fails_the_run_and_its_mlflow_run(tiny_cfg, monkeypatch):
     """The start is recorded on the tracker's thread (runs.start_tracking): its error is the run's, raised
     once, and the MLflow run it opened ends FAILED rather than left running."""
-    import federated_nas.runs as runs
+    from federated_nas.tracking import plots
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs, "plot_partition_heatmap", disk_full)
+    monkeypatch.setattr(plots, "plot_partition_heatmap", disk_full)
     cfg = tiny_cfg("search", ["federation.rounds=1"])
     with pytest.raises(OSError, match="No space left on device"):
         run_search(cfg)

@@ -26,7 +26,6 @@ from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import OpeningTracker, RunTracker, check_tracking_uri, store_lock
-from federated_nas.tracking.plots import plot_partition_heatmap
 from federated_nas.tracking.run_figures import RunFigures
 from federated_nas.tracking.run_record import PERSONALIZATION_TAG, run_description
 
@@ -191,6 +190,8 @@ def start_tracking(cfg: DictConfig, checkpoint: dict[str, Any] | None, data: Fed
 def record_run_start(tracker: RunTracker, cfg: DictConfig, data: FederatedData, run_dir: Path,
                      tags: dict[str, Any]) -> None:
     """What a new run records before its results: config, tags, the partition (files and heatmap)."""
+    from federated_nas.tracking.plots import plot_partition_heatmap  # matplotlib's import: on this thread too
+
     tracker.log_config(cfg)
     tracker.set_tags(tags)
     tracker.log_artifact(run_dir / "config.yaml")

@@ -88,7 +88,9 @@ def load_image_dataset(
     root = Path(data_dir).expanduser()
     failures: list[str] = []
 
-    splits = _try_torchvision(spec, root, download=False, failures=failures)
+    splits = _read_idx_files(spec, root)
+    if splits is None:
+        splits = _try_torchvision(spec, root, download=False, failures=failures)
     if splits is None and spec.debian_package is not None:
         splits = _try_debian_copy(spec, root, Path(debian_dir), failures)
     if splits is None and download:
@@ -161,7 +163,41 @@ def _try_debian_copy(spec: DatasetSpec, root: Path, debian_dir: Path, failures: 
     except (OSError, EOFError) as exc:
         failures.append(f"unpack {debian_dir} into {raw_dir}: {_one_line(exc)}")
         return None
-    return _try_torchvision(spec, root, download=False, failures=failures)
+    return _read_idx_files(spec, root) or _try_torchvision(spec, root, download=False, failures=failures)
+
+
+@dataclass(frozen=True)
+class _Split:
+    data: np.ndarray
+    targets: np.ndarray
+
+
+def _read_idx_files(spec: DatasetSpec, root: Path) -> tuple[_Split, _Split] | None:
+    """The MNIST family's (train, test) from the IDX files in torchvision's layout, or None where absent.
+
+    Read with numpy, as torchvision's loader reads them: importing torchvision costs a run's server
+    over a second (its models bring torch._dynamo), and it needs nothing else from it.
+    """
+    raw_dir = root / spec.torchvision_class / "raw"
+    if not spec.folder.endswith("/raw") or not all((raw_dir / name).is_file() for name in _IDX_FILES):
+        return None
+    images, labels, test_images, test_labels = (_idx_array(raw_dir / name) for name in _IDX_FILES)
+    if images is None or labels is None or test_images is None or test_labels is None:
+        return None  # not plain uint8 IDX: torchvision's loader reports what is wrong
+    return _Split(images, labels), _Split(test_images, test_labels)
+
+
+def _idx_array(path: Path) -> np.ndarray | None:
+    """An IDX file of unsigned bytes (magic 0x0000 08 <ndim>, big-endian int32 sizes, data), or None."""
+    raw = bytearray(path.read_bytes())  # writable, so torch can take the array without a copy
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        return None
+    ndim = raw[3]
+    shape = tuple(int(size) for size in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(shape)):
+        return None
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def _gunzip_atomically(source: Path, target: Path) -> None:

@@ -20,7 +20,6 @@ from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.federation.backends import client_seed
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
-from federated_nas.tracking.plots import plot_client_histogram
 
 CLIENT_ACCURACY = "client_accuracy.json"  # read back by tracking/run_store.py
 
@@ -54,6 +53,8 @@ def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: F
     path = save_client_accuracy(Path(run_dir) / "personalized" / CLIENT_ACCURACY, before, after,
                                 [client.client_id for client in data.clients])
     tracker.log_artifact(path, "personalized")
+    from federated_nas.tracking.plots import plot_client_histogram  # matplotlib: only where drawn
+
     for name, accuracies in (("before", before), ("after", after)):
         path = plot_client_histogram(accuracies, Path(run_dir) / "personalized" / f"client_accuracy_{name}.png",
                                      f"Local test accuracy per client, {name} personalization")

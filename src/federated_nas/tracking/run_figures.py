@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 
 from federated_nas.search_space.genotypes import CELL_KINDS, Genotype
-from federated_nas.tracking.cell_drawing import draw_genotype
 from federated_nas.tracking.mlflow_tracker import RunTracker
-from federated_nas.tracking.plots import plot_alpha_evolution, plot_round_curves
 from federated_nas.tracking.run_record import curve_accuracy
 
 
@@ -39,6 +37,9 @@ class RunFigures:
     def after_round(self, round_idx: int, rounds: int, history: list[dict[str, Any]]) -> list[Path]:
         if not history or not self.due(round_idx, rounds):
             return []
+        from federated_nas.tracking.cell_drawing import draw_genotype  # matplotlib: not before round 1
+        from federated_nas.tracking.plots import plot_round_curves
+
         latest = history[-1]
         title = self._title(round_idx, latest)
         paths = [plot_round_curves(history, self.directory / "round_curves.png", title)]
@@ -67,6 +68,8 @@ class RunFigures:
         return " · ".join(parts)
 
     def _alpha_heatmaps(self, history: list[dict[str, Any]], title: str) -> list[Path]:
+        from federated_nas.tracking.plots import plot_alpha_evolution
+
         entries = [entry for entry in history if entry.get("alpha_probabilities")]
         if not entries:
             return []
