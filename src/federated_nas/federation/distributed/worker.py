@@ -57,8 +57,6 @@ def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
     algorithm = algorithm or build(cfg.algorithm)
     data = build_data(cfg)
     model = algorithm.build_model(data)  # the structure only: each round's global state is loaded into it
-    import federated_nas.algorithms.local_module  # noqa: F401 -- Lightning, for the client fits: before "ready"
-
     send_json({"ready": rank}, SERVER)
     while True:
         command = recv_json(SERVER, limit=SERVER_PATIENCE)
