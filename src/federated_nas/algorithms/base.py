@@ -3,8 +3,9 @@
 A method is a small strategy object (``FederatedAlgorithm``): it builds the global model, wraps
 a client's copy of it in a LightningModule for the local work (``local_module``: the skeleton),
 and reports what a round produced. The loop, aggregation, checkpoints and tracking are the same
-for all methods. Nothing here imports Lightning: a method module imports its LightningModule
-where a client's work is built, so a server whose clients run elsewhere never pays for it.
+for all methods. Nothing here imports Lightning (see ``local_module``), so a method module that
+imports its LightningModule where a client's work is built (FedNAS, FedMetaNAS) leaves a server
+whose clients run elsewhere without it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """A client's local work as a LightningModule: the base every method's local step subclasses.
 
 Why a module of its own: Lightning's import costs seconds (it brings torchmetrics, torchvision's
-models, torch._dynamo and scipy). The method strategies, the loop and the server import none of
-it, so a run's server process (``cluster=auto``, SLURM, torchrun) starts its first round without
-it; Lightning is imported where a client's local work is first built.
+models, torch._dynamo and scipy). The loop, the backends' server side and the strategies of FedNAS
+and FedMetaNAS (the default commands) import none of it, so their server process (``cluster=auto``,
+SLURM, torchrun) starts its first round without it; their LightningModules (``local_steps``) are
+imported where a client's local work is first built. The other methods define their
+LightningModules beside their strategies, so their servers import Lightning with the method.
 """
 
 from __future__ import annotations

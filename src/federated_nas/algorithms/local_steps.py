@@ -5,8 +5,8 @@ here and says only when and with what settings it runs. ``ArchitectureSearch`` i
 (two optimizers, w's gradient clipped, alpha frozen during warm-up); ``milenas_backward`` is
 FedNAS' mixed-level gradient; ``inner_steps`` and ``first_order_meta_gradient`` are first-order
 MAML, which FedMetaNAS, Per-FedAvg and FedRLNAS' meta- variants share; ``RecalibrateBatchNorm`` ends a
-client's search with BatchNorm statistics of the evaluation relaxation. Method modules import this
-module where a client's work is built, so the server process never imports Lightning.
+client's search with BatchNorm statistics of the evaluation relaxation. FedNAS and FedMetaNAS import
+this module where a client's work is built, so their server process need not import Lightning.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class LocalBackend:
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         # clients fit in this process, so it needs Lightning: imported now, in the thread that builds the run,
         # before the run's tracker thread may import it too (two threads importing one package can deadlock
-        # on its module locks). A server whose clients run in workers (DistributedBackend) never imports it.
+        # on its module locks). A server whose clients run in workers (DistributedBackend) need not import it.
         import federated_nas.algorithms.local_module  # noqa: F401
 
     # The lifecycle every backend has, so a run never asks which backend it holds. Here, in one
