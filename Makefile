@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install data browser test test-avx2 test-slurm search train mlflow-ui compare compare-personal tune compare-tuned bench clean-logs
+.PHONY: help install data browser test test-avx2 test-slurm search train mlflow-ui compare compare-personal tune compare-tuned bench docs clean-logs
 .DEFAULT_GOAL := help
 
 help:  ## this list of targets and what each does
@@ -76,6 +76,9 @@ bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead an
 	$(PYTHON) scripts/bench_planted.py
 	$(PYTHON) scripts/bench_startup.py --first-round
 	$(PYTHON) scripts/bench_clients.py
+
+docs:  ## regenerate the generated tables in docs/ (the config-group table of docs/configs.md)
+	$(PYTHON) scripts/config_docs.py --write
 
 clean-logs:  ## delete every run, the MLflow store and its artifacts under logs/
 	rm -rf logs/search logs/train logs/mlflow.db logs/mlartifacts

@@ -18,6 +18,8 @@ A method with a ``retrain`` list is a search + retrain method (FedNAS): each of 
 (``<run>-search``, with the grid point) and then ``src/train.py`` on its genotype (``<run>``, with the
 experiment's and the ``retrain`` overrides, on the same split); the trained network is scored and reported,
 and its time is both stages'.
+An experiment whose ``tuning.entry`` is ``train`` tunes train-stage runs (``src/train.py``: fixed networks and
+genotypes, e.g. searched cells against random ones at one size, experiment=evaluate_cells_cpu).
 """
 
 from __future__ import annotations
@@ -84,10 +86,18 @@ def grid_split_override(tuning: Any) -> list[str]:
     return [] if split is None else [f"federation.split=[{','.join(str(f) for f in split)}]"]
 
 
+def entry_of(overrides: list[str]) -> str:
+    """The entry point an experiment's runs use: its ``tuning.entry``, search (the default) or train."""
+    from hydra import compose
+
+    tuning = compose("search", overrides=overrides).get("tuning") or {}
+    return str(tuning.get("entry", "search"))
+
+
 def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[list[str]]], dict[str, list[str] | None]]:
     """The base config; per method, each grid point's full override list (the seed runs'; the grid runs
     add ``grid_split_override``); and per method its train stage's overrides (None: no retraining). Every
-    one composed and checked, with and without the grid's split."""
+    one composed and checked, with and without the grid's split, with the entry point's config."""
     from hydra import initialize_config_dir
 
     from federated_nas.tracking.tuning import tuning_plan
@@ -95,7 +105,9 @@ def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[li
     runs: dict[str, list[list[str]]] = {}
     retrains: dict[str, list[str] | None] = {}
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        base = compose_checked(overrides, " ".join(overrides))
+        compose_checked(overrides, " ".join(overrides))  # bad overrides: one line, before reading the entry
+        entry = entry_of(overrides)
+        base = compose_checked(overrides, " ".join(overrides), entry)
         if base.get("tuning") is None:
             raise ConfigError(f"{experiment_of(overrides)}: the experiment has no tuning node to run")
         split = grid_split_override(base.tuning)
@@ -103,22 +115,26 @@ def compose_all(overrides: list[str], task: str) -> tuple[Any, dict[str, list[li
             runs[plan.name] = []
             for index, point in enumerate(plan.grid):
                 full = [*overrides, *plan.overrides, *point, f"task_name={task}", "logger=none"]
-                compose_checked(full, f"tuning.methods.{plan.name}.grid.{index}")
-                compose_checked([*full, *split], f"tuning.methods.{plan.name}.grid.{index}")
+                compose_checked(full, f"tuning.methods.{plan.name}.grid.{index}", entry)
+                compose_checked([*full, *split], f"tuning.methods.{plan.name}.grid.{index}", entry)
                 runs[plan.name].append(full)
             retrains[plan.name] = None
             if plan.retrain is not None:
+                if entry != "search":
+                    raise ConfigError(f"tuning.methods.{plan.name}.retrain: only a search experiment retrains")
                 retrains[plan.name] = [*overrides, *plan.retrain, f"task_name={task}", "logger=none"]
                 for extra in ([], split):
                     compose_checked([*retrains[plan.name], *extra], f"tuning.methods.{plan.name}.retrain", "train")
     return base, runs, retrains
 
 
-def run_method(search: list[str], retrain: list[str] | None, run_dir: Path, log_path: Path) -> float:
-    """A method's run at ``run_dir``: the search, or for a search + retrain method the search at
-    ``<run_dir>-search`` and then the training of its genotype at ``run_dir``. Wall seconds of both."""
+def run_method(search: list[str], retrain: list[str] | None, run_dir: Path, log_path: Path,
+               entry: str = "search") -> float:
+    """A method's run at ``run_dir``: the search (or, for ``entry`` train, the train run), or for a search +
+    retrain method the search at ``<run_dir>-search`` and then the training of its genotype at ``run_dir``.
+    Wall seconds of both."""
     if retrain is None:
-        return run_once(search, run_dir, log_path)
+        return run_once(search, run_dir, log_path, f"{entry}.py")
     search_dir, _ = stage_dirs(run_dir, retrain)
     wall = run_once(search, search_dir, log_path.with_name(log_path.stem + "-search.log"))
     return round(wall + run_once([*retrain, f"search_run={search_dir}"], run_dir, log_path, "train.py"), 2)
@@ -184,6 +200,7 @@ def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     task = out.name
     base, runs, retrains = compose_all(overrides, task)
+    entry = str(base.tuning.get("entry", "search"))
     seeds, metric = [int(s) for s in base.tuning.seeds], str(base.tuning.selection_metric)
     grid_split = grid_split_override(base.tuning)
     result: dict[str, Any] = {
@@ -209,7 +226,7 @@ def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
             run_dir = out / "runs" / name / f"p{index}-s{seeds[0]}"
             retrain = None if retrains[name] is None else [*retrains[name], *grid_split, f"seed={seeds[0]}"]
             wall = run_method([*full, *grid_split, f"seed={seeds[0]}"], retrain, run_dir,
-                              out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log")
+                              out / "run_logs" / f"{name}-p{index}-s{seeds[0]}.log", entry)
             # the grid's test accuracy is never recorded: only its val score decides
             point = {"overrides": methods[name]["grid"][index], "run_dir": str(run_dir),
                      "val": validation_score(run_dir), "wall_seconds": wall,
@@ -226,7 +243,8 @@ def tune(overrides: list[str], out: Path, jobs: int = 1) -> dict[str, Any]:
             stem = f"p{chosen}-s{seed}" + ("-full" if grid_split else "")
             run_dir = out / "runs" / name / stem
             retrain = None if retrains[name] is None else [*retrains[name], f"seed={seed}"]
-            wall = run_method([*points[chosen], f"seed={seed}"], retrain, run_dir, out / "run_logs" / f"{name}-{stem}.log")
+            wall = run_method([*points[chosen], f"seed={seed}"], retrain, run_dir, out / "run_logs" / f"{name}-{stem}.log",
+                              entry)
             record = seed_record(run_dir, wall, retrain)
             with saving:
                 method["seeds"][str(seed)] = record

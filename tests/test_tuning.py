@@ -274,7 +274,7 @@ def test_metanas_vs_fednas_tunes_fednas_as_search_then_retrain_and_fedmetanas_al
     assert [(run.algorithm.lr, run.algorithm.alpha_optimizer.lr) for run in searches["fednas"]] == [
         (run.algorithm.lr, run.algorithm.alpha_optimizer.lr) for run in searches["fedmetanas"]]
     assert (train.algorithm.name, train.model._target_.rsplit(".", 1)[1], train.federation.rounds) == (
-        "fedavg", "GenotypeNetwork", 80)
+        "fedavg", "genotype_network", 80)
     assert list(train.federation.split) == list(searches["fednas"][0].federation.split) == [0.35, 0.35, 0.1, 0.2]
 
 
@@ -293,7 +293,7 @@ def test_a_search_then_retrain_run_is_scored_on_its_trained_network_and_timed_ov
     assert (tmp_path / "logs" / "fednas-p0-s0-search.log").is_file()
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     assert (train_cfg.model._target_.rsplit(".", 1)[1], train_cfg.federation.rounds, train_cfg.search_run) == (
-        "GenotypeNetwork", 1, str(search_dir))
+        "genotype_network", 1, str(search_dir))
     assert validation_score(run_dir)["scored_on"] == "holdout"
     from federated_nas.federation.validation import final_metrics
 

@@ -179,7 +179,9 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("search_space.primitives", Text()),  # a list: checked item by item below
     ("search_space.primitives.*", Text()),
     ("search_space.*", COUNT),
-    ("model.genotype", Text(nullable=True)),
+    ("model.genotype", Text(nullable=True)),  # a genotype.json, or random
+    ("model.genotype_seed", Number(low=0, integer=True)),
+    ("model.budget_params", Number(low=1, integer=True, nullable=True)),
     ("model.size", OneOf(("small", "large"))),
     ("model.width_mult", POSITIVE),
     ("model.drop_rate", DECAY),
@@ -233,6 +235,8 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("cluster.backend.*seconds", POSITIVE),
     ("logger.*", Text()),
     # scripts/tune.py's protocol (an experiment's `tuning` node); a list that holds words is checked item by item
+    ("search_dir", Text()),  # experiment=evaluate_cells_cpu: where the searches it trains the cells of lie
+    ("tuning.entry", OneOf(("search", "train"))),  # the entry point of the experiment's runs
     ("tuning.selection_metric", OneOf(("val_acc", "val_loss", "personal_val_acc", "personal_val_loss"))),
     ("tuning.seeds", Numbers(Number(low=0, high=2**32 - 1, integer=True))),
     ("tuning.grid_split", Numbers(FRACTION, length=4, total=1.0)),  # the grid runs' split: its 4th part scores them

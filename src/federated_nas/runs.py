@@ -27,7 +27,7 @@ from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import OpeningTracker, RunTracker, check_tracking_uri, store_lock
 from federated_nas.tracking.run_figures import RunFigures
-from federated_nas.tracking.run_record import PERSONALIZATION_TAG, run_description
+from federated_nas.tracking.run_record import GENOTYPE_TAG, PERSONALIZATION_TAG, run_description
 
 log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
@@ -132,7 +132,8 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    tracker = start_tracking(cfg, checkpoint, data, run_dir, {**run_tags(cfg, algorithm), **(tags or {})})
+    tags = {**run_tags(cfg, algorithm), **fixed_network_tags(run.model, run_dir), **(tags or {})}
+    tracker = start_tracking(cfg, checkpoint, data, run_dir, tags)
     figures = RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None
     run.attach(tracker, figures)
     try:
@@ -157,6 +158,19 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
                  mlflow_model_id=model_id)
     log.info(summary(final))
     return final
+
+
+def fixed_network_tags(model: Any, run_dir: Path) -> dict[str, Any]:
+    """What a train-stage network states about itself: its genotype (searched, random or given), saved as
+    the run's genotype.json like a search's, and its size (``size_record``: the budget, the width chosen)."""
+    from federated_nas.search_space.genotypes import ArchitectureRecord
+
+    tags: dict[str, Any] = {f"model.{key}": value for key, value in getattr(model, "size_record", {}).items()}
+    genotype = getattr(model, "genotype", None)
+    if isinstance(genotype, ArchitectureRecord):  # a search network's genotype is a method, not a record
+        genotype.save(run_dir / "genotype.json")
+        tags[GENOTYPE_TAG] = repr(genotype)
+    return tags
 
 
 def start_tracking(cfg: DictConfig, checkpoint: dict[str, Any] | None, data: FederatedData, run_dir: Path,
@@ -195,6 +209,8 @@ def record_run_start(tracker: RunTracker, cfg: DictConfig, data: FederatedData, 
     tracker.log_config(cfg)
     tracker.set_tags(tags)
     tracker.log_artifact(run_dir / "config.yaml")
+    if GENOTYPE_TAG in tags and (run_dir / "genotype.json").is_file():  # a train stage's network
+        tracker.log_artifact(run_dir / "genotype.json")
     partition_files = data.save_partition(run_dir / "partition")
     heatmap = plot_partition_heatmap(data.class_counts, run_dir / "partition" / "partition_heatmap.png",
                                      title="Samples per class and client")
@@ -251,16 +267,31 @@ def genotype_of_search(search_run: str, tracking_uri: str | None) -> Path:
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
-    """The FedNAS second stage: FedAvg on the network of the genotype a search found."""
+    """The FedNAS second stage: FedAvg on the network of the genotype a search found (``search_run``), or on a
+    genotype given as ``model.genotype`` (a genotype.json, or ``random``), or on any fixed network (``model=cnn``)."""
     check_config(cfg)
     if not cfg.get("search_run"):
-        raise ConfigError("search_run is required: the run dir or MLflow run id of a finished search")
+        if cfg.get("model") is not None and "genotype" in cfg.model and cfg.model.genotype is None:
+            raise ConfigError("search_run is required (the run dir or MLflow run id of a finished search), "
+                              "or model.genotype=<genotype.json>|random")
+        return run_federated(cfg, build(cfg.algorithm), genotype_source_tag(cfg))
     tracking_uri = cfg.logger.tracking_uri if cfg.get("logger") else None
     genotype_path = genotype_of_search(str(cfg.search_run), tracking_uri)
     OmegaConf.update(cfg, "model.genotype", str(genotype_path), force_add=True)
     log.info("training the genotype of %s", genotype_path)
     search_id = search_run_id(str(cfg.search_run), genotype_path)
-    return run_federated(cfg, build(cfg.algorithm), {"search_run_id": search_id} if search_id else None)
+    tags = {"genotype_source": "search", **({"search_run_id": search_id} if search_id else {})}
+    return run_federated(cfg, build(cfg.algorithm), tags)
+
+
+def genotype_source_tag(cfg: DictConfig) -> dict[str, Any]:
+    """Where a train run's architecture came from, to filter runs by (``tags.genotype_source = 'random'``)."""
+    genotype = OmegaConf.select(cfg, "model.genotype")
+    if genotype is None:
+        return {}
+    if str(genotype) == "random":
+        return {"genotype_source": "random", "genotype_seed": int(cfg.model.get("genotype_seed", 0))}
+    return {"genotype_source": "file"}
 
 
 def search_run_id(search_run: str, genotype_path: Path) -> str | None:

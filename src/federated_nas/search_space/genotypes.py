@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,8 +58,10 @@ class Genotype(ArchitectureRecord):
 
     @classmethod
     def from_dict(cls, data: dict) -> "Genotype":
+        """The genotype of ``data``, checked whole: every op and node index of both cells, not only those
+        a small network happens to build."""
         try:
-            return cls(
+            genotype = cls(
                 normal=[(str(op), int(j)) for op, j in data["normal"]],
                 normal_concat=[int(i) for i in data["normal_concat"]],
                 reduce=[(str(op), int(j)) for op, j in data["reduce"]],
@@ -66,9 +69,49 @@ class Genotype(ArchitectureRecord):
             )
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"not a genotype (need normal, normal_concat, reduce, reduce_concat): {err}") from err
+        for kind in CELL_KINDS:
+            problem = cell_problem(getattr(genotype, kind), getattr(genotype, f"{kind}_concat"))
+            if problem:
+                raise DataError(f"not a valid genotype: {kind}: {problem}")
+        return genotype
 
     def count(self, op: str) -> int:
         return sum(name == op for name, _ in self.normal + self.reduce)
+
+
+def cell_problem(edges: list[Edge], concat: list[int], inputs_per_node: int = 2) -> str | None:
+    """What is wrong with one cell (an unknown op, an input from a later node, a node not built), or None."""
+    if not edges or len(edges) % inputs_per_node:
+        return f"{len(edges)} edges, not a positive multiple of {inputs_per_node} inputs per node"
+    for position, (op, source) in enumerate(edges):
+        node = position // inputs_per_node
+        if op not in PRIMITIVES:
+            return f"edge {position}: unknown op {op!r} (known: {', '.join(PRIMITIVES)})"
+        if not 0 <= source < node + 2:
+            return f"edge {position}: node {node} cannot read node {source} (inputs 0..{node + 1})"
+    states = len(edges) // inputs_per_node + 2
+    if not concat or any(not 0 <= i < states for i in concat):
+        return f"concat {concat} names a node outside 0..{states - 1}"
+    return None
+
+
+def random_genotype(seed: int, steps: int = 4, multiplier: int = 4, primitives=PRIMITIVES,
+                    inputs_per_node: int = 2) -> Genotype:
+    """A uniformly random architecture of the DARTS space: the sanity baseline of NAS (Li & Talwalkar 2019).
+
+    Each node of each cell reads ``inputs_per_node`` distinct earlier nodes, each through an op drawn
+    uniformly from the primitives without ``none``, as a derived genotype does. Python's own generator,
+    seeded here, so the cell depends on ``seed`` alone, not on torch's global state.
+    """
+    draw = random.Random(seed)
+    ops = [op for op in primitives if op != "none"]
+
+    def cell() -> list[Edge]:
+        return [(draw.choice(ops), source) for node in range(steps)
+                for source in sorted(draw.sample(range(node + 2), inputs_per_node))]
+
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)
 
 
 def edge_index(steps: int) -> list[tuple[int, int]]:

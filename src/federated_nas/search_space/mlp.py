@@ -20,6 +20,7 @@ chosen, since a zero layer would cut the chain.
 from __future__ import annotations
 
 import copy
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from federated_nas.errors import ConfigError, DataError
+from federated_nas.models.budget import sized
 from federated_nas.search_space.architecture import MASKED, RelaxedArchitecture
 from federated_nas.search_space.genotypes import ArchitectureRecord
 from federated_nas.search_space.relaxations import SoftmaxRelaxation
@@ -66,6 +68,13 @@ class MLPGenotype(ArchitectureRecord):
         if not isinstance(layers, list) or any(name not in MLP_PRIMITIVES for name in layers):
             raise DataError(f"not an MLP genotype (need layers: a list of {', '.join(MLP_PRIMITIVES)}): {data}")
         return cls([str(name) for name in layers])
+
+
+def random_mlp_genotype(seed: int, layers: int) -> MLPGenotype:
+    """A uniformly random MLP of the space: each layer's op drawn from the primitives without ``none``
+    (as a derived genotype never has it), with Python's generator seeded here."""
+    draw = random.Random(seed)
+    return MLPGenotype([draw.choice([op for op in MLP_PRIMITIVES if op != "none"]) for _ in range(layers)])
 
 
 def layer_norm(width: int) -> nn.LayerNorm:
@@ -204,3 +213,17 @@ class GenotypeMLP(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.classifier(x)
+
+
+def genotype_mlp(genotype: MLPGenotype | dict | str | Path | None, in_channels: int, num_classes: int = 10,
+                 hidden: int = 64, layers: int = 3, genotype_seed: int = 0,
+                 budget_params: int | None = None) -> GenotypeMLP:
+    """The ``model=mlp_genotype`` network: a searched genotype, or ``random`` (``layers`` ops drawn with
+    ``genotype_seed``); with ``budget_params``, ``hidden`` is chosen to meet that parameter count."""
+    if genotype == "random":
+        genotype = random_mlp_genotype(int(genotype_seed), layers)
+
+    def build(width: int) -> GenotypeMLP:
+        return GenotypeMLP(genotype, in_channels, num_classes, width)
+
+    return sized(build, hidden, budget_params, "the genotype MLP", "hidden")

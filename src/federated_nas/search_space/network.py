@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from federated_nas.errors import ConfigError
-from federated_nas.search_space.genotypes import Genotype
+from federated_nas.models.budget import count_parameters, sized
+from federated_nas.search_space.genotypes import Genotype, random_genotype
 from federated_nas.search_space.operations import FactorizedReduce, ReLUConvBN, make_op
 
 
@@ -93,5 +94,19 @@ class GenotypeNetwork(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+RANDOM = "random"  # model.genotype=random: a seeded, uniformly random genotype of the space
+
+
+def genotype_network(genotype: Genotype | dict | str | Path | None, in_channels: int = 3, num_classes: int = 10,
+                     C: int = 36, layers: int = 20, stem_multiplier: int = 3, stem_stride: int = 1, steps: int = 4,
+                     multiplier: int = 4, genotype_seed: int = 0, budget_params: int | None = None) -> GenotypeNetwork:
+    """The ``model=genotype`` network: a searched genotype (a genotype.json), or ``random`` (the space's
+    ``steps`` and ``multiplier``, drawn with ``genotype_seed``); with ``budget_params``, C is chosen so the
+    network has about that many parameters (``layers`` kept), so cells are compared at equal size."""
+    if genotype == RANDOM:
+        genotype = random_genotype(int(genotype_seed), steps, multiplier)
+
+    def build(width: int) -> GenotypeNetwork:
+        return GenotypeNetwork(genotype, in_channels, num_classes, width, layers, stem_multiplier, stem_stride)
+
+    return sized(build, C, budget_params, f"a {layers}-layer genotype network", "C")
