@@ -13,7 +13,9 @@ Stages, each skipping the runs already finished (a run dir holding FINISHED), so
 3. more random cells (``--extra-random``) at the random row's pick, random genotype g trained at seed g mod 3;
 4. FedMetaNAS without retraining at equal loop time: searched for as many rounds as its search plus the
    retraining of its cell took, in proportion (the rounds are fixed once measured, in ``equal_time_rounds``);
-5. the table, written to ``logs/evaluate_cells_cpu/evaluation.json`` and copied to benchmarks/ with ``--commit``.
+5. a remedy, where cells do not beat random ones (``--stages longer_search``, not run by default): FedNAS
+   searched ``LONGER``x as many rounds (alpha barely moves in 12), its cell trained at FedNAS' row pick;
+6. the table, written to ``logs/evaluate_cells_cpu/evaluation.json`` and copied to benchmarks/ with ``--commit``.
 Every run is its own process (``OMP_NUM_THREADS=1`` each is right with ``--jobs 2`` on 2 cores).
 """
 
@@ -40,6 +42,7 @@ EXPERIMENT = "evaluate_cells_cpu"
 SEARCH_TUNING = ROOT / "benchmarks" / "tune_nas_methods_cpu.json"
 COMMITTED = ROOT / "benchmarks" / f"{EXPERIMENT}.json"
 SEEDS = (0, 1, 2)
+LONGER = 3  # the remedy's search length, in multiples of the searches' own rounds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,6 +130,27 @@ def equal_time_runs(out: Path, tuning: dict[str, Any], extra: list[str] = ()) ->
     return runs
 
 
+def longer_search_runs(out: Path, tuning: dict[str, Any], extra: list[str] = ()) -> tuple[list, list]:
+    """(searches, trainings) of the remedy: FedNAS' pick searched LONGER x its rounds, then its cell trained
+    at the FedNAS row's learning rate, each at seeds 0-2."""
+    method = tuning["methods"]["fednas"]
+    if method.get("pick") is None:
+        raise DataError("the fednas row has no pick yet: run the tuning stage first")
+    searches, trainings = [], []
+    for name, seed, overrides, run_dir in search_runs(out, extra):
+        if name != "fednas":
+            continue
+        rounds = LONGER * int(OmegaConf.load(run_dir / "config.yaml").federation.rounds)
+        search_dir = out / "searches" / "fednas_longer" / f"s{seed}"
+        searches.append(([*overrides, f"federation.rounds={rounds}"], search_dir,
+                         out / "run_logs" / f"search-fednas_longer-s{seed}.log", "search.py"))
+        trainings.append(([f"experiment={EXPERIMENT}", f"search_run={search_dir}", *method["grid"][method["pick"]]["overrides"],
+                           f"task_name={EXPERIMENT}", "logger=none", *extra, f"seed={seed}"],
+                          out / "remedy" / "fednas_longer" / f"s{seed}", out / "run_logs" / f"train-fednas_longer-s{seed}.log",
+                          "train.py"))
+    return searches, trainings
+
+
 def run_record(run_dir: Path) -> dict[str, Any]:
     """What the table needs of a finished run: accuracy, parameters of its final model, steps, loop time."""
     from federated_nas.federation.validation import final_metrics
@@ -160,7 +184,10 @@ def collect(out: Path) -> dict[str, Any]:
     extra = [run_dir for run_dir in sorted((out / "random_cells").glob("g*-s*")) if finished(run_dir)]
     equal_time = {int(run_dir.name[1:]): run_record(run_dir)
                   for run_dir in sorted((out / "searches" / "fedmetanas_equal_time").glob("s*")) if finished(run_dir)}
-    return {"experiment": EXPERIMENT, "searches": searches, "trained": trained,
+    longer = {int(run_dir.name[1:]): {"search": run_record(out / "searches" / "fednas_longer" / run_dir.name),
+                                      "train": run_record(run_dir)}
+              for run_dir in sorted((out / "remedy" / "fednas_longer").glob("s*")) if finished(run_dir)}
+    return {"experiment": EXPERIMENT, "searches": searches, "trained": trained, "fednas_longer": longer,
             "picks": {name: method["grid"][method["pick"]]["overrides"] for name, method in tuning["methods"].items()
                       if method.get("pick") is not None},
             "random_cells": {run_dir.name: run_record(run_dir) for run_dir in extra},
@@ -200,6 +227,10 @@ def table_rows(evaluation: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[i
     rows.append({"name": "fedmetanas", "final_model": "its pruned supernet, searched as long as search + retrain",
                  "runs": {int(seed): search_only(record)
                           for seed, record in evaluation["fedmetanas_equal_time"].items()}})
+    rows.append({"name": "fednas", "final_model": f"its derived cell after a {LONGER}x longer search, retrained",
+                 "runs": {int(seed): {**train_only(pair["train"]), "search_steps": pair["search"]["steps"],
+                                      "search_seconds": pair["search"]["seconds"]}
+                          for seed, pair in evaluation.get("fednas_longer", {}).items()}})
     all_random = [train_only(record) for record in trained.get("random", {}).values()]
     all_random += [train_only(record) for record in evaluation["random_cells"].values()]
     rows.append({"name": "random cells", "final_model": f"{len(all_random)} random genotypes at the budget",
@@ -249,6 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     if "equal_time" in stages and tuning is not None and len(tuning["methods"]["fedmetanas"]["seeds"]) == len(SEEDS):
         later += equal_time_runs(out, tuning, args.overrides)
     run_all(args.jobs, later)
+    if "longer_search" in stages and tuning is not None:
+        searches, trainings = longer_search_runs(out, tuning, args.overrides)
+        run_all(args.jobs, searches)
+        run_all(args.jobs, trainings)
     evaluation = collect(out)
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     if args.commit:
