@@ -348,3 +348,28 @@ def test_an_opening_error_is_raised_at_first_use_and_does_not_hide_a_runs_own():
     tracker.finish("FAILED")  # a failed run: its own error is the one raised, not this one
     with pytest.raises(ConfigError, match="cannot create the local store"):
         tracker.finish()
+
+
+def test_the_architecture_table_is_kept_in_the_run_dir_and_uploaded_without_reading_the_store_back(tmp_path):
+    """MLflow's log_table downloaded the stored table every round to append one row; the run dir's copy is the
+    table now. MLflow still reads it as a table (load_table, the UI's artifact tag), and a round run again
+    (a resumed run) replaces its row instead of adding a second one."""
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    from federated_nas.tracking.mlflow_tracker import RunTracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = RunTracker(MLFlowLogger(experiment_name="search", tracking_uri=uri,
+                                      artifact_location=str(tmp_path / "artifacts")))
+    table = tmp_path / "run" / "architecture_history.json"
+    for round_, genotype in ((1, "a"), (2, "b"), (2, "c")):
+        tracker.log_table_rows({"round": [round_], "genotype": [genotype], "global_test_acc": [0.5]}, table)
+    tracker.finish()
+    client = MlflowClient(uri)
+    stored = client.load_table(tracker.logger.experiment_id, "architecture_history.json", run_ids=[tracker.run_id])
+    assert stored["round"].tolist() == [1, 2] and stored["genotype"].tolist() == ["a", "c"]
+    tags = client.get_run(tracker.run_id).data.tags
+    assert '"type": "table"' in tags["mlflow.loggedArtifacts"] and tags["mlflow.loggedArtifacts"].count("path") == 1
+    RunTracker(None).log_table_rows({"round": [3], "genotype": ["d"], "global_test_acc": [0.6]}, table)
+    assert len(__import__("json").loads(table.read_text())["data"]) == 3  # logger=none keeps the run dir's copy

@@ -302,7 +302,7 @@ class FederatedRun:
             self.latest_genotype = genotype
             self.tracker.set_tags({GENOTYPE_TAG: repr(genotype)})  # DARTS' one-line form, the latest round's
             self.tracker.log_table_rows({"round": [round_idx + 1], "genotype": [repr(genotype)],
-                                         "global_test_acc": [curve_accuracy(metrics)]}, GENOTYPE_TABLE)
+                                         "global_test_acc": [curve_accuracy(metrics)]}, self.run_dir / GENOTYPE_TABLE)
             metrics["genotype"] = genotype.to_json()
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.tracker.log_metrics(numeric, step=round_idx + 1, final_round=last)  # rounds count from 1, as logged

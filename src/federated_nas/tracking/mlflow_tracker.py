@@ -107,6 +107,7 @@ class RunTracker:
     def __init__(self, logger: MLFlowLogger | None):
         self.logger = logger
         self.system_metrics: SystemMetricsMonitor | None = None
+        self._marked_tables: set[str] = set()  # tables already marked as such in the run's tags
         if logger is not None:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -195,10 +196,33 @@ class RunTracker:
                           profile=json.dumps(profile))
         self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
 
-    def log_table_rows(self, rows: dict[str, list[Any]], artifact_file: str) -> None:
-        """Append ``rows`` (column -> values) to the run's table ``artifact_file`` (``.json``)."""
-        if self.logger is not None:
-            self.client.log_table(self.run_id, data=rows, artifact_file=artifact_file)
+    def log_table_rows(self, rows: dict[str, list[Any]], local_table: Path) -> None:
+        """Append ``rows`` (column -> values; the first column keys a row) to the table kept at ``local_table``
+        (``.json``, MLflow's table format: pandas' split orient) and upload it under its file name.
+
+        The run dir's copy is the table: MLflow's own ``log_table`` downloads the stored table to append to
+        it, a round-trip per round to a remote store (and a progress bar in the log), and a resumed run
+        would have to do the same. The table is marked as one for the UI once per tracker."""
+        local_table = Path(local_table)
+        table = json.loads(local_table.read_text()) if local_table.is_file() else {"columns": list(rows), "data": []}
+        new = [list(row) for row in zip(*(rows[column] for column in table["columns"]))]
+        keys = {row[0] for row in new}  # the first column keys a row: a round run again replaces its row
+        table["data"] = [row for row in table["data"] if row[0] not in keys] + new
+        local_table.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local_table.with_name(local_table.name + ".tmp")
+        tmp.write_text(json.dumps(table))
+        tmp.replace(local_table)  # a crash never leaves half a table
+        if self.logger is None:
+            return
+        self.client.log_artifact(self.run_id, str(local_table))
+        if local_table.name not in self._marked_tables:
+            from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+            marked = json.loads(self.client.get_run(self.run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+            entry = {"path": local_table.name, "type": "table"}
+            if entry not in marked:
+                self.client.set_tag(self.run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*marked, entry]))
+            self._marked_tables.add(local_table.name)
 
     def log_final_model(self, model: torch.nn.Module, final: dict[str, Any], step: int) -> str | None:
         """The model the method ships, as an MLflow logged model of this run (``mlflow.pytorch`` format,
