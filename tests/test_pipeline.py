@@ -96,6 +96,20 @@ def test_resumed_run_equals_uninterrupted_run(tiny_cfg, monkeypatch):
     assert_same_states(final_state(uninterrupted["run_dir"]), final_state(resumed["run_dir"]))
 
 
+def test_resume_with_other_settings_is_refused_naming_each_key(tiny_cfg, monkeypatch):
+    """The saved run's settings win silently no more: a changed learning rate is one line naming it, both values."""
+    overrides = ["logger=none", "federation.rounds=2"]
+    with pytest.raises(ConfigError, match=r"algorithm.lr \(saved 0.05, now 0.2\)") as caught:
+        crash_then_resume(tiny_cfg, overrides, monkeypatch, ["algorithm.lr=0.2"])
+    assert "\n" not in str(caught.value)
+
+
+def test_resume_may_extend_the_rounds(tiny_cfg, monkeypatch):
+    resumed = crash_then_resume(tiny_cfg, ["logger=none", "federation.rounds=2"], monkeypatch,
+                                ["federation.rounds=3", "plots_every=null"])
+    assert load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")["round"] == 3
+
+
 @pytest.mark.parametrize("override, message", [
     ("partition.alpha=0", "partition.alpha"),
     ("federation.client_fraction=1.5", "federation.client_fraction"),

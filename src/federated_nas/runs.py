@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ from federated_nas.tracking.run_record import GENOTYPE_TAG, PERSONALIZATION_TAG,
 
 log = logging.getLogger(__name__)
 FEDERATION_KEYS = ("num_clients", "split")  # the rest of cfg.federation is FederationSettings
+# what a resumed run may set differently from the run it continues: more rounds (to extend it), where and how
+# its clients run, where it logs; everything else would silently train another run than the one resumed
+RESUME_MAY_CHANGE = ("federation.rounds", "resume", "paths.*", "cluster.*", "logger.*", "trainer.devices",
+                     "trainer.accelerator", "plots_every", "hydra.*")
 
 
 def unfinished_runs(root: Path, pattern: str, exclude: Path) -> list[Path]:
@@ -86,7 +91,31 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, Any] | None]:
     checkpoint = load_latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise ConfigError(f"resume={cfg.resume}: {run_dir} has no checkpoint to resume from")
+    check_resume_settings(cfg, run_dir)
     return run_dir, checkpoint
+
+
+def flat_settings(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a plain (resolved) config as dotted key -> value."""
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in flat_settings(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def check_resume_settings(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to resume with settings that differ from the saved run's, naming each key (both values); only
+    ``RESUME_MAY_CHANGE`` may differ. Settings the saved run does not have (added by a newer version) pass."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = flat_settings(OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False))
+    current = flat_settings(OmegaConf.to_container(cfg, resolve=True))
+    differing = [f"{key} (saved {saved[key]!r}, now {current.get(key, '<unset>')!r})"
+                 for key in sorted(saved) if current.get(key, "<unset>") != saved[key]
+                 and not any(fnmatchcase(key, pattern) for pattern in RESUME_MAY_CHANGE)]
+    if differing:
+        raise ConfigError(f"resume: {run_dir} was run with other settings: {'; '.join(differing)}; "
+                          f"resume with its own (only {', '.join(RESUME_MAY_CHANGE[:1])} may change) or start a new run")
 
 
 def server_device(cfg: DictConfig) -> str:
