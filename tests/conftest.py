@@ -60,8 +60,9 @@ def tiny_cfg(tmp_path):
     return make
 
 
-def crash_then_resume(make_cfg, overrides: list[str], monkeypatch) -> dict:
-    """Run a search that dies right after round 0 is checkpointed, then ``resume=true`` it."""
+def crash_then_resume(make_cfg, overrides: list[str], monkeypatch, resume_overrides: list[str] = ()) -> dict:
+    """Run a search that dies right after round 0 is checkpointed, then ``resume=true`` it (with
+    ``resume_overrides`` added)."""
     from federated_nas.federation import server
     from federated_nas.runs import run_search
 
@@ -76,7 +77,8 @@ def crash_then_resume(make_cfg, overrides: list[str], monkeypatch) -> dict:
     with pytest.raises(KeyboardInterrupt):
         run_search(make_cfg("search", overrides + ["run_name=crashy"], run="first"))
     monkeypatch.setattr(server.FederatedRun, "_record", real_record)
-    return run_search(make_cfg("search", overrides + ["run_name=crashy", "resume=true"], run="second"))
+    return run_search(make_cfg("search", [*overrides, "run_name=crashy", "resume=true", *resume_overrides],
+                               run="second"))
 
 
 def assert_same_states(a: dict, b: dict) -> None:
