@@ -16,6 +16,9 @@ Stages, each skipping the runs already finished (a run dir holding FINISHED), so
 5. a remedy, where cells do not beat random ones (``--stages longer_search``, not run by default): FedNAS
    searched ``LONGER``x as many rounds (alpha barely moves in 12), its cell trained at FedNAS' row pick;
 6. the table, written to ``logs/evaluate_cells_cpu/evaluation.json`` and copied to benchmarks/ with ``--commit``.
+The build spans sessions: ``--commit`` also packs every finished run (what resuming and scoring read: config,
+overrides, genotype, last checkpoint) into ``benchmarks/evaluate_cells_cpu/runs.tar.gz``, and a build whose
+``--out`` lacks them unpacks it first, so a fresh clone goes on where the last session stopped.
 Every run is its own process (``OMP_NUM_THREADS=1`` each is right with ``--jobs 2`` on 2 cores).
 """
 
@@ -41,6 +44,10 @@ ROOT = tune.ROOT
 EXPERIMENT = "evaluate_cells_cpu"
 SEARCH_TUNING = ROOT / "benchmarks" / "tune_nas_methods_cpu.json"
 COMMITTED = ROOT / "benchmarks" / f"{EXPERIMENT}.json"
+PACKED = ROOT / "benchmarks" / EXPERIMENT / "runs.tar.gz"
+# what a finished run keeps in the pack: enough to skip it when resuming, score it and read its genotype
+PACKED_FILES = ("FINISHED", "tuning_wall_seconds", "config.yaml", ".hydra/overrides.yaml", "genotype.json",
+                "checkpoints/last.pt")
 SEEDS = (0, 1, 2)
 LONGER = 3  # the remedy's search length, in multiples of the searches' own rounds
 
@@ -149,6 +156,37 @@ def longer_search_runs(out: Path, tuning: dict[str, Any], extra: list[str] = ())
                           out / "remedy" / "fednas_longer" / f"s{seed}", out / "run_logs" / f"train-fednas_longer-s{seed}.log",
                           "train.py"))
     return searches, trainings
+
+
+def pack_finished_runs(out: Path, archive: Path = PACKED) -> int:
+    """Pack every finished run under ``out`` (``PACKED_FILES`` of each) into ``archive``; returns the run count."""
+    import tarfile
+
+    runs = sorted(marker.parent for marker in out.rglob("FINISHED"))
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for run_dir in runs:
+            for name in PACKED_FILES:
+                if (run_dir / name).is_file():
+                    tar.add(run_dir / name, arcname=str((run_dir / name).relative_to(out)))
+    tmp.replace(archive)
+    return len(runs)
+
+
+def unpack_finished_runs(out: Path, archive: Path = PACKED) -> int:
+    """Unpack the runs of ``archive`` that ``out`` does not hold finished; returns how many were unpacked."""
+    import tarfile
+
+    if not archive.is_file():
+        return 0
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        runs = {Path(m.name).parent for m in members if Path(m.name).name == "FINISHED"}
+        missing = {run for run in runs if not (out / run / "FINISHED").is_file()}
+        tar.extractall(out, members=[m for m in members if any(Path(m.name).is_relative_to(r) for r in missing)],
+                       filter="data")
+    return len(missing)
 
 
 def run_record(run_dir: Path) -> dict[str, Any]:
@@ -267,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
         print_table(json.loads(source.read_text()))
         return
     stages = set(args.stages.split(","))
+    unpacked = unpack_finished_runs(out)
+    if unpacked:
+        print(f"unpacked {unpacked} finished runs from {PACKED.relative_to(ROOT)}")
     if "searches" in stages:
         run_all(args.jobs, [(overrides, run_dir, out / "run_logs" / f"search-{name}-s{seed}.log", "search.py")
                             for name, seed, overrides, run_dir in search_runs(out, args.overrides)])
@@ -288,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
     if args.commit:
         shutil.copyfile(out / "evaluation.json", COMMITTED)
+        print(f"packed {pack_finished_runs(out)} finished runs into {PACKED.relative_to(ROOT)}")
     print_table(evaluation)
 
 

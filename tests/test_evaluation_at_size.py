@@ -194,3 +194,29 @@ def test_the_diagnostics_count_skips_and_parameter_free_ops_per_method_against_r
                                [random_genotype(0).__dict__]).splitlines()
     assert table[2] == "| fednas | 2.07 | 6.0 | 87.5 |"
     assert table[3].startswith("| random (1) | - (no alpha) |")
+
+
+def test_finished_runs_are_packed_and_unpacked_so_a_build_spans_sessions(tmp_path):
+    """A fresh clone gets back every finished run (what resuming and the table read) and nothing unfinished."""
+    import importlib.util
+
+    from conftest import CONFIG_DIR
+
+    spec = importlib.util.spec_from_file_location("evaluate_cells", Path(CONFIG_DIR).parent / "scripts" /
+                                                  "evaluate_cells.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    built = tmp_path / "built"
+    for run, done in (("searches/fednas/s0", True), ("tuning/runs/random/p0-s0", True), ("searches/fednas/s1", False)):
+        (built / run / "checkpoints").mkdir(parents=True)
+        (built / run / "checkpoints" / "last.pt").write_bytes(b"weights")
+        (built / run / "search.log").write_text("not packed")
+        if done:
+            (built / run / "FINISHED").touch()
+    archive = tmp_path / "runs.tar.gz"
+    assert script.pack_finished_runs(built, archive) == 2
+    fresh = tmp_path / "fresh"
+    assert script.unpack_finished_runs(fresh, archive) == 2 and script.unpack_finished_runs(fresh, archive) == 0
+    assert (fresh / "searches/fednas/s0/checkpoints/last.pt").read_bytes() == b"weights"
+    assert (fresh / "tuning/runs/random/p0-s0/FINISHED").is_file()
+    assert not (fresh / "searches/fednas/s1").exists() and not (fresh / "searches/fednas/s0/search.log").exists()
