@@ -19,6 +19,7 @@ LAYERS = (
     ("tracking",),
     ("builders",),
     ("algorithms",),
+    ("bench",),  # the tabular benchmark: below the loop and the methods, so a search can look itself up
     ("search_space", "models"),
     ("data",),
     ("compat", "config_checks", "errors"),

@@ -178,6 +178,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     # search spaces and fixed models
     ("search_space.primitives", Text()),  # a list: checked item by item below
     ("search_space.primitives.*", Text()),
+    ("search_space.tie_cells", FLAG),  # one searched cell in every layer (the benchmark's space)
     ("search_space.*", COUNT),
     ("model.genotype", Text(nullable=True)),  # a genotype.json, or random
     ("model.genotype_seed", Number(low=0, integer=True)),

@@ -55,7 +55,7 @@ def child_entry_masks(model: SearchNetwork, child: Child) -> dict[str, torch.Ten
     """
     masks: dict[str, torch.Tensor] = {}
     for cell_index, cell in enumerate(model.cells):
-        ops = child["reduce" if cell.reduction else "normal"].long().cpu()
+        ops = child["reduce" if cell.reduction and not model.tie_cells else "normal"].long().cpu()
         for bundle_index, (bundle, rows) in enumerate(zip(cell.bundles, cell.bundle_rows())):
             prefix = f"cells.{cell_index}.bundles.{bundle_index}."
             picked = ops[rows.cpu()]  # [sources, edges]: the op index the child runs on each edge

@@ -42,6 +42,9 @@ class PersonalizedSearchNetwork(SearchNetwork):
 
     def __init__(self, *args, personal_cells: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.tie_cells:  # its personal cells keep a normal and a reduce architecture of their own
+            raise ConfigError("FedPNAS' personal cells are searched per cell kind: a search_space with tie_cells "
+                              "(the benchmark's one-cell space) is not supported")
         layers = len(self.cells)
         check_personal_cells(personal_cells, layers)
         cells = list(self.cells)

@@ -74,13 +74,15 @@ class ReferenceSearchNetwork(nn.Module):
         self.cells = nn.ModuleList(ReferenceCell(cell) for cell in network.cells)
         self.classifier = copy.deepcopy(network.classifier)
         self.combinations, self.combo_slices = network.combinations, getattr(network, "combo_slices", None)
+        self.tie_cells = network.tie_cells
         for name, value in network.named_parameters(recurse=False):
             setattr(self, name, nn.Parameter(value.detach().clone()))
         for name, value in network.named_buffers(recurse=False):
             self.register_buffer(name, value.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normal, reduce = self.op_weights("normal"), self.op_weights("reduce")
+        normal = self.op_weights("normal")
+        reduce = normal if self.tie_cells else self.op_weights("reduce")
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)

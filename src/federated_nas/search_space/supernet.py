@@ -84,7 +84,8 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
     ``beta_<kind>`` over the k-combinations of each node's predecessors; an edge's op weights
     are then scaled by the total weight of the combinations that contain it. Everything else
     is the weights w. Removed choices are recorded in the ``*_mask_*`` buffers, so a pruned
-    state dict carries its own structure (see ``match_structure``).
+    state dict carries its own structure (see ``match_structure``). ``tie_cells``: the reduction
+    cells use the normal cell's architecture too, so the space is one cell (``federated_nas.bench``).
     """
 
     arch_kinds = CELL_KINDS
@@ -94,11 +95,14 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, C: int = 16, layers: int = 8,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, stem_stride: int = 1,
                  primitives=PRIMITIVES, relaxation: nn.Module | None = None,
-                 input_combinations: int | None = None):
+                 input_combinations: int | None = None, tie_cells: bool = False):
         super().__init__()
         if layers < 1 or C < 2 or C % 2:
             raise ValueError(f"search_space needs layers >= 1 and an even C >= 2, got C={C}, layers={layers}")
         self.steps, self.multiplier, self.primitives = steps, multiplier, tuple(primitives)
+        # one searched cell in every layer (the tabular benchmark's space): the reduction cells run the normal
+        # cell's weights, children and masks, and alpha_reduce (kept so every method's code is unchanged) is inert
+        self.tie_cells = bool(tie_cells)
         self.relaxation = relaxation if relaxation is not None else SoftmaxRelaxation()
         # what a discrete network derived from this supernet needs to have the same shape
         self.network_shape = dict(in_channels=in_channels, num_classes=num_classes, C=C, layers=layers,
@@ -152,7 +156,8 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
         return weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normal, reduce = self.op_weights("normal"), self.op_weights("reduce")
+        normal = self.op_weights("normal")
+        reduce = normal if self.tie_cells else self.op_weights("reduce")  # tied: the same sample, not a second
         # a sampled child: compute its ops alone (but every op while BatchNorm is recalibrated)
         skip_zero = getattr(self.relaxation, "one_hot", False) and not self.compute_every_op
         s0 = s1 = self.stem(x.contiguous(memory_format=torch.channels_last))
@@ -174,10 +179,11 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
 
     def genotype(self) -> Genotype:
         """DARTS' derivation over the live ops (removed ones have masked logits)."""
-        live = {kind: getattr(self, f"alpha_{kind}").masked_fill(~getattr(self, f"op_mask_{kind}"), MASKED)
-                for kind in CELL_KINDS}
+        kinds = {kind: "normal" if self.tie_cells else kind for kind in CELL_KINDS}  # tied: reduce = normal
+        live = {kind: getattr(self, f"alpha_{arch}").masked_fill(~getattr(self, f"op_mask_{arch}"), MASKED)
+                for kind, arch in kinds.items()}
         return derive_genotype(live["normal"], live["reduce"], self.steps, self.multiplier, self.primitives,
-                               chosen={kind: self.chosen_sources(kind) for kind in CELL_KINDS})
+                               chosen={kind: self.chosen_sources(arch) for kind, arch in kinds.items()})
 
     def derived_network(self) -> "GenotypeNetwork":
         """The discrete network of the current genotype at this supernet's size (fresh weights)."""
@@ -188,9 +194,10 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
         """Adopt the given masks (never reviving a removed choice) and drop the removed ops' modules."""
         self.adopt_masks(masks)
         for kind in CELL_KINDS:
-            active = getattr(self, f"op_mask_{kind}").clone()
+            arch = "normal" if self.tie_cells else kind  # tied: every cell runs the normal cell's live ops
+            active = getattr(self, f"op_mask_{arch}").clone()
             if self.combinations is not None:  # an edge in no live combination is gone entirely
-                live = getattr(self, f"combo_mask_{kind}").to(self.combo_incidence.dtype)
+                live = getattr(self, f"combo_mask_{arch}").to(self.combo_incidence.dtype)
                 active &= (self.combo_incidence @ live > 0).unsqueeze(1)
             for cell in self.cells:
                 if (kind == "reduce") == cell.reduction:

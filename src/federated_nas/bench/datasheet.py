@@ -1,0 +1,67 @@
+"""The datasheet committed beside a table: how it was built, and how far its numbers can be trusted."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def datasheet(table: dict, records: dict) -> str:
+    from federated_nas.bench.build import kendall, ranking_stats, spearman
+
+    spec, space, archs = table["spec"], table["space"], table["architectures"]
+    splits, seeds = table["splits"], table["seeds"]
+    budget, network = spec["budget"], spec["network"]
+    seconds = [r["train_seconds"] + r["eval_seconds"] for r in records.values()]
+    lines = [
+        f"# Datasheet: {table['name']}",
+        "",
+        f"Format `{table['format']}`. Query it with `federated_nas.bench.Bench.load(<this table>.json.gz)` "
+        "(docs/bench.md).",
+        "",
+        "## How it was built",
+        "",
+        f"- Space: DARTS cells of {space['steps']} intermediate nodes, two distinct inputs each, ops "
+        f"{', '.join(space['primitives'])}; the same cell in every layer (`search_space=bench`). "
+        f"{space['raw']} cells as a genotype writes them, {space['unique']} after removing isomorphic ones.",
+        f"- Covered: {len(archs)} of {space['unique']} architectures, each on {len(splits)} splits x {len(seeds)} seeds "
+        f"({len(records)} trainings recorded).",
+        f"- Network: `GenotypeNetwork` C={network['C']}, layers={network['layers']}, "
+        f"stem_multiplier={network['stem_multiplier']}, stem_stride={network['stem_stride']}.",
+        f"- Data: {spec['dataset']}, {spec['num_clients']} clients, partition seed {spec['partition_seed']}, splits "
+        f"{', '.join(splits)}; each client's share cut 0.45/0.45/0.1 (train/val/test) as in search.yaml.",
+        f"- FedAvg: {budget['rounds']} rounds, {budget['clients_per_round']} clients per round, {budget['local_steps']} "
+        f"local steps of batch {budget['batch_size']}, SGD lr {budget['lr']} cosine to {budget['lr_min']}, momentum "
+        f"{budget['momentum']}, weight decay {budget['weight_decay']}, clip {budget['grad_clip']}; global accuracy on "
+        f"{budget['test_samples'] or 'all'} test images.",
+        f"- Cost: {np.mean(seconds):.1f} s per training on average ({np.sum(seconds) / 3600:.2f} core-hours in all).",
+        "",
+        "## Ranking quality per split (global test accuracy)",
+        "",
+        "| split | architectures | Spearman seed 0 vs 1 | mean abs seed diff | mean seed std | median | top 5% mean | best |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in splits:
+        accs = {key: entry[split]["global_acc"] for key, entry in archs.items()}
+        s = ranking_stats(accs)
+        lines.append(f"| {split} | {s['architectures']} | {s.get('spearman_seeds', float('nan')):.3f} | "
+                     f"{s.get('abs_seed_diff_mean', float('nan')):.4f} | {s['seed_std_mean']:.4f} | {s['median']:.4f} | "
+                     f"{s['top5pct_mean']:.4f} | {s['best']:.4f} |")
+    lines += ["", "## Rank correlation between splits (mean over seeds)", "",
+              "| splits | Spearman | Kendall tau |", "|---|---|---|"]
+    for a, b in itertools.combinations(splits, 2):
+        keys = sorted(archs)
+        mean_a = [np.mean(archs[k][a]["global_acc"]) for k in keys]
+        mean_b = [np.mean(archs[k][b]["global_acc"]) for k in keys]
+        lines.append(f"| {a} vs {b} | {spearman(mean_a, mean_b):.3f} | {kendall(mean_a, mean_b):.3f} |")
+    lines += ["", "## Best architectures per split", ""]
+    for split in splits:
+        ranked = sorted(archs, key=lambda k: -np.mean(archs[k][split]["global_acc"]))[:5]
+        lines.append(f"- {split}: " + "; ".join(f"`{k}` {np.mean(archs[k][split]['global_acc']):.4f}" for k in ranked))
+    lines += ["", "## Per-architecture seed spread (global accuracy, max - min over seeds)", "",
+              "| split | median | 90th percentile | max |", "|---|---|---|---|"]
+    for split in splits:
+        spread = np.array([np.ptp(entry[split]["global_acc"]) for entry in archs.values()])
+        lines.append(f"| {split} | {np.median(spread):.4f} | {np.percentile(spread, 90):.4f} | {spread.max():.4f} |")
+    return "\n".join(lines) + "\n"
