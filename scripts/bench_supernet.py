@@ -17,8 +17,14 @@ times; a method's step adds what the method does around it (MiLeNAS: a second fo
 on the val batch for the alpha gradient). ``--profile`` writes torch.profiler's per-op tables of one
 step of each view and path to benchmarks/profile.txt.
 
+``--device cuda`` and ``--precision bf16-mixed`` run the same steps on a GPU or under bf16 autocast; their rows
+go to ``--results`` (a JSON file), as do any with it given, so benchmarks/ keeps the CPU float32 tables. Each
+local-step row also has the two paths' losses on the same first step (same weights, batch and noise), and
+their relative gap: the op-by-op reference's check of the fast path in that precision on that device.
+
     python scripts/bench_supernet.py [--repeats 3] [--settings small paper] [--methods fednas fedmetanas feddsnas]
-                                     [--plain-threads 1 2] [--profile]
+                                     [--plain-threads 1 2] [--profile] [--device cpu|cuda]
+                                     [--precision 32-true|bf16-mixed] [--results PATH] [--no-memory]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -50,23 +57,51 @@ from federated_nas.search_space.supernet import SearchNetwork
 SETTINGS = {  # name -> (C, layers, image size, channels, batch)
     "small": (8, 5, 28, 3, 64),
     "paper": (16, 8, 32, 3, 64),
+    "tiny": (2, 3, 8, 3, 8),  # seconds on a CPU: a dry run of the GPU check (scripts/gpu_check.sh --cpu-dry-run)
 }
+DEFAULT_SETTINGS = ["small", "paper"]
+PRECISIONS = ("32-true", "bf16-mixed")
 METHODS = ("fednas", "fedmetanas", "feddsnas")
 SINGLE_PATH = {"feddsnas"}  # methods whose step computes one sampled child: also timed against that child alone
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks"
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where and in what precision the steps run (Lightning's ``precision`` names)."""
+
+    device: str = "cpu"
+    precision: str = "32-true"
+
+    def trainer_options(self) -> dict:
+        return {"accelerator": "gpu" if self.device == "cuda" else "cpu", "devices": 1, "precision": self.precision}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The plain step's autocast: Lightning's ``bf16-mixed`` outside Lightning."""
+        if self.precision == "bf16-mixed":
+            return torch.autocast(self.device, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued kernels, so a clock read after it has timed them."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
 class StepTimer(L.Callback):
     """Seconds of each training step, without the Trainer's start-up and tear-down."""
 
-    def __init__(self):
+    def __init__(self, target: Target):
+        self.target = target
         self.seconds: list[float] = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.target.synchronize()
         self._started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.target.synchronize()
         self.seconds.append(time.perf_counter() - self._started)
 
 
@@ -85,14 +120,19 @@ def setup(setting: str, method: str):
     return algorithm, fast, ClientData(0, split(), split(), split()), batch
 
 
-def local_steps(algorithm, model, client, batch: int, steps: int) -> list[float]:
-    timer = StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=steps, logger=False, enable_checkpointing=False,
+def local_steps(algorithm, model, client, batch: int, steps: int, target: Target = Target()) -> list[float]:
+    return local_fit(algorithm, model, client, batch, steps, target)[0]
+
+
+def local_fit(algorithm, model, client, batch: int, steps: int, target: Target) -> tuple[list[float], float]:
+    """(seconds of each of ``steps`` local steps, their mean train loss) on ``target``."""
+    timer = StepTimer(target)
+    trainer = L.Trainer(**target.trainer_options(), max_epochs=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[timer])
     task = ClientTask(client, RoundPlan(0, 10, seed=0, local_epochs=steps, local_batches=None, batch_size=batch), 0)
     trainer.fit(algorithm.local_module(model, task), train_dataloaders=algorithm.client_loader(task))
-    return timer.seconds
+    return timer.seconds, float(trainer.callback_metrics["train_loss"])
 
 
 def models_for(setting: str, method: str):
@@ -103,48 +143,57 @@ def models_for(setting: str, method: str):
     return algorithm, models, client, batch
 
 
-def measure(setting: str, method: str, repeats: int) -> dict:
+def measure(setting: str, method: str, repeats: int, target: Target = Target(), memory: bool = True) -> dict:
     algorithm, models, client, batch = models_for(setting, method)
-    times = {name: [] for name in models}
+    times, losses = {name: [] for name in models}, {}
     for name, model in models.items():  # warm-up: first steps allocate and pick kernels
-        local_steps(algorithm, model, client, batch, 1)
+        torch.manual_seed(0)  # the same noise (Gumbel, sampled children) for every path's first step
+        losses[name] = local_fit(algorithm, model, client, batch, 1, target)[1]
     for _ in range(repeats):
         for name, model in models.items():  # alternate, so drift on a shared machine hits both alike
-            times[name] += local_steps(algorithm, model, client, batch, 1)
+            times[name] += local_steps(algorithm, model, client, batch, 1, target)
     best = {name: min(seconds) for name, seconds in times.items()}
     C, layers, size, channels, _ = SETTINGS[setting]
-    memory = {name: peak_memory_mib(setting, method, name) for name in models}
+    peak = {name: peak_memory_mib(setting, method, name, target) if memory else None for name in models}
     child = {}
     if "child" in best:
         child = {"child_seconds_per_step": best["child"], "child_samples_per_second": batch / best["child"],
-                 "child_peak_mib": memory["child"], "step_over_child": best["fast"] / best["child"]}
+                 "child_peak_mib": peak["child"], "step_over_child": best["fast"] / best["child"]}
     return {**child,
         "setting": setting, "method": method, "C": C, "layers": layers, "image_size": size, "batch": batch,
         "fast_seconds_per_step": best["fast"], "reference_seconds_per_step": best["reference"],
         "fast_samples_per_second": batch / best["fast"], "reference_samples_per_second": batch / best["reference"],
         "speedup": best["reference"] / best["fast"], "repeats": repeats,
-        "fast_peak_mib": memory["fast"], "reference_peak_mib": memory["reference"],
+        "fast_peak_mib": peak["fast"], "reference_peak_mib": peak["reference"],
+        "device": target.device, "precision": target.precision,
+        "fast_loss": losses["fast"], "reference_loss": losses["reference"],
+        "loss_gap": abs(losses["fast"] - losses["reference"]) / abs(losses["reference"]),
     }
 
 
-def plain_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+def plain_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, target: Target = Target()) -> float:
     """Seconds of one weight step: forward, backward (the alphas get their gradient too, as in DARTS), SGD."""
+    target.synchronize()
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    with target.autocast():
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
     optimizer.step()
+    target.synchronize()
     return time.perf_counter() - start
 
 
-def plain_models(setting: str) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+def plain_models(setting: str, device: str = "cpu") -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
     """(paths, their SGD optimizers, batch, labels): the softmax supernet and its op-by-op twin, same weights."""
     C, layers, size, channels, batch = SETTINGS[setting]
     torch.manual_seed(0)
     fast = SearchNetwork(channels, 10, C=C, layers=layers)  # softmax relaxation
-    models = {"fast": fast, "reference": ReferenceSearchNetwork(fast)}
+    models = {"fast": fast.to(device), "reference": ReferenceSearchNetwork(fast).to(device)}
     optimizers = {name: torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
                   for name, model in models.items()}
-    return models, optimizers, torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
+    return (models, optimizers, torch.randn(batch, channels, size, size).to(device),
+            torch.randint(0, 10, (batch,)).to(device))
 
 
 @contextlib.contextmanager
@@ -158,20 +207,20 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def measure_plain(setting: str, threads: int, repeats: int) -> dict:
+def measure_plain(setting: str, threads: int, repeats: int, target: Target = Target()) -> dict:
     """Best plain-step time of each path at ``threads`` torch threads, the paths alternating."""
     with torch_threads(threads):
-        models, optimizers, x, y = plain_models(setting)
+        models, optimizers, x, y = plain_models(setting, target.device)
         times = {name: [] for name in models}
         for name in models:  # warm-up
-            plain_step(models[name], optimizers[name], x, y)
+            plain_step(models[name], optimizers[name], x, y, target)
         for _ in range(repeats):
             for name in models:
-                times[name].append(plain_step(models[name], optimizers[name], x, y))
+                times[name].append(plain_step(models[name], optimizers[name], x, y, target))
     best = {name: min(seconds) for name, seconds in times.items()}
     C, layers, size, _, batch = SETTINGS[setting]
     return {"setting": setting, "threads": threads, "onednn_isa": onednn_isa(), "C": C, "layers": layers,
-            "image_size": size, "batch": batch,
+            "image_size": size, "batch": batch, "device": target.device, "precision": target.precision,
             "repeats": repeats, "fast_seconds_per_step": best["fast"],
             "reference_seconds_per_step": best["reference"], "speedup": best["reference"] / best["fast"]}
 
@@ -210,10 +259,11 @@ def write_profiles(setting: str, threads: int) -> Path:
     return out
 
 
-def peak_memory_mib(setting: str, method: str, path: str) -> float:
-    """Growth of the peak resident memory over one local step, in a fresh process."""
-    out = subprocess.run([sys.executable, __file__, "--memory-of", setting, method, path],
-                         check=True, capture_output=True, text=True).stdout
+def peak_memory_mib(setting: str, method: str, path: str, target: Target = Target()) -> float:
+    """Growth of the peak resident memory (on CUDA: of the peak allocated GPU memory) over one local step,
+    in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--memory-of", setting, method, path, "--device", target.device,
+                          "--precision", target.precision], check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -224,15 +274,24 @@ def memory_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def memory_child(setting: str, method: str, path: str) -> None:
-    """Peak RSS during model set-up and one local step, above the RSS after imports (Linux)."""
+def memory_child(setting: str, method: str, path: str, target: Target) -> None:
+    """Peak RSS during model set-up and one local step, above the RSS after imports (Linux); on CUDA, the peak
+    GPU memory allocated during the step (the model moved in), above what was allocated before it."""
     quiet_libraries()
+    if target.device == "cuda":
+        torch.cuda.init()
     algorithm, models, client, batch = models_for(setting, method)
     for other in [name for name in models if name != path]:
         models.pop(other)  # only the measured path's model stays alive
+    if target.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        local_steps(algorithm, models[path], client, batch, 1, target)
+        print((torch.cuda.max_memory_allocated() - before) / 2**20)
+        return
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     before = memory_kib("VmRSS")
-    local_steps(algorithm, models[path], client, batch, 1)
+    local_steps(algorithm, models[path], client, batch, 1, target)
     print((memory_kib("VmHWM") - before) / 1024)
 
 
@@ -311,25 +370,55 @@ def write_report(results: list[dict], plain: list[dict], machine: str, command: 
     print("\n".join(lines))
 
 
+def write_results(path: Path, results: list[dict], plain: list[dict], machine: str, command: str) -> None:
+    """This run's rows alone, as JSON at ``path``, and one line per local-step row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine, "command": command, "results": results, "plain": plain},
+                               indent=2))
+    for r in results:
+        print(f"{r['setting']} {r['method']} {r['device']} {r['precision']}: fast {r['fast_samples_per_second']:.1f} "
+              f"samples/s, reference {r['reference_samples_per_second']:.1f}, speedup {r['speedup']:.2f}x, "
+              f"loss gap {r['loss_gap']:.2e}")
+    print(f"saved {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS))
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--plain-threads", nargs="*", type=int, default=[1, 2],
                         help="torch thread counts of the plain-step view (none: skip it)")
     parser.add_argument("--profile", action="store_true", help="also write benchmarks/profile.txt (first setting)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32-true",
+                        help="Lightning's precision of the local steps (bf16-mixed: bf16 autocast, float32 weights)")
+    parser.add_argument("--results", type=Path, help="write this run's rows here as JSON, not to benchmarks/ "
+                                                     "(needed with --device cuda or --precision bf16-mixed)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--memory-of", nargs=3, metavar=("SETTING", "METHOD", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    target = Target(args.device, args.precision)
     if args.memory_of:
-        memory_child(*args.memory_of)
+        memory_child(*args.memory_of, target)
         return
+    if (target != Target() or args.no_memory) and args.results is None:
+        parser.error("--device cuda, --precision bf16-mixed and --no-memory write their rows to --results PATH "
+                     "(benchmarks/ holds the CPU float32 tables with memory)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no GPU is visible to torch")
     quiet_libraries()
     machine = (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
                f"(kernels for {torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads")
-    results = [measure(s, m, args.repeats) for s in args.settings for m in args.methods]
-    plain = [measure_plain(s, threads, args.repeats) for s in args.settings for threads in args.plain_threads]
-    write_report(results, plain, machine, "python " + " ".join(sys.argv))
+    if args.device == "cuda":
+        machine += f", {torch.cuda.get_device_name()}"
+    results = [measure(s, m, args.repeats, target, not args.no_memory) for s in args.settings for m in args.methods]
+    plain = [measure_plain(s, threads, args.repeats, target) for s in args.settings for threads in args.plain_threads]
+    command = "python " + " ".join(sys.argv)
+    if args.results is not None:
+        write_results(args.results, results, plain, machine, command)
+        return
+    write_report(results, plain, machine, command)
     if args.profile:
         print(f"saved {write_profiles(args.settings[0], args.plain_threads[0] if args.plain_threads else 1)}")
 

@@ -15,6 +15,11 @@ torch.set_num_threads(1)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
+# Where the device-sensitive tests run (the ``device`` fixture): the CPU; off_cpu, a device emulated on the CPU
+# that refuses CPU tensors (tests/off_cpu.py), so a tensor made without a device fails without a GPU too; and
+# CUDA where a GPU is visible (scripts/gpu_check.sh runs them there).
+DEVICES = ["cpu", "off_cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
 # Tiny but complete: synthetic images, 3 clients, 2 rounds, a 2-layer supernet.
 TINY = [
     "dataset=synthetic",
@@ -50,6 +55,23 @@ def compose_config(config_name: str, tmp_path: Path, overrides: list[str] = (), 
 def _quiet_lightning():
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     yield
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each of ``DEVICES`` in turn, the test inside its context (off_cpu's emulation); CUDA without TF32, so
+    float32 known answers hold at the CPU's tolerances."""
+    from off_cpu import running_on  # Lightning: imported where used
+
+    context, device = running_on(request.param)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with context:
+            yield device
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.fixture

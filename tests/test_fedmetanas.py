@@ -202,12 +202,12 @@ def test_discretized_network_keeps_exactly_the_genotype():
 
 
 @pytest.mark.parametrize("inner", [1, 2])
-def test_first_order_maml_step(inner):
-    """theta' = theta - eta * grad L_s (M times); theta <- theta - beta * grad L_q(theta')."""
+def test_first_order_maml_step(inner, device):
+    """theta' = theta - eta * grad L_s (M times); theta <- theta - beta * grad L_q(theta'), on each device."""
     torch.manual_seed(0)
     model = SearchNetwork(1, 3, C=2, layers=1, relaxation=SoftmaxRelaxation(), input_combinations=2)
     support, query = tiny_batch(4), tiny_batch(5)
-    adapted = copy.deepcopy(model)
+    adapted = copy.deepcopy(model).to(device)
     params = adapted.weight_parameters() + adapted.arch_parameters()
     eta_w, eta_a, beta_w, beta_a = 0.05, 0.2, 0.1, 0.3
     rates = [eta_w] * len(adapted.weight_parameters()) + [eta_a] * len(adapted.arch_parameters())
@@ -220,10 +220,10 @@ def test_first_order_maml_step(inner):
     start = [p.detach().clone() for p in model.weight_parameters() + model.arch_parameters()]
     module = MetaSearch(model, torch.optim.SGD, functools.partial(torch.optim.SGD, lr=beta_a), lr=beta_w,
                         inner_steps=inner, inner_lr_w=eta_w, inner_lr_alpha=eta_a, grad_clip=None)
-    run_one_step(module, {"support": support, "query": query})
+    run_one_step(module, {"support": support, "query": query}, device)
     meta_rates = [beta_w] * len(model.weight_parameters()) + [beta_a] * len(model.arch_parameters())
     for new, old, g, rate in zip(model.weight_parameters() + model.arch_parameters(), start, meta_grad, meta_rates):
-        torch.testing.assert_close(new, old - rate * g, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(new.cpu(), old - rate * g.cpu(), rtol=1e-4, atol=1e-6)
 
 
 def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):

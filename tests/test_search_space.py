@@ -44,11 +44,11 @@ def test_arch_and_weight_parameters_partition_the_model():
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_bundle_equals_plain_mixed_ops_in_value_and_gradient(stride):
+def test_bundle_equals_plain_mixed_ops_in_value_and_gradient(stride, device):
     torch.manual_seed(0)
-    bundle = EdgeBundle(4, num_sources=2, num_edges=3, stride=stride).double()
-    x = torch.randn(5, 8, 9, 9, dtype=torch.float64, requires_grad=True)
-    weights = torch.softmax(torch.randn(2, 3, len(PRIMITIVES), dtype=torch.float64), -1).requires_grad_()
+    bundle = EdgeBundle(4, num_sources=2, num_edges=3, stride=stride).double().to(device)
+    x = torch.randn(5, 8, 9, 9, dtype=torch.float64).to(device).requires_grad_()
+    weights = torch.softmax(torch.randn(2, 3, len(PRIMITIVES), dtype=torch.float64), -1).to(device).requires_grad_()
     fast = bundle(x, weights)  # [N, H, W, E, C]
     sources = x.view(5, 2, 4, 9, 9)
     plain = []
@@ -168,15 +168,15 @@ def test_batch_norm_keeping_output_equals_batch_norm_and_keeps_only_its_output()
     ("softmax", None, None), ("gumbel", 2, None), ("softmax", None, 0.12), ("gumbel", 2, 0.1),
     ("hard", None, None), ("hard", 2, 0.1),
 ])
-def test_supernet_matches_op_by_op_reference_for_random_alphas(relaxation, combinations, prune):
+def test_supernet_matches_op_by_op_reference_for_random_alphas(relaxation, combinations, prune, device):
     """Plain, Gumbel with input combinations, pruned and hard-sampled supernets against the op-by-op reference.
 
     Hard samples make the supernet skip every zero-weight op (``skip_zero``); the reference
-    computes them all, so equal outputs and gradients show the skipping is exact.
+    computes them all, so equal outputs and gradients show the skipping is exact. Pruning runs on the device.
     """
     torch.manual_seed(1)
     relax = {"gumbel": GumbelSoftmaxRelaxation(0.7), "hard": HardGumbelRelaxation(0.7)}.get(relaxation)
-    net = SearchNetwork(3, 10, C=4, layers=3, relaxation=relax, input_combinations=combinations).double()
+    net = SearchNetwork(3, 10, C=4, layers=3, relaxation=relax, input_combinations=combinations).double().to(device)
     with torch.no_grad():  # float64: the comparison sees math, not rounding
         for alpha in net.arch_parameters():
             alpha.normal_(0, 2)
@@ -184,7 +184,7 @@ def test_supernet_matches_op_by_op_reference_for_random_alphas(relaxation, combi
         removed = net.prune(prune)
         assert removed["ops"] > 0
     reference = ReferenceSearchNetwork(net)
-    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64).to(device)
     torch.manual_seed(5)  # the same Gumbel noise for both
     fast_out = net(x)
     torch.manual_seed(5)

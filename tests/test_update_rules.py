@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 import functools
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.plugins.environments import LightningEnvironment
 
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.fednas import FedNAS
@@ -17,6 +15,7 @@ from federated_nas.algorithms.local_steps import MiLeNASSearch
 from federated_nas.algorithms.base import cosine_lr
 from federated_nas.federation.backends import no_srun_hint
 from federated_nas.search_space.supernet import SearchNetwork
+from off_cpu import trainer_on
 
 SGD = functools.partial(torch.optim.SGD)
 
@@ -34,10 +33,11 @@ class OneBatch:
         return 1
 
 
-def run_one_step(module, batch):
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, plugins=[LightningEnvironment()])
+def run_one_step(module, batch, device: torch.device | str = "cpu"):
+    """One local step of ``module`` through a Trainer on ``device`` (the model is back on the CPU after it)."""
+    trainer = trainer_on(device, max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)
     with no_srun_hint():  # as LocalBackend's client fits: no SLURM hint where srun is installed
         trainer.fit(module, train_dataloaders=OneBatch(batch))
 
@@ -48,18 +48,18 @@ def tiny_batch(seed):
 
 
 def grads(model, batch, params):
-    x, y = batch
+    x, y = (t.to(params[0].device) for t in batch)
     found = torch.autograd.grad(F.cross_entropy(model(x), y), params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(found, params)]  # unused: zero gradient
 
 
 @pytest.mark.parametrize("val_lambda", [0.0, 0.5, 2.0])
-def test_milenas_mixed_level_step(val_lambda):
-    """w <- w - lr_w g_w(L_tr);  alpha <- alpha - lr_a (g_a(L_tr) + lambda g_a(L_val))."""
+def test_milenas_mixed_level_step(val_lambda, device):
+    """w <- w - lr_w g_w(L_tr);  alpha <- alpha - lr_a (g_a(L_tr) + lambda g_a(L_val)), on each device."""
     torch.manual_seed(0)
     model = SearchNetwork(1, 3, C=2, layers=1)
     train, val = tiny_batch(1), tiny_batch(2)
-    reference = copy.deepcopy(model)
+    reference = copy.deepcopy(model).to(device)
     weights, alphas = reference.weight_parameters(), reference.arch_parameters()
     g_w = grads(reference, train, weights)
     g_a_tr = grads(reference, train, alphas)
@@ -67,11 +67,11 @@ def test_milenas_mixed_level_step(val_lambda):
     lr_w, lr_a = 0.1, 0.3
     module = MiLeNASSearch(model, SGD, functools.partial(torch.optim.SGD, lr=lr_a), lr=lr_w,
                            val_lambda=val_lambda, grad_clip=None)
-    run_one_step(module, {"train": train, "val": val})
+    run_one_step(module, {"train": train, "val": val}, device)
     for new, old, g in zip(model.weight_parameters(), weights, g_w):
-        torch.testing.assert_close(new, old - lr_w * g, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(new.cpu(), (old - lr_w * g).cpu(), rtol=1e-5, atol=1e-6)
     for new, old, g_tr, g_val in zip(model.arch_parameters(), alphas, g_a_tr, g_a_val):
-        torch.testing.assert_close(new, old - lr_a * (g_tr + val_lambda * g_val), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(new.cpu(), (old - lr_a * (g_tr + val_lambda * g_val)).cpu(), rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_clipping_acts_on_w_not_alpha():

@@ -99,11 +99,12 @@ class FedMetaNAS(SupernetAlgorithm):
         from federated_nas.algorithms.local_steps import inner_steps, meta_parameters
 
         adapted = copy.deepcopy(model).train()
-        batches = list(batch_loader(client.train, self.task_size or batch_size, shuffle=True, seed=seed))
-        batches = (batches * self.adapt_steps)[: self.adapt_steps]
         params, rates = meta_parameters(adapted, self.inner_lr_w, self.inner_lr_alpha)
+        device = params[0].device
+        batches = [(x.to(device), y.to(device))
+                   for x, y in batch_loader(client.train, self.task_size or batch_size, shuffle=True, seed=seed)]
+        batches = (batches * self.adapt_steps)[: self.adapt_steps]
         inner_steps(adapted, params, rates, batches, functools.partial(classification_loss, adapted))
         if self.bn_recalibration_batches:
-            device = params[0].device
-            recalibrate_batch_norm(adapted, [x.to(device) for x, _ in batches[: self.bn_recalibration_batches]])
+            recalibrate_batch_norm(adapted, [x for x, _ in batches[: self.bn_recalibration_batches]])
         return adapted.eval()

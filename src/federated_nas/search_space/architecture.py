@@ -64,7 +64,7 @@ class RelaxedArchitecture:
         keep = weights >= threshold
         not_none = torch.tensor([name != "none" for name in self.primitives], device=weights.device)
         best = weights.masked_fill(~not_none, -1.0).argmax(1)
-        keep[torch.arange(len(keep)), best] = True
+        keep[torch.arange(len(keep), device=keep.device), best] = True
         return mask & keep
 
     def masks(self) -> dict[str, torch.Tensor]:

@@ -273,14 +273,15 @@ class EdgeBundle(nn.Module):
         return out.new_zeros(*out.shape[:3], e, c).index_add(3, edges, out)
 
     def edge_ops(self, source: int, edge: int) -> nn.ModuleDict:
-        """The plain per-op modules of one edge (its active ops), carrying this bundle's weights and BN statistics."""
+        """The plain per-op modules of one edge (its active ops), carrying this bundle's weights and BN statistics,
+        on its device and in its precision."""
         g = source * self.num_edges + edge
         ops = nn.ModuleDict()
-        dtype = self._float_dtype()
+        placed = {"device": self.active.device, "dtype": self._float_dtype()}
         for k, name in enumerate(self.primitives):
             if not self.active[source, edge, k]:
                 continue
-            ops[name] = op = make_op(name, self.c, self.stride, affine=False).to(dtype)
+            ops[name] = op = make_op(name, self.c, self.stride, affine=False).to(**placed)
             position = self._group_list(k).index(g) if self._per_edge(name) else None
             if name in CONV_OPS:
                 for stage, dil_conv in enumerate(op if name.startswith("sep") else [op]):
@@ -293,7 +294,7 @@ class EdgeBundle(nn.Module):
                 self._copy_slice(op.conv_b.weight, "skip_b", position, self.c // 2)
                 self._copy_bn(op.bn, self.bns["skip_bn"], position)
             elif name in POOL_OPS:
-                op = nn.Sequential(op, nn.BatchNorm2d(self.c, affine=False).to(dtype))
+                op = nn.Sequential(op, nn.BatchNorm2d(self.c, affine=False).to(**placed))
                 self._copy_bn(op[1], self.bns[name], source)
                 ops[name] = op
         return ops
@@ -312,7 +313,7 @@ class EdgeBundle(nn.Module):
 
 def _group_channels(positions: torch.Tensor, width: int) -> torch.Tensor:
     """Row indices of the groups at ``positions`` in a tensor of ``width`` rows per group."""
-    return (positions.view(-1, 1) * width + torch.arange(width)).flatten()
+    return (positions.view(-1, 1) * width + torch.arange(width, device=positions.device)).flatten()
 
 
 def _take_groups(tensor: torch.Tensor, groups: list[int], width: int) -> torch.Tensor:

@@ -79,19 +79,44 @@ class Genotype(ArchitectureRecord):
         return sum(name == op for name, _ in self.normal + self.reduce)
 
 
-def cell_problem(edges: list[Edge], concat: list[int], inputs_per_node: int = 2) -> str | None:
-    """What is wrong with one cell (an unknown op, an input from a later node, a node not built), or None."""
-    if not edges or len(edges) % inputs_per_node:
-        return f"{len(edges)} edges, not a positive multiple of {inputs_per_node} inputs per node"
+def cell_targets(edges: list[Edge], concat: list[int]) -> list[int]:
+    """The node each edge of a cell feeds, the cell checked whole (``DataError`` naming the problem).
+
+    DARTS lists edges node by node with no node count, so the count comes from ``concat`` (its largest
+    entry is the last intermediate node) and every node has the same number of edges (two in DARTS,
+    fewer in pruned FedMetaNAS cells).
+    """
+    concat = [int(node) for node in concat]
+    if not concat:
+        raise DataError("cell has an empty concat list: no node feeds the cell output")
+    steps = max(concat) - 1
+    if steps < 1:
+        raise DataError(f"cell concat {concat} names no intermediate node (they are numbered from 2)")
+    if min(concat) < 0 or len(set(concat)) != len(concat):
+        raise DataError(f"cell concat {concat} has a negative or repeated node")
+    if not edges or len(edges) % steps:
+        raise DataError(f"cell has {len(edges)} edges, not a positive multiple of its {steps} intermediate "
+                        f"nodes (inferred from concat {concat})")
+    per_node = len(edges) // steps
+    targets = []
     for position, (op, source) in enumerate(edges):
-        node = position // inputs_per_node
-        if op not in PRIMITIVES:
-            return f"edge {position}: unknown op {op!r} (known: {', '.join(PRIMITIVES)})"
-        if not 0 <= source < node + 2:
-            return f"edge {position}: node {node} cannot read node {source} (inputs 0..{node + 1})"
-    states = len(edges) // inputs_per_node + 2
-    if not concat or any(not 0 <= i < states for i in concat):
-        return f"concat {concat} names a node outside 0..{states - 1}"
+        target = 2 + position // per_node
+        if not 0 <= int(source) < target:
+            raise DataError(f"cell edge {position} ({op}, {source}) feeds node {target}: its input must be "
+                            f"one of nodes 0..{target - 1}")
+        targets.append(target)
+    return targets
+
+
+def cell_problem(edges: list[Edge], concat: list[int]) -> str | None:
+    """What is wrong with one cell (its structure, or an op that is no DARTS primitive), or None."""
+    try:
+        cell_targets(edges, concat)
+    except DataError as err:
+        return str(err)
+    unknown = [(position, op) for position, (op, _) in enumerate(edges) if op not in PRIMITIVES]
+    if unknown:
+        return f"edge {unknown[0][0]}: unknown op {unknown[0][1]!r} (known: {', '.join(PRIMITIVES)})"
     return None
 
 

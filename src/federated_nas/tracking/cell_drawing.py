@@ -11,8 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from federated_nas.errors import DataError
-from federated_nas.search_space.genotypes import Genotype
+from federated_nas.search_space.genotypes import Genotype, cell_targets
 from federated_nas.search_space.operations import PRIMITIVES
 from federated_nas.tracking.plots import save_figure
 
@@ -58,29 +57,12 @@ class CellGraph:
 def cell_graph(edges: list[tuple[str, int]], concat: list[int]) -> CellGraph:
     """Check a genotype cell and resolve which node each edge feeds.
 
-    DARTS lists edges node by node with no node count, so the count comes from ``concat``
-    (its largest entry is the last intermediate node) and every node has the same number of
-    edges (two in DARTS, fewer in pruned FedMetaNAS cells).
+    The rule that reads DARTS' node-by-node edge list is ``genotypes.cell_targets``.
     """
+    targets = cell_targets(edges, concat)
+    resolved = [CellEdge(str(op), int(source), target) for (op, source), target in zip(edges, targets)]
     concat = [int(node) for node in concat]
-    if not concat:
-        raise DataError("cell has an empty concat list: no node feeds the cell output")
     steps = max(concat) - 1
-    if steps < 1:
-        raise DataError(f"cell concat {concat} names no intermediate node (they are numbered from 2)")
-    if min(concat) < 0 or len(set(concat)) != len(concat):
-        raise DataError(f"cell concat {concat} has a negative or repeated node")
-    if not edges or len(edges) % steps:
-        raise DataError(f"cell has {len(edges)} edges, not a positive multiple of its {steps} intermediate "
-                        f"nodes (inferred from concat {concat})")
-    per_node = len(edges) // steps
-    resolved = []
-    for position, (op, source) in enumerate(edges):
-        target = 2 + position // per_node
-        if not 0 <= int(source) < target:
-            raise DataError(f"cell edge {position} ({op}, {source}) feeds node {target}: its input must be "
-                            f"one of nodes 0..{target - 1}")
-        resolved.append(CellEdge(str(op), int(source), target))
     return CellGraph(steps, tuple(resolved), tuple(concat))
 
 
