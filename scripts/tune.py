@@ -156,7 +156,8 @@ def run_once(overrides: list[str], run_dir: Path, log_path: Path, script: str = 
     """One run of ``src/<script>`` in its own process; its wall seconds (kept in the run dir, so a resumed
     tuning has them)."""
     wall_file, saved = run_dir / "tuning_wall_seconds", run_dir / ".hydra" / "overrides.yaml"
-    if saved.is_file() and [str(o) for o in OmegaConf.load(saved)] != overrides:
+    # as written: an override may hold an interpolation (search_run=${search_dir}/...), never resolved here
+    if saved.is_file() and [str(o) for o in OmegaConf.to_container(OmegaConf.load(saved))] != overrides:
         raise DataError(f"{run_dir} holds a run of other overrides (see {saved}); delete it or tune with another --out")
     if (run_dir / "FINISHED").exists() and wall_file.exists():
         return float(wall_file.read_text())

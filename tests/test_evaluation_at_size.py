@@ -220,3 +220,24 @@ def test_finished_runs_are_packed_and_unpacked_so_a_build_spans_sessions(tmp_pat
     assert (fresh / "searches/fednas/s0/checkpoints/last.pt").read_bytes() == b"weights"
     assert (fresh / "tuning/runs/random/p0-s0/FINISHED").is_file()
     assert not (fresh / "searches/fednas/s1").exists() and not (fresh / "searches/fednas/s0/search.log").exists()
+
+
+def test_a_finished_run_whose_overrides_hold_an_interpolation_is_not_run_again(tmp_path):
+    """The searched rows' overrides keep ${search_dir} and ${seed} for the run to resolve; reading them back to
+    see whether a finished run is this one must not resolve them (it raised, and killed the tuning's thread)."""
+    import importlib.util
+
+    from omegaconf import OmegaConf
+
+    from conftest import CONFIG_DIR
+
+    spec = importlib.util.spec_from_file_location("tune", Path(CONFIG_DIR).parent / "scripts" / "tune.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    overrides = ["experiment=evaluate_cells_cpu", "search_run=${search_dir}/fednas/s${seed}", "seed=1"]
+    run_dir = tmp_path / "p0-s1"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
+    (run_dir / "FINISHED").touch()
+    (run_dir / "tuning_wall_seconds").write_text("12.5")
+    assert tune.run_once(overrides, run_dir, tmp_path / "log", "train.py") == 12.5

@@ -62,7 +62,7 @@ def own_sweep_run(hydra_cfg: Any, output_dir: Path) -> Path | None:
     wanted = without_resume(hydra_cfg.overrides.task)
     mine = [run for run in unfinished_runs(sweep_dir.parent, "/".join(["*"] * (depth + 1)), output_dir)
             if (run / ".hydra" / "overrides.yaml").is_file()
-            and without_resume(OmegaConf.load(run / ".hydra" / "overrides.yaml")) == wanted]
+            and without_resume(OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "overrides.yaml"))) == wanted]
     return mine[-1] if mine else None
 
 
