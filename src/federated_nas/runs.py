@@ -115,7 +115,7 @@ def check_resume_settings(cfg: DictConfig, run_dir: Path) -> None:
                  and not any(fnmatchcase(key, pattern) for pattern in RESUME_MAY_CHANGE)]
     if differing:
         raise ConfigError(f"resume: {run_dir} was run with other settings: {'; '.join(differing)}; "
-                          f"resume with its own (only {', '.join(RESUME_MAY_CHANGE[:1])} may change) or start a new run")
+                          "resume with its own (federation.rounds, cluster, logger and paths may change) or start a new run")
 
 
 def server_device(cfg: DictConfig) -> str:
