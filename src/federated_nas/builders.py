@@ -40,8 +40,9 @@ def build(node: DictConfig, keep_name: bool = False, **kwargs: Any) -> Any:
 
 def build_data(cfg: DictConfig) -> FederatedData:
     dataset = build(cfg.dataset, keep_name=True)
-    return build_federated_data(dataset, build(cfg.partition), int(cfg.federation.num_clients), int(cfg.seed),
-                                tuple(cfg.federation.split))
+    partition_seed = cfg.get("partition_seed")
+    return build_federated_data(dataset, build(cfg.partition), int(cfg.federation.num_clients),
+                                int(cfg.seed if partition_seed is None else partition_seed), tuple(cfg.federation.split))
 
 
 class TrainerFactory:

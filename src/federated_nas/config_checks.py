@@ -149,6 +149,8 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("run_name", Text()),
     ("search_run", Text(nullable=True)),
     ("seed", Number(low=0, high=2**32 - 1, integer=True)),
+    ("partition_seed", Number(low=0, high=2**32 - 1, integer=True, nullable=True)),
+    ("bench_table", Text(nullable=True)),
     ("resume", FlagOrPath()),
     ("personalize", FLAG),
     ("plots_every", Number(low=0, integer=True, nullable=True)),

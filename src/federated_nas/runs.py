@@ -8,6 +8,7 @@ logged about it.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -23,7 +24,7 @@ from federated_nas.config_checks import check_config
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import visible_gpus
-from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
+from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint, read_checkpoint
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import OpeningTracker, RunTracker, check_tracking_uri, store_lock
@@ -152,6 +153,7 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
         raise ConfigError(f"personalize=true: algorithm {algorithm.name} defines no personal adaptation")
     if cfg.get("logger"):
         check_tracking_uri(cfg.logger.get("tracking_uri"))  # before hours of search, not after
+    bench = load_bench(cfg)  # a bad table fails before the search, not after it
     run_dir, checkpoint = resolve_run_dir(cfg)
     settings = FederationSettings(**{k: v for k, v in cfg.federation.items() if k not in FEDERATION_KEYS})
     plots_every = cfg.get("plots_every")
@@ -180,6 +182,8 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     finally:
         backend.close()  # stops any worker processes, after a failure too
     (run_dir / "FINISHED").touch()
+    if bench is not None:
+        final.update(score_on_bench(cfg, bench, run_dir, tracker, settings.rounds))
     genotype = repr(run.latest_genotype) if run.latest_genotype is not None else None
     tracker.describe(run_description(final, run_tags(cfg, algorithm), settings.rounds, genotype))
     tracker.finish()
@@ -187,6 +191,31 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
                  mlflow_model_id=model_id)
     log.info(summary(final))
     return final
+
+
+def load_bench(cfg: DictConfig) -> Any:
+    """The benchmark table ``bench_table`` names (checksum verified), or None; only a search of its space."""
+    if not cfg.get("bench_table"):
+        return None
+    if not OmegaConf.select(cfg, "search_space.tie_cells") or cfg.get("model") is not None:
+        raise ConfigError("bench_table scores a search of the benchmark's space: use it with search_space=bench")
+    from federated_nas.bench import Bench
+
+    return Bench.load(cfg.bench_table)
+
+
+def score_on_bench(cfg: DictConfig, bench: Any, run_dir: Path, tracker: Any, rounds: int) -> dict[str, Any]:
+    """The benchmark's cheap mode: the derived architecture's ground truth looked up, not retrained, and
+    logged as ``bench/*`` with the run (``bench_score.json`` in the run dir too)."""
+    from federated_nas.tracking.bench_score import score_search
+
+    score = score_search(run_dir, read_checkpoint(run_dir / "checkpoints" / LAST), bench)
+    (run_dir / "bench_score.json").write_text(json.dumps(score.as_dict(), indent=2))
+    if tracker.logger is not None:
+        tracker.logger.log_metrics(score.metrics(), step=rounds)
+        tracker.set_tags(score.tags(cfg.bench_table))
+    log.info("benchmark look-up:\n%s", score.summary())
+    return {"bench_accuracy": score.accuracy, "bench_percentile": score.percentile, "bench_regret": score.regret}
 
 
 def fixed_network_tags(model: Any, run_dir: Path) -> dict[str, Any]:

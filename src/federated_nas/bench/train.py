@@ -162,14 +162,16 @@ class TrainResult:
     eval_seconds: float
     final_loss: float  # mean train loss of the last round
     round_loss: list[float] = field(default_factory=list)
+    val_acc: float | None = None  # the clients' val splits pooled (``validate=True``: random search's pick)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape: NetworkShape, seed: int
-                 ) -> TrainResult:
-    """FedAvg of ``genotype``'s network on ``data`` (module docstring); deterministic per (genotype, seed, data)."""
+def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape: NetworkShape, seed: int,
+                 validate: bool = False) -> TrainResult:
+    """FedAvg of ``genotype``'s network on ``data`` (module docstring); deterministic per (genotype, seed, data).
+    ``validate``: also score the clients' val splits, the data a search may choose on (never the test sets)."""
     torch.manual_seed(int(np.random.SeedSequence([seed, 11]).generate_state(1)[0]))  # the initial weights
     model = build_network(genotype, data, shape)
     params, flops = count_parameters(model), forward_flops(model, data.input_shape)
@@ -212,7 +214,11 @@ def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape:
     global_acc = float(accuracy(model, test_x, test_y).double().mean())
     client_accs = [float(accuracy(model, *client.test.tensors).double().mean()) for client in data.clients
                    if len(client.test)]
+    val_acc = None
+    if validate:
+        correct = [accuracy(model, *client.val.tensors) for client in data.clients if len(client.val)]
+        val_acc = float(torch.cat(correct).double().mean())
     return TrainResult(global_acc=global_acc, client_acc_mean=float(np.mean(client_accs)),
                        client_acc_std=float(np.std(client_accs)), params=params, flops=flops,
                        train_seconds=trained - started, eval_seconds=time.perf_counter() - trained,
-                       final_loss=round_loss[-1], round_loss=round_loss)
+                       final_loss=round_loss[-1], round_loss=round_loss, val_acc=val_acc)

@@ -1,0 +1,141 @@
+"""Use the tabular federated NAS benchmark: score a search, look an architecture up, run the baselines.
+
+    python scripts/bench.py score logs/search/runs/<run dir> [more run dirs] [--split dir0.1]
+    python scripts/bench.py query 'max3~0+dil3~1|sep3~0+skip~1'       # or a genotype.json
+    python scripts/bench.py random-sampling
+    python scripts/bench.py random-search --client-steps 1000 --candidates 4 --seeds 0 1 2 --splits dir0.1 iid
+
+``score`` prints the derived architecture's ground truth, percentile and regret, Kendall's tau of the
+method's ranking of the space, and the search's cost; it writes bench_score.json into the run dir and
+adds the scores (bench/*) to the run's MLflow record. docs/bench.md explains every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from federated_nas.cli import one_line_errors
+
+TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "fednas_bench" / "fmnist_bench.json.gz"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, default=TABLE, help="a fednas-bench table (default: the committed one)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="score search runs against the table")
+    score.add_argument("run_dirs", nargs="+", type=Path)
+    score.add_argument("--split", help="the table's split to score on (default: the run's own partition)")
+    score.add_argument("--no-mlflow", action="store_true", help="do not add the scores to the runs' MLflow records")
+    score.add_argument("--json", action="store_true", help="print the scores as JSON")
+    query = commands.add_parser("query", help="the ground truth of an architecture (a key or a genotype.json)")
+    query.add_argument("architecture")
+    commands.add_parser("random-sampling", help="the expected ground truth of a random genotype, per split")
+    search = commands.add_parser("random-search", help="random search at a search's cost, per seed and split")
+    search.add_argument("--client-steps", type=int, required=True, help="the cost to match (a search's client steps)")
+    search.add_argument("--candidates", type=int, default=4)
+    search.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    search.add_argument("--splits", nargs="+", help="default: every split of the table")
+    search.add_argument("--data-dir", default=os.environ.get("PROJECT_ROOT", ".") + "/data")
+    search.add_argument("--out", type=Path, help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def score(args: argparse.Namespace) -> list[dict]:
+    from federated_nas.bench import Bench
+
+    bench = Bench.load(args.table)
+    scores = [score_run(run_dir, bench, args) for run_dir in args.run_dirs]
+    print(json.dumps([s.as_dict() for s in scores], indent=2) if args.json else "\n".join(s.summary() for s in scores))
+    return [s.as_dict() for s in scores]
+
+
+def score_run(run_dir: Path, bench, args: argparse.Namespace):
+    """Score one run dir, keep the score in it (bench_score.json) and add it to its MLflow record."""
+    from omegaconf import OmegaConf
+
+    from federated_nas.errors import DataError
+    from federated_nas.federation.checkpoint import LAST, read_checkpoint
+    from federated_nas.tracking.bench_score import log_score, score_search
+
+    if not (run_dir / "checkpoints" / LAST).is_file():
+        raise DataError(f"{run_dir} has no checkpoints/{LAST}: not a search run dir, or one that has not finished a round")
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / LAST)
+    result = score_search(run_dir, checkpoint, bench, args.split)
+    logged = not args.no_mlflow and log_score(result, OmegaConf.load(run_dir / "config.yaml"),
+                                              checkpoint.get("mlflow_run_id"), args.table)
+    if not args.no_mlflow and not logged:
+        result.notes.append("not logged to MLflow: the run has no MLflow record (logger=none)")
+    (run_dir / "bench_score.json").write_text(json.dumps(result.as_dict(), indent=2))
+    return result
+
+
+def query(args: argparse.Namespace) -> dict:
+    from federated_nas.bench import Bench
+
+    bench = Bench.load(args.table)
+    entries = {split: bench.query(args.architecture, split) for split in bench.splits}
+    for split, e in entries.items():
+        print(f"{split}: {e.key} {100 * e.mean:.2f} ± {100 * e.std:.2f}% (seeds {', '.join(f'{100 * a:.2f}' for a in e.accs)}), "
+              f"clients {100 * e.client_acc_mean:.2f}%, percentile {e.percentile:.1f}, regret {100 * e.regret:.2f}, "
+              f"{e.params:,} params, {e.flops:,} FLOPs")
+    return {split: e.__dict__ for split, e in entries.items()}
+
+
+def random_sampling(args: argparse.Namespace) -> dict:
+    from federated_nas.bench import Bench
+    from federated_nas.bench.baselines import random_sampling as expected
+
+    bench = Bench.load(args.table)
+    result = {split: expected(bench, split) for split in bench.splits}
+    for split, r in result.items():
+        print(f"{split}: a random genotype scores {100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}%, "
+              f"percentile {r['percentile']:.1f}, regret {100 * r['regret']:.2f}, top 5% with p = {r['p_top5pct']:.3f}")
+    return result
+
+
+def random_search(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from federated_nas.bench import Bench
+    from federated_nas.bench.baselines import budget_for_cost, random_search as search
+    from federated_nas.bench.build import BuildSpec, load_dataset
+    from federated_nas.bench.train import build_split
+
+    bench = Bench.load(args.table)
+    spec = BuildSpec.from_dict(bench.table["spec"])
+    budget = budget_for_cost(args.client_steps, args.candidates, spec.budget)
+    dataset = load_dataset(spec.dataset, args.data_dir)
+    result: dict = {"client_steps": args.client_steps, "candidates": args.candidates, "rounds_each": budget.rounds,
+                    "splits": {}}
+    for split in args.splits or bench.splits:
+        data = build_split(dataset, spec.split(split))
+        runs = []
+        for seed in args.seeds:
+            found = search(bench.space, data, split, args.candidates, budget, spec.network, seed)
+            entry = bench.query(found.picked, split)
+            runs.append({**found.as_dict(), "accuracy": entry.mean, "percentile": entry.percentile, "regret": entry.regret})
+            print(f"{split} seed {seed}: picked {found.picked} ({100 * entry.mean:.2f}%, percentile {entry.percentile:.1f}, "
+                  f"regret {100 * entry.regret:.2f}) of {args.candidates} x {budget.rounds} rounds, {found.seconds:.0f} s")
+        summary = {name: (float(np.mean([r[name] for r in runs])), float(np.std([r[name] for r in runs], ddof=1))
+                          if len(runs) > 1 else 0.0) for name in ("accuracy", "percentile", "regret")}
+        result["splits"][split] = {"runs": runs, "summary": summary}
+        print(f"{split}: random search " + ", ".join(f"{name} {mean:.3f} ± {std:.3f}" for name, (mean, std) in summary.items()))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+@one_line_errors
+def main(argv: list[str] | None = None):
+    args = parse_args(argv)
+    return {"score": score, "query": query, "random-sampling": random_sampling,
+            "random-search": random_search}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

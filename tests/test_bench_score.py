@@ -1,0 +1,188 @@
+"""Scoring searches against the benchmark, and its baselines: known answers on hand-made tables and alpha."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from federated_nas.bench import Bench, CellSpace
+from federated_nas.bench import build as bench_build
+from federated_nas.bench.baselines import budget_for_cost, genotype_multiplicity, random_sampling, random_search
+from federated_nas.bench.build import BuildSpec, spec_with
+from federated_nas.bench.train import Budget, NetworkShape, SplitSpec, build_split
+from federated_nas.errors import ConfigError, DataError
+from federated_nas.federation.checkpoint import read_checkpoint
+from federated_nas.runs import run_search
+from federated_nas.tracking.bench_score import architecture_log_probabilities, kendall_tau, score_search, split_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench as bench_cli  # noqa: E402
+
+OPS = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+HAND = {"max3~0+max3~1|max3~0+max3~1": [0.50, 0.60], "skip~0+skip~1|skip~0+skip~1": [0.70, 0.70],
+        "sep3~0+sep3~1|sep3~0+sep3~1": [0.80, 0.90]}
+
+
+def write_table(path: Path, accs: dict[str, list[float]], splits=("dir0.1",), spec: dict | None = None) -> Path:
+    table = {"format": "fednas-bench/1", "name": path.name.split(".")[0],
+             "space": {"primitives": list(OPS), "steps": 2, "raw": 768, "unique": 648},
+             "spec": spec or {}, "splits": list(splits), "seeds": [0, 1], "columns": ["global_acc", "client_acc_mean"],
+             "architectures": {key: {"params": 100, "flops": 1000,
+                                     **{split: {"global_acc": a, "client_acc_mean": a} for split in splits}}
+                               for key, a in accs.items()}}
+    return bench_build.write_table(table, path)
+
+
+# --- the method's ranking of the space ---------------------------------------------------------------------
+def test_log_probability_of_every_architecture_has_a_known_answer():
+    """Uniform alpha but sep3 on edge 0 (node 0 from input 0) three times as likely as each other op: p = 1/2
+    there, 1/6 for the others, 1/4 on every other edge. Every cell uses edge 0 (node 0 reads both inputs), so
+    a key scores 3 ln(1/4) + ln(1/2) if one of its genotypes puts sep3 there, else 3 ln(1/4) + ln(1/6)."""
+    alpha = torch.zeros(5, 4, dtype=torch.float64)
+    alpha[0, OPS.index("sep_conv_3x3")] = math.log(3)
+    scores = architecture_log_probabilities({"alpha_normal": alpha}, list(OPS), CellSpace())
+    assert len(scores) == 648
+    high, low = 3 * math.log(0.25) + math.log(0.5), 3 * math.log(0.25) + math.log(1 / 6)
+    assert scores["sep3~0+skip~1|max3~0+max3~2"] == pytest.approx(high)
+    assert scores["skip~0+sep3~1|max3~0+max3~2"] == pytest.approx(low)
+    # node 1 also reads both inputs: the twins are interchangeable, either one may be node 0 (the max is taken)
+    assert scores["max3~0+max3~1|sep3~0+dil3~1"] == pytest.approx(high)
+    assert set(round(v, 9) for v in scores.values()) == {round(high, 9), round(low, 9)}
+
+
+def test_removed_ops_and_input_combinations_enter_the_ranking():
+    """A removed op scores below every live one; FedMetaNAS' beta weights the input pair a node reads."""
+    mask = torch.ones(5, 4, dtype=torch.bool)
+    mask[2, OPS.index("max_pool_3x3")] = False  # node 1 from input 0: no max pool
+    beta = torch.zeros(4)  # node 0: one pair (0, 1); node 1: (0, 1), (0, 2), (1, 2)
+    beta[1:] = torch.tensor([math.log(2), 0.0, 0.0])  # node 1 reads (0, 1) with p = 1/2, the others 1/4
+    state = {"alpha_normal": torch.zeros(5, 4), "op_mask_normal": mask, "beta_normal": beta}
+    scores = architecture_log_probabilities(state, list(OPS), CellSpace())
+    edges = 4 * math.log(0.25)
+    assert scores["skip~0+skip~1|skip~0+skip~2"] == pytest.approx(edges + math.log(1 / 3) - math.log(0.25) + math.log(0.25))
+    assert scores["skip~0+skip~1|skip~1+skip~2"] == pytest.approx(edges + math.log(0.25))
+    assert scores["max3~0+skip~1|max3~0+skip~2"] < -1e8  # needs the removed op
+    with pytest.raises(DataError, match="not the benchmark's space"):
+        architecture_log_probabilities(state, ["none", "skip_connect"], CellSpace())
+
+
+def test_kendall_tau_against_a_hand_table(tmp_path):
+    bench = Bench.load(write_table(tmp_path / "hand.json.gz", HAND))
+    keys = list(HAND)  # ascending ground truth
+    assert kendall_tau({k: float(i) for i, k in enumerate(keys)}, bench, "dir0.1") == pytest.approx(1.0)
+    assert kendall_tau({k: -float(i) for i, k in enumerate(keys)}, bench, "dir0.1") == pytest.approx(-1.0)
+    assert kendall_tau({k: [0.0, 2.0, 1.0][i] for i, k in enumerate(keys)}, bench, "dir0.1") == pytest.approx(1 / 3)
+    assert kendall_tau({k: 0.0 for k in keys}, bench, "dir0.1") is None  # uniform alpha ranks nothing
+
+
+# --- baselines -----------------------------------------------------------------------------------------------
+def test_random_sampling_has_known_answers(tmp_path):
+    multiplicity = genotype_multiplicity(CellSpace())
+    assert sum(multiplicity.values()) == 768 and len(multiplicity) == 648
+    assert multiplicity["max3~0+skip~1|sep3~0+dil3~1"] == 2  # the twin nodes, written in either order
+    assert multiplicity["max3~0+max3~1|max3~0+max3~1"] == 1  # identical twins: one genotype
+    assert multiplicity["max3~0+skip~1|sep3~0+dil3~2"] == 1
+    # the hand table's three cells are one genotype each: a plain mean over them
+    expected = random_sampling(Bench.load(write_table(tmp_path / "hand.json.gz", HAND)), "dir0.1")
+    assert expected["accuracy"] == pytest.approx(0.70) and expected["regret"] == pytest.approx(0.15)
+    assert expected["percentile"] == pytest.approx(200 / 3) and expected["p_top5pct"] == pytest.approx(1 / 3)
+    assert expected["accuracy_std"] == pytest.approx(math.sqrt((0.15 ** 2 + 0 + 0.15 ** 2) / 3))
+
+
+def test_random_search_spends_the_cost_and_picks_on_val():
+    assert budget_for_cost(1000, 4, Budget()).rounds == 5  # 4 x 5 rounds x 5 clients x 10 steps
+    with pytest.raises(ConfigError, match="fewer candidates"):
+        budget_for_cost(100, 4, Budget())
+    data = build_split(bench_build.load_dataset("synthetic"), SplitSpec("dir0.1", num_clients=3))
+    budget = Budget(rounds=1, clients_per_round=2, local_steps=2, batch_size=8)
+    found = random_search(CellSpace(), data, "dir0.1", 3, budget, NetworkShape(C=2), seed=0)
+    again = random_search(CellSpace(), data, "dir0.1", 3, budget, NetworkShape(C=2), seed=0)
+    assert found.candidates == again.candidates and len(found.candidates) == 3
+    assert found.picked == max(found.candidates, key=lambda c: c[1])[0]
+    assert found.client_steps == 3 * 1 * 2 * 2
+
+
+# --- scoring a search run -----------------------------------------------------------------------------------
+def _ranked_table(path: Path, spec: dict | None = None) -> Path:
+    """Every architecture of the space, accuracy by its position in key order: 0.1 + 0.8 i / 647."""
+    keys = sorted(CellSpace().enumerate())
+    return write_table(path, {k: [0.1 + 0.8 * i / 647] * 2 for i, k in enumerate(keys)}, ("dir0.5", "iid"), spec)
+
+
+def test_a_search_is_scored_and_logged_with_its_run(tmp_path):
+    """search_space=bench with bench_table: the run ends with a look-up, in its result, run dir and MLflow."""
+    table = _ranked_table(tmp_path / "ranked.json.gz", spec=BuildSpec(dataset="synthetic", num_clients=3).to_dict())
+    cfg = compose_config("search", tmp_path, ["algorithm=fednas", "search_space=bench", "partition_seed=0",
+                                              f"bench_table={table}"])
+    final = run_search(cfg)
+    run_dir = Path(final["run_dir"])
+    keys = sorted(CellSpace().enumerate())
+    key = CellSpace().key_of(run_dir / "genotype.json")
+    truth = 0.1 + 0.8 * keys.index(key) / 647
+    saved = json.loads((run_dir / "bench_score.json").read_text())
+    assert saved["key"] == key and saved["split"] == "dir0.5" and saved["notes"] == []
+    assert final["bench_accuracy"] == pytest.approx(truth) and saved["regret"] == pytest.approx(0.9 - truth)
+    assert final["bench_percentile"] == pytest.approx(100 * (keys.index(key) + 1) / 648)
+    assert saved["client_steps"] == 2 * 3 * cfg.federation.local_epochs * 2  # rounds x clients x epochs x batches
+    history = read_checkpoint(run_dir / "checkpoints" / "last.pt")["history"]
+    assert saved["bytes_communicated"] == sum(r["bytes_sent"] + r["bytes_received"] for r in history) > 0
+    assert saved["kendall_tau"] is not None and -1 <= saved["kendall_tau"] <= 1
+    run = MlflowClient(cfg.logger.tracking_uri).get_run(final["mlflow_run_id"])
+    assert run.data.metrics["bench/accuracy"] == pytest.approx(truth)
+    assert run.data.tags["bench.key"] == key and "ranked.json.gz" in run.data.tags["bench.table"]
+    # scored again later, on the other split, by the command: the same architecture's other column
+    bench_cli.main(["--table", str(table), "score", str(run_dir), "--split", "iid", "--no-mlflow"])
+    assert json.loads((run_dir / "bench_score.json").read_text())["split"] == "iid"
+
+
+def test_score_refusals_are_one_line(tmp_path, capsys):
+    table = _ranked_table(tmp_path / "ranked.json.gz", spec=BuildSpec(dataset="fashion_mnist").to_dict())
+    cfg = compose_config("search", tmp_path, ["algorithm=feddsnas", "search_space=bench", "logger=none",
+                                              "federation.rounds=1"])
+    run_dir = Path(run_search(cfg)["run_dir"])
+    checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    score = score_search(run_dir, checkpoint, Bench.load(table))
+    assert score.split == "dir0.5" and any("dataset is synthetic" in note for note in score.notes)
+    assert split_of(OmegaConf.create({"partition": {"name": "iid"}})) == "iid"
+    with pytest.raises(ConfigError, match="search_space=bench"):
+        run_search(compose_config("search", tmp_path, [f"bench_table={table}"], run="run2"))
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("name: dirichlet", "name: label_skew"))
+    with pytest.raises(DataError, match="none of the table's splits"):
+        score_search(run_dir, checkpoint, Bench.load(table))
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--table", str(table), "score", str(tmp_path)])
+    assert "has no checkpoints/last.pt" in capsys.readouterr().err
+
+
+def test_partition_seed_fixes_the_clients_across_seeds(tmp_path):
+    from federated_nas.builders import build_data
+
+    def labels(seed: int, partition_seed) -> list:
+        cfg = compose_config("search", tmp_path, [f"seed={seed}", f"partition_seed={partition_seed}"])
+        return [client.train.tensors[1].tolist() for client in build_data(cfg).clients]
+
+    assert labels(0, 0) == labels(1, 0)
+    assert labels(0, "null") != labels(1, "null")
+
+
+def test_the_query_and_baseline_commands_run(tmp_path, capsys):
+    table = _ranked_table(tmp_path / "ranked.json.gz", spec=spec_with(
+        BuildSpec(dataset="synthetic", num_clients=3), rounds=1, clients_per_round=2, local_steps=1, batch_size=8,
+        C=2).to_dict())
+    best = sorted(CellSpace().enumerate())[-1]
+    answer = bench_cli.main(["--table", str(table), "query", best])
+    assert answer["dir0.5"]["percentile"] == 100.0 and "regret 0.00" in capsys.readouterr().out
+    expected = bench_cli.main(["--table", str(table), "random-sampling"])
+    assert 0.1 < expected["iid"]["accuracy"] < 0.9
+    found = bench_cli.main(["--table", str(table), "random-search", "--client-steps", "8", "--candidates", "2",
+                            "--seeds", "0", "1", "--splits", "dir0.5", "--out", str(tmp_path / "rs.json")])
+    assert found["rounds_each"] == 2 and len(found["splits"]["dir0.5"]["runs"]) == 2
+    assert json.loads((tmp_path / "rs.json").read_text())["candidates"] == 2
