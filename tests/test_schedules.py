@@ -75,6 +75,29 @@ def test_after_aggregation_applies_the_temperature_then_the_pruning_due():
     assert report["pruned_ops"] > 0 and bool(model.op_mask_normal[:, 3].all())
     assert int(model.op_mask_normal.sum()) == model.op_mask_normal.shape[0]  # one op left per normal edge
 
+    # the last round's pruning reports what it cost: the model before it, same weights and temperature
+    model.op_mask_normal.fill_(True)
+    seen = []
+    report = algorithm.after_aggregation(model, 2, 3, evaluate=lambda m: seen.append(m) or 0.25)
+    assert report["global_test_acc_before_pruning"] == 0.25 and len(seen) == 1
+    assert bool(seen[0].op_mask_normal.all()) and seen[0].relaxation.temperature == 0.5
+
+
+def test_server_state_carries_the_temperature_through_a_checkpoint():
+    """The annealed temperature is no tensor: the algorithm's server state keeps it, old checkpoints included."""
+    from federated_nas.federation.checkpoint import algorithm_state
+
+    algorithm = FedMetaNAS(TINY_SPACE, SGD, SGD, temperature={"start": 1.0, "end": 0.5})
+    data = type("Data", (), {"in_channels": 1, "num_classes": 3, "input_shape": (1, 8, 8)})
+    model = algorithm.build_model(data)
+    algorithm.after_aggregation(model, 2, 3)
+    assert algorithm.server_state(model) == {"temperature": 0.5}
+    fresh = algorithm.build_model(data)
+    algorithm.load_server_state(fresh, algorithm_state({"algorithm_state": algorithm.server_state(model)}))
+    assert fresh.relaxation.temperature == 0.5
+    assert algorithm_state({"temperature": 0.3}) == {"temperature": 0.3}  # written before the hook
+    assert algorithm_state({"temperature": None}) == {}
+
 
 @pytest.mark.parametrize("options, message", [
     ({"final_model": "genotype"}, "algorithm.final_model must be one of supernet, discretized, most_likely_child"),

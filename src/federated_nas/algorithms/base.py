@@ -22,6 +22,8 @@ from federated_nas.algorithms.aggregation import State, WeightedAverage
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
 
+Evaluate = Callable[[nn.Module], float]  # a model -> its global test accuracy
+
 if TYPE_CHECKING:  # Lightning is imported only where clients train (see local_module)
     from federated_nas.algorithms.local_module import LocalModule
 
@@ -103,9 +105,19 @@ class FederatedAlgorithm:
         """
         return WeightedAverage(global_state)
 
-    def after_aggregation(self, model: nn.Module, round_idx: int, rounds: int) -> dict[str, Any]:
-        """Server-side work on the new global model (schedules, pruning); returns facts to log."""
+    def after_aggregation(self, model: nn.Module, round_idx: int, rounds: int,
+                          evaluate: Evaluate | None = None) -> dict[str, Any]:
+        """Server-side work on the new global model (schedules, pruning); returns facts to log. ``evaluate``
+        scores a model on the global test set, for facts that need it (the accuracy a change cost)."""
         return {}
+
+    def server_state(self, model: nn.Module) -> dict[str, Any]:
+        """What the method's server keeps outside the model's tensors (a schedule's current value): saved with
+        every checkpoint, so a resumed run or a validation of a finished one sees the same model."""
+        return {}
+
+    def load_server_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore what ``server_state`` saved (an empty dict: nothing was)."""
 
     def discrete_model(self, model: nn.Module) -> nn.Module | None:
         """The model made discrete with its trained weights, when the method has one (NAS)."""

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, steps_after_rounds
+from federated_nas.algorithms.base import ClientTask, Evaluate, FederatedAlgorithm, steps_after_rounds
 from federated_nas.algorithms.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.local_module import LocalModule
@@ -68,8 +68,15 @@ class FedPNAS(FederatedAlgorithm):
     def round_report(self, model: PersonalizedSearchNetwork) -> dict[str, Any]:
         return self.search.round_report(model)
 
-    def after_aggregation(self, model: PersonalizedSearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
-        return self.search.after_aggregation(model, round_idx, rounds)
+    def after_aggregation(self, model: PersonalizedSearchNetwork, round_idx: int, rounds: int,
+                          evaluate: Evaluate | None = None) -> dict[str, Any]:
+        return self.search.after_aggregation(model, round_idx, rounds, evaluate)
+
+    def server_state(self, model: PersonalizedSearchNetwork) -> dict[str, Any]:
+        return self.search.server_state(model)
+
+    def load_server_state(self, model: PersonalizedSearchNetwork, state: dict[str, Any]) -> None:
+        self.search.load_server_state(model, state)
 
     def discrete_model(self, model: PersonalizedSearchNetwork) -> PersonalizedSearchNetwork:
         return self.search.discrete_model(model)

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
 from federated_nas.algorithms.aggregation import MaskedAverage, State
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, RoundPlan, cosine_lr
+from federated_nas.algorithms.base import ClientTask, Evaluate, OptimizerFactory, RoundPlan, cosine_lr
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.local_steps import first_order_weight_step
 from federated_nas.algorithms.nas import SupernetAlgorithm
@@ -227,6 +227,7 @@ class FedRLNAS(SupernetAlgorithm):
         self.policy.step(state, {kind: model.op_distribution(kind) for kind in CELL_KINDS}, children, rewards)
         state["reinforce.reward"].fill_(sum(rewards) / len(rewards))
 
-    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
+    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int,
+                          evaluate: Evaluate | None = None) -> dict[str, Any]:
         return {"reward_mean": float(model.reinforce.reward), "reward_baseline": float(model.reinforce.baseline),
-                **super().after_aggregation(model, round_idx, rounds)}
+                **super().after_aggregation(model, round_idx, rounds, evaluate)}

@@ -3,6 +3,7 @@ and the discrete model with inherited weights (the "after" column of FedMetaNAS'
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, Iterable, Mapping
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
+from federated_nas.algorithms.base import Evaluate, FederatedAlgorithm, RoundPlan
 from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_schedule
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
@@ -94,13 +95,31 @@ class SupernetAlgorithm(FederatedAlgorithm):
         if self.temperature is not None:
             self.temperature.apply(model, plan.round_idx, plan.rounds)
 
-    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int) -> dict[str, Any]:
-        """Each schedule the method has, applied to the aggregate: the round's temperature, then any pruning due."""
+    def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int,
+                          evaluate: Evaluate | None = None) -> dict[str, Any]:
+        """Each schedule the method has, applied to the aggregate: the round's temperature, then any pruning due.
+        Pruning at the last round also reports the accuracy before it (FedMetaNAS' Table 3: what pruning the
+        final model cost, same weights and temperature)."""
+        last = round_idx == rounds - 1
+        unpruned = copy.deepcopy(model) if last and evaluate is not None and self.pruning is not None else None
         report: dict[str, Any] = {}
         for schedule in (self.temperature, self.pruning):
             if schedule is not None:
                 report.update(schedule.apply(model, round_idx, rounds))
+        if unpruned is not None and (report.get("pruned_ops") or report.get("pruned_combinations")):
+            unpruned.relaxation = copy.deepcopy(model.relaxation)
+            report["global_test_acc_before_pruning"] = evaluate(unpruned)
         return report
+
+    def server_state(self, model: SearchNetwork) -> dict[str, Any]:
+        """The relaxation's annealed temperature: no tensor of the model, so a run resumed after its last round
+        (to personalize) or validated evaluates at the final value, not the schedule's start."""
+        temperature = getattr(model.relaxation, "temperature", None)
+        return {} if temperature is None else {"temperature": float(temperature)}
+
+    def load_server_state(self, model: SearchNetwork, state: dict[str, Any]) -> None:
+        if state.get("temperature") is not None:
+            model.relaxation.temperature = float(state["temperature"])
 
     def round_report(self, model: SearchNetwork) -> dict[str, Any]:
         genotype, entropy, uniform = model.genotype(), alpha_entropy(model), math.log(len(model.primitives))

@@ -7,7 +7,6 @@ never interrupted.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from contextlib import nullcontext
@@ -27,7 +26,7 @@ from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,
                                                 LocalBackend)
-from federated_nas.federation.checkpoint import save_checkpoint
+from federated_nas.federation.checkpoint import algorithm_state, save_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.run_figures import RunFigures
@@ -151,8 +150,7 @@ class FederatedRun:
         load_state(self.model, checkpoint["model"])
         self.history = list(checkpoint["history"])
         self.personal = {int(k): v for k, v in checkpoint.get("personal", {}).items()}
-        if checkpoint.get("temperature") is not None:  # the schedule's value, for work after the last round
-            self.model.relaxation.temperature = float(checkpoint["temperature"])
+        self.algorithm.load_server_state(self.model, algorithm_state(checkpoint))
         self.start_round = int(checkpoint["round"])
         self.elapsed_before = float(checkpoint["elapsed_seconds"])
         log.info("resuming after round %d of %d", self.start_round, self.settings.rounds)
@@ -257,14 +255,10 @@ class FederatedRun:
         if train_losses:
             metrics["client_train_loss"] = float(np.mean(train_losses))
         last = round_idx == s.rounds - 1
-        unpruned = copy.deepcopy(self.model) if last and hasattr(self.model, "relaxation") else None
-        metrics.update(self.algorithm.after_aggregation(self.model, round_idx, s.rounds))
+        metrics.update(self.algorithm.after_aggregation(
+            self.model, round_idx, s.rounds,
+            lambda model: evaluate(model, self.data.global_test, s.eval_batch_size, self.device)[0]))
         metrics["model_bytes"] = state_bytes(self.model.state_dict())
-        if unpruned is not None and (metrics.get("pruned_ops") or metrics.get("pruned_combinations")):
-            # Table 3 of FedMetaNAS: what pruning the final model cost, same weights and temperature
-            unpruned.relaxation = copy.deepcopy(self.model.relaxation)
-            metrics["global_test_acc_before_pruning"] = evaluate(unpruned, self.data.global_test,
-                                                                 s.eval_batch_size, self.device)[0]
         if last or (round_idx + 1) % s.eval_every == 0:
             acc, loss = self._evaluate_global(self.model, last, metrics, ("global_test_acc", "global_test_loss"))
             metrics.update(global_test_acc=acc, global_test_loss=loss)
@@ -314,9 +308,7 @@ class FederatedRun:
             "personal": {str(k): v for k, v in self.personal.items()},
             "history": self.history,
             "elapsed_seconds": metrics["elapsed_seconds"],
-            # a relaxation's annealed temperature is no tensor of the model: kept here, so a run resumed after
-            # its last round (to personalize) evaluates at the final value, not the schedule's start
-            "temperature": getattr(getattr(self.model, "relaxation", None), "temperature", None),
+            "algorithm_state": self.algorithm.server_state(self.model),
             "mlflow_run_id": self.tracker.run_id or "",
         })
         if self.figures is not None:

@@ -24,7 +24,7 @@ from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.builders import build, build_data
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import DataError
-from federated_nas.federation.checkpoint import LAST, read_checkpoint
+from federated_nas.federation.checkpoint import LAST, algorithm_state, read_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.federation.personalization import adapt_client
 
@@ -66,8 +66,7 @@ def finished_run(run_dir: str | Path) -> FinishedRun:
     algorithm = build(cfg.algorithm)
     model = algorithm.build_model(data)
     load_state(model, checkpoint["model"])
-    if checkpoint.get("temperature") is not None:  # the annealed value the run evaluated its final model at
-        model.relaxation.temperature = float(checkpoint["temperature"])
+    algorithm.load_server_state(model, algorithm_state(checkpoint))  # e.g. the value a schedule ended at
     return FinishedRun(cfg, algorithm, model, data, checkpoint)
 
 
