@@ -83,6 +83,15 @@ class FederatedAlgorithm:
     def build_model(self, data: FederatedData) -> nn.Module:
         raise NotImplementedError
 
+    def client_module(self, model: nn.Module, task: ClientTask) -> LocalModule:
+        """What a client runs (the backends call this): the model prepared for the round, then the method's
+        local module. A method overrides the two hooks below, never this, so none forgets the first."""
+        self.prepare_client_model(model, task.plan)
+        return self.local_module(model, task)
+
+    def prepare_client_model(self, model: nn.Module, plan: RoundPlan) -> None:
+        """Set what the round changes on the client's copy of the global model (a schedule's value)."""
+
     def local_module(self, model: nn.Module, task: ClientTask) -> LocalModule:
         """The LightningModule that does ``task`` on ``model``, the client's copy of the global model."""
         raise NotImplementedError

@@ -54,7 +54,6 @@ class FedDSNAS(FedNAS):
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MiLeNASSearch:
         plan = task.plan
-        self.prepare_client_model(model, plan)
         module = super().local_module(model, task)
         module.alpha_frozen = warming_up(self.warmup, plan.round_idx, plan.rounds)
         if self.bn_recalibration_batches:

@@ -77,7 +77,6 @@ class FedMetaNAS(SupernetAlgorithm):
         from federated_nas.algorithms.local_steps import MetaSearch, RecalibrateBatchNorm  # Lightning, where clients train
 
         plan = task.plan
-        self.prepare_client_model(model, plan)
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
                             cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds), self.inner_steps,
                             self.inner_lr_w, self.inner_lr_alpha, self.grad_clip,

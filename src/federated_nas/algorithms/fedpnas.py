@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, Evaluate, FederatedAlgorithm, steps_after_rounds
+from federated_nas.algorithms.base import ClientTask, Evaluate, FederatedAlgorithm, RoundPlan, steps_after_rounds
 from federated_nas.algorithms.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.local_module import LocalModule
@@ -80,6 +80,9 @@ class FedPNAS(FederatedAlgorithm):
 
     def discrete_model(self, model: PersonalizedSearchNetwork) -> PersonalizedSearchNetwork:
         return self.search.discrete_model(model)
+
+    def prepare_client_model(self, model: PersonalizedSearchNetwork, plan: RoundPlan) -> None:
+        self.search.prepare_client_model(model, plan)
 
     # --- what personal cells add ------------------------------------------------------------
     def local_module(self, model: PersonalizedSearchNetwork, task: ClientTask) -> LocalModule:

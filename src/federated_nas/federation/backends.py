@@ -195,7 +195,7 @@ class LocalBackend:
 
         load_state(self._worker, global_state)
         torch.manual_seed(task.seed)  # any randomness inside the local step (e.g. Gumbel noise)
-        module = algorithm.local_module(self._worker, task)
+        module = algorithm.client_module(self._worker, task)
         trainer = self.make_trainer(
             **self.device_for(position), max_epochs=task.plan.local_epochs,
             limit_train_batches=task.plan.local_batches,
