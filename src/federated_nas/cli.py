@@ -12,7 +12,7 @@ from typing import Callable
 
 from omegaconf.errors import OmegaConfBaseException
 
-from federated_nas.errors import ConfigError, DataError
+from federated_nas.errors import ConfigError, DataError, RunStopped
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +70,8 @@ def one_line_errors(main: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except RunStopped as err:
+            stopped(err)
         except (ConfigError, DataError, OmegaConfBaseException) as err:
             message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             hydra_cfg = sweep_job()
@@ -82,3 +84,18 @@ def one_line_errors(main: Callable) -> Callable:
             sys.exit(2)
 
     return wrapper
+
+
+def stopped(err: RunStopped) -> None:
+    """A run stopped by a signal: one line, a SLURM job requeued to continue, exit 128 + the signal's number.
+
+    A sweep stops too (the user or the scheduler asked for it); a submitit job exits without a result, so
+    its launcher waits for the requeued job instead of recording a failure."""
+    from federated_nas.federation.preemption import requeue_slurm_job, slurm_job_id
+
+    logging.getLogger("federated_nas").warning("%s", err)
+    if err.signal_name == "SIGTERM" and slurm_job_id() is not None and sweep_job() is not None:
+        requeue_slurm_job()
+    print(f"stopped: {err}", file=sys.stderr)
+    logging.shutdown()
+    sys.exit(err.exit_code)

@@ -11,3 +11,12 @@ class ConfigError(ValueError):
 
 class DataError(RuntimeError):
     """Data is missing or corrupt; the message says what and how to get it."""
+
+
+class RunStopped(Exception):
+    """The run was asked to stop (SIGTERM, SIGINT) and did, after writing its checkpoint."""
+
+    def __init__(self, signal_name: str, exit_code: int, rounds_done: int, run_dir: str):
+        super().__init__(f"stopped by {signal_name} after round {rounds_done}; its checkpoint is in {run_dir} "
+                         f"(continue with resume={run_dir})")
+        self.signal_name, self.exit_code, self.rounds_done, self.run_dir = signal_name, exit_code, rounds_done, run_dir

@@ -22,10 +22,11 @@ from federated_nas.builders import TrainerFactory, build, build_data
 from federated_nas.cli import sweep_job
 from federated_nas.config_checks import check_config
 from federated_nas.data.federated_data import FederatedData
-from federated_nas.errors import ConfigError, DataError
+from federated_nas.errors import ConfigError, DataError, RunStopped
 from federated_nas.federation.backends import visible_gpus
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint, read_checkpoint
 from federated_nas.federation.personalization import personalize_clients
+from federated_nas.federation.preemption import StopSignals, requeued_slurm_job
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.tracking.mlflow_tracker import OpeningTracker, RunTracker, check_tracking_uri, store_lock
 from federated_nas.tracking.run_figures import RunFigures
@@ -75,7 +76,12 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, Any] | None]:
     """
     output_dir = Path(cfg.paths.output_dir)
     if cfg.resume in (False, None):
-        return output_dir, None
+        restarts = requeued_slurm_job()
+        if not restarts or not (output_dir / "checkpoints" / LAST).is_file() or (output_dir / "FINISHED").exists():
+            return output_dir, None
+        log.info("SLURM requeued this job (restart %d): continuing its run %s", restarts, output_dir)
+        check_resume_settings(cfg, output_dir)
+        return output_dir, load_latest_checkpoint(output_dir / "checkpoints")
     job = sweep_job() if cfg.resume is True else None
     if job is not None:
         run_dir = own_sweep_run(job, output_dir)
@@ -167,20 +173,25 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     tracker = start_tracking(cfg, checkpoint, data, run_dir, tags)
     figures = RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None
     run.attach(tracker, figures)
-    try:
-        if checkpoint is not None:
-            run.restore(checkpoint)
-        final = run.run()
-        if cfg.get("personalize"):
-            final.update(personalize_clients(algorithm, run.model, data, settings.batch_size,
-                                             settings.eval_batch_size, run.device, int(cfg.seed),
-                                             settings.rounds, run_dir, tracker, run.personal))
-        model_id = tracker.log_final_model(run.model, final, settings.rounds)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    finally:
-        backend.close()  # stops any worker processes, after a failure too
+    with StopSignals() as stop:
+        run.stop = stop
+        try:
+            if checkpoint is not None:
+                run.restore(checkpoint)
+            final = run.run()
+            if cfg.get("personalize"):
+                final.update(personalize_clients(algorithm, run.model, data, settings.batch_size,
+                                                 settings.eval_batch_size, run.device, int(cfg.seed),
+                                                 settings.rounds, run_dir, tracker, run.personal))
+            model_id = tracker.log_final_model(run.model, final, settings.rounds)
+        except BaseException as err:
+            tracker.finish("KILLED" if stop.requested else "FAILED")
+            if stop.requested and not isinstance(err, (RunStopped, KeyboardInterrupt)):
+                # a SIGTERM inside a client's fit: Lightning ended the fit; the last whole round's checkpoint stands
+                raise RunStopped(stop.name, stop.exit_code, len(run.history), str(run_dir)) from None
+            raise
+        finally:
+            backend.close()  # stops any worker processes, after a failure too
     (run_dir / "FINISHED").touch()
     if bench is not None:
         final.update(score_on_bench(cfg, bench, run_dir, tracker, settings.rounds))

@@ -23,11 +23,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from federated_nas.algorithms.aggregation import WeightedAverage, clip_update, load_state
 from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
 from federated_nas.data.federated_data import FederatedData
-from federated_nas.errors import ConfigError, DataError
+from federated_nas.errors import ConfigError, DataError, RunStopped
 from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,
                                                 LocalBackend)
 from federated_nas.federation.checkpoint import algorithm_state, save_checkpoint
 from federated_nas.federation.evaluation import evaluate
+from federated_nas.federation.preemption import StopSignals
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.run_figures import RunFigures
 from federated_nas.tracking.run_record import GENOTYPE_TABLE, GENOTYPE_TAG, SAMPLED, curve_accuracy
@@ -141,6 +142,7 @@ class FederatedRun:
         self.personal: dict[int, dict[str, torch.Tensor]] = {}  # per-client state kept across rounds
         self.start_round = 0
         self.elapsed_before = 0.0
+        self.stop: StopSignals | None = None  # set by the caller: a signal ends the run after the round's checkpoint
 
     def attach(self, tracker: RunTracker, figures: RunFigures | None = None) -> None:
         """Where rounds are recorded; set once the run is known to be valid (see ``runs.run_federated``)."""
@@ -169,6 +171,8 @@ class FederatedRun:
                 metrics["elapsed_seconds"] = self.elapsed_before + time.perf_counter() - started
                 self._record(round_idx, metrics)
                 bar.update(1)
+                if self.stop is not None and self.stop.requested and round_idx + 1 < settings.rounds:
+                    raise RunStopped(self.stop.name, self.stop.exit_code, round_idx + 1, str(self.run_dir))
         self._bar = None
         final = dict(self.history[-1]) if self.history else {}
         return final

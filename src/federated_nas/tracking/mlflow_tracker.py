@@ -251,8 +251,8 @@ class RunTracker:
         if self.system_metrics is not None:
             self.system_metrics.finish()
             self.system_metrics = None
-        if self.logger is not None:
-            self.logger.finalize("success" if status == "FINISHED" else "failed")
+        if self.logger is not None:  # Lightning's names for FINISHED and FAILED; KILLED (a stop by signal) as is
+            self.logger.finalize({"FINISHED": "success", "FAILED": "failed"}.get(status, status))
 
 
 class OpeningTracker:
