@@ -98,6 +98,31 @@ def test_a_sweep_killed_on_slurm_is_finished_by_resume_true(tmp_path):
 
 
 @needs_slurm
+def test_sigterm_then_requeue_on_slurm_ends_bit_equal_to_an_uninterrupted_run(tiny_cfg, tmp_path):
+    """`scancel --signal=TERM`: the job stops after a round's checkpoint and requeues itself; the requeued job
+    continues its own run (same dir, no resume=) and ends with the model of a run never stopped."""
+    rounds = ["federation.rounds=30", "logger=none"]
+    local = run_search(tiny_cfg("search", rounds))
+    expected = load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["model"]
+    job = subprocess.Popen(sweep_command(tmp_path, "cluster=slurm", "hydra.launcher.gpus_per_node=0", *JOB, *rounds),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=quiet_env())
+    deadline = time.time() + 240
+    while not list(tmp_path.glob(f"search/multiruns/*/0/checkpoints/{LAST}")):
+        assert job.poll() is None and time.time() < deadline, "the job ended before its first checkpoint"
+        time.sleep(0.1)
+    (job_id,) = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+    subprocess.run(["scancel", "--signal=TERM", job_id], check=True)
+    _, stderr = job.communicate(timeout=400)
+    assert job.returncode == 0, stderr[-3000:]
+    (run,) = tmp_path.glob(f"search/multiruns/*/0/checkpoints/{LAST}")
+    log = (run.parent.parent / "search.log").read_text()
+    assert "SIGTERM received" in log and "requeued SLURM job" in log and "SLURM requeued this job (restart 1)" in log
+    finished = load_latest_checkpoint(run.parent)
+    assert finished["round"] == 30 and (run.parent.parent / "FINISHED").exists()
+    assert_same_states(expected, finished["model"])
+
+
+@needs_slurm
 def test_one_job_of_two_tasks_reaches_the_model_of_cluster_local(tiny_cfg, tmp_path):
     local = run_search(tiny_cfg("search", ["logger=none"]))
     expected = load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["model"]
