@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install data browser test test-avx2 test-slurm search train mlflow-ui compare compare-personal tune compare-tuned bench docs clean-logs
+.PHONY: help install data browser test test-avx2 test-slurm test-stress search train mlflow-ui compare compare-personal tune compare-tuned bench docs clean-logs
 .DEFAULT_GOAL := help
 
 help:  ## this list of targets and what each does
@@ -39,6 +39,9 @@ test:  ## the whole suite, then the supernet and method tests on AVX2 kernels (a
 
 test-avx2:  ## the supernet and method tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)
 	ONEDNN_MAX_CPU_ISA=AVX2 $(PYTHON) -m pytest $(AVX2_TESTS)
+
+test-stress:  ## eight runs at once on one SQLite MLflow store, as processes and as a submitit sweep (a few minutes)
+	$(PYTHON) -m pytest -m stress tests/test_concurrent_store.py
 
 test-slurm:  ## SLURM sweeps and a 2- and 3-task distributed run on a real local SLURM (apt-get installs it; root; about 3 min on 2 cores)
 	PYTHON="$(PYTHON)" bash scripts/slurm_local.sh
