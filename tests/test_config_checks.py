@@ -91,6 +91,11 @@ def test_a_bad_value_is_one_line_naming_the_setting(tiny_cfg, override, message)
     ("algorithm=fedavg model=mlp model.hidden=[16,0]", "model.hidden.1 must be an integer >= 1, got 0"),
     ("algorithm=ditto model=cnn algorithm.personal_lr=0", "algorithm.personal_lr must be a number > 0 or null"),
     ("cluster=multiprocess cluster.backend.workers=0", "cluster.backend.workers must be an integer >= 1 or null"),
+    # settings valid alone, contradicting each other
+    ("federation.client_fraction=0.5 federation.min_responders=3", "federation.min_responders=3 is more than the 2 clients"),
+    ("search_space.multiplier=5", "search_space.multiplier=5 concatenates more nodes than the cell's search_space.steps=4"),
+    ("algorithm=fedmetanas algorithm.input_combinations=3", "algorithm.input_combinations=3: a cell's first node"),
+    ("bench_table=t.json.gz", "bench_table=t.json.gz scores a search of the benchmark's space"),
 ])
 def test_method_and_backend_settings_are_checked(tiny_cfg, override, message):
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.").replace("[", r"\[").replace("(", r"\(")):

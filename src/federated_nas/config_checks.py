@@ -285,11 +285,35 @@ def check_config(cfg: DictConfig) -> None:
         rule = rule_for(key)
         if rule is not None and not rule.accepts(value):
             raise ConfigError(f"{key} must be {rule.expectation()}, got {value!r}")
+    check_together(cfg)
     accelerator = OmegaConf.select(cfg, "trainer.accelerator")
     absent = surely_no_gpu() if accelerator in ("gpu", "cuda") else None
     if absent:
         raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible ({absent}); "
                           f"use trainer.accelerator=cpu or auto")
+
+
+def check_together(cfg: DictConfig) -> None:
+    """Settings valid alone that contradict each other: one line naming both, before any round runs."""
+    fed = cfg.get("federation")
+    if fed is not None and all(fed.get(k) is not None for k in ("num_clients", "client_fraction", "min_responders")):
+        per_round = max(1, int(round(float(fed.client_fraction) * int(fed.num_clients))))
+        if int(fed.min_responders) > per_round:
+            raise ConfigError(f"federation.min_responders={fed.min_responders} is more than the {per_round} clients a "
+                              f"round samples (federation.num_clients={fed.num_clients} x client_fraction="
+                              f"{fed.client_fraction}): no round could ever be aggregated")
+    space = cfg.get("search_space")
+    if space is not None and space.get("steps") is not None and space.get("multiplier") is not None:
+        if int(space.multiplier) > int(space.steps):
+            raise ConfigError(f"search_space.multiplier={space.multiplier} concatenates more nodes than the cell's "
+                              f"search_space.steps={space.steps}")
+    combinations = OmegaConf.select(cfg, "algorithm.input_combinations")
+    if combinations is not None and int(combinations) > 2:
+        raise ConfigError(f"algorithm.input_combinations={combinations}: a cell's first node has only 2 inputs to "
+                          "choose from; use 1 or 2 (the FedMetaNAS paper's Eq. 8: 2)")
+    if cfg.get("bench_table") and not OmegaConf.select(cfg, "search_space.tie_cells"):
+        raise ConfigError(f"bench_table={cfg.bench_table} scores a search of the benchmark's space: add "
+                          "search_space=bench")
 
 
 GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")  # NVIDIA's, ROCm's, WSL's GPU devices

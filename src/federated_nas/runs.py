@@ -205,11 +205,10 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
 
 
 def load_bench(cfg: DictConfig) -> Any:
-    """The benchmark table ``bench_table`` names (checksum verified), or None; only a search of its space."""
+    """The benchmark table ``bench_table`` names (checksum verified), or None (``check_together`` has made sure
+    the run searches the benchmark's space)."""
     if not cfg.get("bench_table"):
         return None
-    if not OmegaConf.select(cfg, "search_space.tie_cells") or cfg.get("model") is not None:
-        raise ConfigError("bench_table scores a search of the benchmark's space: use it with search_space=bench")
     from federated_nas.bench import Bench
 
     return Bench.load(cfg.bench_table)
