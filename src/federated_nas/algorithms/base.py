@@ -76,9 +76,18 @@ def cosine_lr(base: float, minimum: float, round_idx: int, rounds: int) -> float
 class FederatedAlgorithm:
     """The contract between a method and the federated loop."""
 
-    name: str = "base"
     # the round metric that sizes the model this method delivers, logged again as final_model_params
     final_params_metric: str = "params"
+
+    @property
+    def name(self) -> str:
+        """The method's name in run dirs, tags and logs: its YAML's ``name`` where built from a config
+        (``builders.build`` sets it: fedmetanas_paper, meta_fedpnas), else its class's name in lower case."""
+        return self.__dict__.get("_name") or type(self).__name__.lower()
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
     def build_model(self, data: FederatedData) -> nn.Module:
         raise NotImplementedError

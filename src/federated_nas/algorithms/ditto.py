@@ -67,7 +67,6 @@ class DittoTraining(SupervisedTraining):
 class Ditto(FedAvg):
     """FedAvg's server; clients that also train their personal model, which personalization evaluates."""
 
-    name = "ditto"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
                  lr_min: float = 0.001, grad_clip: float | None = 5.0, lam: float = 0.1,

@@ -36,7 +36,6 @@ class FedAvg(FederatedAlgorithm):
     split (FedAvg + local adaptation): ``adapt_steps`` plain SGD steps at ``adapt_lr``.
     """
 
-    name = "fedavg"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
                  lr_min: float = 0.001, grad_clip: float | None = 5.0, adapt_steps: int = 5,

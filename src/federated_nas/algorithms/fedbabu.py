@@ -24,7 +24,6 @@ from federated_nas.models.heads import body_parameters, with_head
 class FedBABU(FedAvg):
     """FedAvg on the body with the head frozen; fine-tuning as personalization."""
 
-    name = "fedbabu"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
                  lr_min: float = 0.001, grad_clip: float | None = 5.0, finetune_steps: int = 10,

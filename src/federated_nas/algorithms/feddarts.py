@@ -38,7 +38,6 @@ class FirstOrderDARTSSearch(ArchitectureSearch):
 class FedDARTS(SupernetAlgorithm):
     """Server side: the supernet's w and alpha averaged by sample count (the default aggregation)."""
 
-    name = "feddarts"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,

@@ -35,7 +35,6 @@ from federated_nas.search_space.supernet import SearchNetwork
 class FedDSNAS(FedNAS):
     """FedNAS' loop and update with DSNAS' sampled, straight-through relaxation; ships the most likely child."""
 
-    name = "feddsnas"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, temperature: TemperatureSchedule | Mapping | None = None,

@@ -43,7 +43,6 @@ class FedMetaNAS(SupernetAlgorithm):
     Its final model is the pruned supernet (``final_model: supernet``), with no retraining.
     """
 
-    name = "fedmetanas"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,

@@ -41,7 +41,6 @@ class FedNAS(SupernetAlgorithm):
     ``src/train.py``, trains from scratch with FedAvg.
     """
 
-    name = "fednas"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,

@@ -37,7 +37,6 @@ LOCAL_SEARCHES = {"fednas": FedNAS, "fedmetanas": FedMetaNAS}
 class FedPNAS(FederatedAlgorithm):
     """Personal cells on top of a supernet method's search; every other option is that method's."""
 
-    name = "fedpnas"
 
     def __init__(self, local_search: str = "fednas", personal_cells: int = 1, new_client_steps: int = 5,
                  new_client_lr: float = 0.025, **search_options: Any):

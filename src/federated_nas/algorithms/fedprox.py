@@ -46,7 +46,6 @@ class ProximalTraining(SupervisedTraining):
 class FedProx(FedAvg):
     """FedAvg's server, clients that minimise the proximal local objective."""
 
-    name = "fedprox"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
                  lr_min: float = 0.001, grad_clip: float | None = 5.0, mu: float = 0.01, adapt_steps: int = 5,

@@ -39,7 +39,6 @@ class FedRepTraining(PartialTraining):
 class FedRep(FedAvg):
     """FedAvg's server over the body; clients with personal heads."""
 
-    name = "fedrep"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
                  lr_min: float = 0.001, grad_clip: float | None = 5.0, head_steps: int = 10):

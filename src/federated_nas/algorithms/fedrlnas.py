@@ -164,7 +164,6 @@ class FedRLNAS(SupernetAlgorithm):
     soft pruning (on the alpha the children are drawn from): the FedMetaNAS paper's meta- variants.
     """
 
-    name = "fedrlnas"
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  lr: float = 0.025, lr_min: float = 0.001, grad_clip: float | None = 5.0,

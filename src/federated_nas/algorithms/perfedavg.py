@@ -39,7 +39,6 @@ class FirstOrderMetaStep(LocalModule):
 class PerFedAvg(FedAvg):
     """FedAvg's server and network; clients take first-order MAML steps; adaptation is one step at alpha."""
 
-    name = "perfedavg"
 
     def __init__(self, model: Callable[..., nn.Module] | None, optimizer: OptimizerFactory, lr: float = 0.025,
                  lr_min: float = 0.001, inner_lr: float = 0.01, grad_clip: float | None = 5.0,

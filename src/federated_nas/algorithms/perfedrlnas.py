@@ -75,7 +75,6 @@ class PersonalChildTraining(ChildTraining):
 class PerFedRLNAS(FedRLNAS):
     """FedRLNAS' supernet and masked averaging, with the policies on the clients (see the module doc)."""
 
-    name = "perfedrlnas"
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> PersonalChildTraining:
         """The child is drawn at the fit's start, once the client's own policy is in, from the task's seed."""
