@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install data browser test test-avx2 test-slurm test-stress search train mlflow-ui compare compare-personal tune compare-tuned bench docs clean-logs
+.PHONY: help install data browser test test-avx2 test-slurm test-stress fuzz search train mlflow-ui compare compare-personal tune compare-tuned bench docs clean-logs
 .DEFAULT_GOAL := help
 
 help:  ## this list of targets and what each does
@@ -42,6 +42,9 @@ test-avx2:  ## the supernet and method tests with oneDNN capped at AVX2 (ONEDNN_
 
 test-stress:  ## eight runs at once on one SQLite MLflow store, as processes and as a submitit sweep (a few minutes)
 	$(PYTHON) -m pytest -m stress tests/test_concurrent_store.py
+
+fuzz:  ## the config fuzz test at length: FUZZ_EXAMPLES=1000 FUZZ_SEED=1 make fuzz (make test runs 24 examples)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} FUZZ_SEED=$${FUZZ_SEED:-1} $(PYTHON) -m pytest -s tests/test_config_fuzz.py
 
 test-slurm:  ## SLURM sweeps and a 2- and 3-task distributed run on a real local SLURM (apt-get installs it; root; about 3 min on 2 cores)
 	PYTHON="$(PYTHON)" bash scripts/slurm_local.sh

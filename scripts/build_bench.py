@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--splits", help="comma-separated: dir<alpha> or iid (default dir0.1,iid; pilot: dir0.1)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1)")
     parser.add_argument("--num-clients", type=int)
-    for name in ("rounds", "clients_per_round", "local_steps", "batch_size", "C", "layers", "stem_stride"):
+    for name in ("rounds", "clients_per_round", "local_steps", "batch_size", "average_last", "C", "layers", "stem_stride"):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--test-samples", type=int, help="global test images to score on (default all)")
@@ -56,7 +56,7 @@ def spec_from_args(args: argparse.Namespace):
                      seeds=tuple(args.seeds) if args.seeds else None, num_clients=args.num_clients,
                      rounds=args.rounds, clients_per_round=args.clients_per_round, local_steps=args.local_steps,
                      batch_size=args.batch_size, lr=args.lr, test_samples=args.test_samples,
-                     client_schedule=args.client_schedule, C=args.C,
+                     client_schedule=args.client_schedule, average_last=args.average_last, C=args.C,
                      layers=args.layers, stem_stride=args.stem_stride)
     for split in spec.splits:
         spec.split(split).partitioner()  # a bad split name fails here, before any worker starts

@@ -184,6 +184,29 @@ def test_training_is_deterministic_per_architecture_seed_and_split():
     assert first.flops > 0 and 0 <= first.client_acc_mean <= 1
 
 
+def test_average_last_and_the_fixed_schedule_have_known_answers(monkeypatch):
+    """average_last=k: the mean of the last k rounds' models, the last being the final model's accuracy; the
+    fixed schedule gives every seed the same clients per round, per_seed draws them from the seed."""
+    from federated_nas.bench import train as bench_train
+
+    data = build_split(bench_build.load_dataset("synthetic"), SplitSpec("dir0.1", num_clients=3))
+    genotype = CellSpace().genotype_of("max3~0+dil3~1|sep3~0+skip~1")
+    one = Budget(rounds=3, clients_per_round=2, local_steps=2, batch_size=8)
+    final = train_fedavg(genotype, data, one, NetworkShape(C=2), 0)
+    three = train_fedavg(genotype, data, Budget(**{**one.__dict__, "average_last": 3}), NetworkShape(C=2), 0)
+    assert len(three.round_global_acc) == 3 and three.round_global_acc[-1] == final.global_acc
+    assert three.global_acc == pytest.approx(sum(three.round_global_acc) / 3)
+    assert three.round_loss == final.round_loss  # evaluating between rounds changes nothing in the training
+    seen = []
+    real = bench_train.round_clients
+    monkeypatch.setattr(bench_train, "round_clients", lambda seed, *rest: seen.append(seed) or real(seed, *rest))
+    train_fedavg(genotype, data, one, NetworkShape(C=2), 5)
+    train_fedavg(genotype, data, Budget(**{**one.__dict__, "client_schedule": "per_seed"}), NetworkShape(C=2), 5)
+    assert seen == [0, 0, 0, 5, 5, 5]
+    with pytest.raises(ConfigError, match="average_last=4 is more than its 3 rounds"):
+        Budget(rounds=3, average_last=4)
+
+
 def test_bad_split_and_budget_are_one_line_errors():
     with pytest.raises(ConfigError, match="dir<alpha>"):
         SplitSpec("dirichlet").partitioner()

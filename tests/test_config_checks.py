@@ -96,6 +96,8 @@ def test_a_bad_value_is_one_line_naming_the_setting(tiny_cfg, override, message)
     ("search_space.multiplier=5", "search_space.multiplier=5 concatenates more nodes than the cell's search_space.steps=4"),
     ("algorithm=fedmetanas algorithm.input_combinations=3", "algorithm.input_combinations=3: a cell's first node"),
     ("bench_table=t.json.gz", "bench_table=t.json.gz scores a search of the benchmark's space"),
+    ("search_space.C=15", "search_space.C=15 must be even"),
+    ("federation.batch_size=[1]", "federation.batch_size must be an integer >= 1, got [1]"),  # a list for one value
 ])
 def test_method_and_backend_settings_are_checked(tiny_cfg, override, message):
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.").replace("[", r"\[").replace("(", r"\(")):

@@ -270,8 +270,9 @@ def settings(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[
             continue
         if isinstance(child, DictConfig):
             yield from settings(child, dotted)
-        elif isinstance(child, ListConfig) and isinstance(rule_for(dotted), (Numbers, type(None))):
-            yield dotted, OmegaConf.to_container(child)
+        elif isinstance(child, ListConfig) and isinstance(rule_for(dotted), (Numbers, Number, OneOf, FlagOrPath,
+                                                                             type(None))):
+            yield dotted, OmegaConf.to_container(child)  # a list where one value belongs is refused by its rule
         elif isinstance(child, ListConfig):
             yield from settings(child, dotted)
         else:
@@ -303,6 +304,8 @@ def check_together(cfg: DictConfig) -> None:
                               f"round samples (federation.num_clients={fed.num_clients} x client_fraction="
                               f"{fed.client_fraction}): no round could ever be aggregated")
     space = cfg.get("search_space")
+    if space is not None and isinstance(space.get("C"), int) and space.get("steps") is not None and space.C % 2:
+        raise ConfigError(f"search_space.C={space.C} must be even: each cell splits its channels in two")
     if space is not None and space.get("steps") is not None and space.get("multiplier") is not None:
         if int(space.multiplier) > int(space.steps):
             raise ConfigError(f"search_space.multiplier={space.multiplier} concatenates more nodes than the cell's "

@@ -53,11 +53,16 @@ class Budget:
     # which clients take part in each round: "fixed" (the same schedule for every seed: a property of the
     # federation, like its split) or "per_seed" (drawn anew with each training seed)
     client_schedule: str = "fixed"
+    # global_acc: the mean global test accuracy of the last N rounds' models (what FL papers report where
+    # non-IID rounds oscillate); 1: the final model's alone
+    average_last: int = 1
 
     def __post_init__(self):
-        for name in ("rounds", "clients_per_round", "local_steps", "batch_size"):
+        for name in ("rounds", "clients_per_round", "local_steps", "batch_size", "average_last"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ConfigError(f"bench budget {name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if self.average_last > self.rounds:
+            raise ConfigError(f"bench budget average_last={self.average_last} is more than its {self.rounds} rounds")
         if self.client_schedule not in ("fixed", "per_seed"):
             raise ConfigError(f"bench budget client_schedule must be fixed or per_seed, got {self.client_schedule!r}")
         if self.test_samples is not None and self.test_samples < 1:
@@ -161,7 +166,7 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 class TrainResult:
     """One (architecture, seed, split) of the table."""
 
-    global_acc: float  # the global test set (its first ``test_samples``)
+    global_acc: float  # the global test set (its first ``test_samples``), mean of the last ``average_last`` rounds
     client_acc_mean: float  # each client's local test split, unweighted mean over clients
     client_acc_std: float
     params: int
@@ -171,6 +176,7 @@ class TrainResult:
     final_loss: float  # mean train loss of the last round
     round_loss: list[float] = field(default_factory=list)
     val_acc: float | None = None  # the clients' val splits pooled (``validate=True``: random search's pick)
+    round_global_acc: list[float] = field(default_factory=list)  # the last ``average_last`` rounds' models
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -186,7 +192,10 @@ def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape:
     started = time.perf_counter()
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     sizes = [client.num_samples for client in data.clients]
-    round_loss = []
+    round_loss, round_accs, eval_seconds = [], [], 0.0
+    test_x, test_y = data.global_test.tensors
+    if budget.test_samples is not None:
+        test_x, test_y = test_x[:budget.test_samples], test_y[:budget.test_samples]
     for round_idx in range(budget.rounds):
         lr = _cosine_lr(budget, round_idx)
         schedule_seed = seed if budget.client_schedule == "per_seed" else 0
@@ -215,12 +224,13 @@ def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape:
         global_state = {name: (value.round() if not global_state[name].is_floating_point() else value)
                         .to(global_state[name].dtype) for name, value in summed.items()}
         round_loss.append(float(np.mean(losses)))
-    model.load_state_dict(global_state)
+        if round_idx >= budget.rounds - budget.average_last:
+            model.load_state_dict(global_state)
+            evaluating = time.perf_counter()
+            round_accs.append(float(accuracy(model, test_x, test_y).double().mean()))
+            eval_seconds += time.perf_counter() - evaluating
     trained = time.perf_counter()
-    test_x, test_y = data.global_test.tensors
-    if budget.test_samples is not None:
-        test_x, test_y = test_x[:budget.test_samples], test_y[:budget.test_samples]
-    global_acc = float(accuracy(model, test_x, test_y).double().mean())
+    global_acc = float(np.mean(round_accs))
     client_accs = [float(accuracy(model, *client.test.tensors).double().mean()) for client in data.clients
                    if len(client.test)]
     val_acc = None
@@ -229,5 +239,6 @@ def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape:
         val_acc = float(torch.cat(correct).double().mean())
     return TrainResult(global_acc=global_acc, client_acc_mean=float(np.mean(client_accs)),
                        client_acc_std=float(np.std(client_accs)), params=params, flops=flops,
-                       train_seconds=trained - started, eval_seconds=time.perf_counter() - trained,
-                       final_loss=round_loss[-1], round_loss=round_loss, val_acc=val_acc)
+                       train_seconds=trained - started - eval_seconds,
+                       eval_seconds=eval_seconds + time.perf_counter() - trained,
+                       final_loss=round_loss[-1], round_loss=round_loss, val_acc=val_acc, round_global_acc=round_accs)

@@ -85,6 +85,17 @@ def injected_dropouts(seed: int, round_idx: int, attempt: int, clients: list[int
     return {client for client, draw in zip(clients, draws) if draw < probability}
 
 
+def build_model_within_memory(algorithm: FederatedAlgorithm, data: FederatedData) -> nn.Module:
+    """The method's model; one line, not an allocator traceback, where a width setting makes it too large."""
+    try:
+        return algorithm.build_model(data)
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if "memory" not in str(err) and not isinstance(err, torch.OutOfMemoryError):
+            raise
+        raise ConfigError(f"algorithm={algorithm.name}: its model does not fit in memory ({str(err).splitlines()[0][:120]}); "
+                          "check the width settings (search_space.C, stem_multiplier, model widths)") from None
+
+
 def clients_per_round(num_clients: int, fraction: float) -> int:
     """How many clients every round samples (``federation.client_fraction`` of them, at least one)."""
     return max(1, int(round(fraction * num_clients)))
@@ -135,7 +146,7 @@ class FederatedRun:
         self.settings, self.run_dir, self.seed = settings, Path(run_dir), seed
         self.device = torch.device(device)
         torch.manual_seed(seed)  # the initial weights and alphas
-        self.model: nn.Module = algorithm.build_model(data).to(self.device)  # the server's copy lives on its device
+        self.model: nn.Module = build_model_within_memory(algorithm, data).to(self.device)  # the server's copy
         check_model_reads(self.model, data.input_shape, algorithm.name)
         self.history: list[dict[str, Any]] = []
         self.latest_genotype = None  # the architecture record of the last round that derived one

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from federated_nas.search_space.depthwise import batch_norm_keeping_output, depthwise_pointwise
+from federated_nas.errors import ConfigError
 from federated_nas.search_space.operations import PRIMITIVES, half_grid, make_op
 
 
@@ -55,7 +56,7 @@ class EdgeBundle(nn.Module):
         self.primitives = tuple(primitives)
         for name in self.primitives:
             if name not in PRIMITIVES:
-                raise ValueError(f"unknown operation {name!r}; known: {', '.join(PRIMITIVES)}")
+                raise ConfigError(f"search_space.primitives: unknown operation {name!r}; known: {', '.join(PRIMITIVES)}")
         self.register_buffer("active", torch.ones(num_sources, num_edges, len(self.primitives), dtype=torch.bool))
         self.conv_params = nn.ParameterDict()
         self.bns = nn.ModuleDict()

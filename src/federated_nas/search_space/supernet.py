@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from federated_nas.errors import ConfigError
 from federated_nas.search_space.architecture import MASKED, RelaxedArchitecture  # noqa: F401  (MASKED: re-exported)
 from federated_nas.search_space.edge_bundle import EdgeBundle
 from federated_nas.search_space.genotypes import CELL_KINDS, Genotype, derive_genotype, edge_index
@@ -98,7 +99,8 @@ class SearchNetwork(RelaxedArchitecture, nn.Module):
                  input_combinations: int | None = None, tie_cells: bool = False):
         super().__init__()
         if layers < 1 or C < 2 or C % 2:
-            raise ValueError(f"search_space needs layers >= 1 and an even C >= 2, got C={C}, layers={layers}")
+            raise ConfigError(f"search_space.C must be even and >= 2 (each cell splits its channels in two) and "
+                              f"search_space.layers >= 1, got C={C}, layers={layers}")
         self.steps, self.multiplier, self.primitives = steps, multiplier, tuple(primitives)
         # one searched cell in every layer (the tabular benchmark's space): the reduction cells run the normal
         # cell's weights, children and masks, and alpha_reduce (kept so every method's code is unchanged) is inert
