@@ -104,6 +104,16 @@ def test_method_and_backend_settings_are_checked(tiny_cfg, override, message):
         check_config(tiny_cfg("search", override.split()))
 
 
+def test_a_log_dir_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = subprocess.run([sys.executable, str(ROOT / "src" / "search.py"), f"paths.log_dir={blocker}/logs",
+                             "logger=none"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: paths.log_dir={blocker}/logs cannot be created (Not a directory); set paths.log_dir to a writable folder"]
+
+
 def test_a_config_error_on_the_command_line_comes_before_torch_and_leaves_no_run_dir(tmp_path):
     run_dir = tmp_path / "runs" / "bad" / "now"
     result = subprocess.run(

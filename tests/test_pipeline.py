@@ -123,10 +123,14 @@ def test_bad_config_is_one_clear_error(tiny_cfg, tmp_path, override, message):
     assert not Path(cfg.paths.output_dir).exists()  # nothing half-written
 
 
-def test_unreachable_tracking_server_fails_in_seconds(tiny_cfg):
-    cfg = tiny_cfg("search", ["logger.tracking_uri=http://127.0.0.1:9"])  # nothing listens on the discard port
+@pytest.mark.parametrize("uri, message", [
+    ("http://127.0.0.1:9", "tracking server unreachable"),  # nothing listens on the discard port
+    ("foo://bar", "MLflow has no tracking store for 'foo'://"),  # a scheme MLflow does not know
+])
+def test_a_bad_tracking_uri_fails_in_seconds(tiny_cfg, uri, message):
+    cfg = tiny_cfg("search", [f"logger.tracking_uri={uri}"])
     started = time.perf_counter()
-    with pytest.raises(ConfigError, match="tracking server unreachable"):
+    with pytest.raises(ConfigError, match=message):
         run_search(cfg)
     assert time.perf_counter() - started < 10
     assert not Path(cfg.paths.output_dir).exists()

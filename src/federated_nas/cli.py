@@ -99,3 +99,48 @@ def stopped(err: RunStopped) -> None:
     print(f"stopped: {err}", file=sys.stderr)
     logging.shutdown()
     sys.exit(err.exit_code)
+
+
+class CheckWritableDirs:
+    """Hydra callback: the dirs a run writes (its output dir, ``paths.log_dir``) must be creatable, checked
+    before Hydra makes the run dir, so a bad ``paths.log_dir`` is one line and not Hydra's traceback."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    def on_job_start(self, config, **kwargs) -> None:
+        """Hydra's other hooks (the job's own start and end) do nothing here."""
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        """Nothing to check when a job ends."""
+
+    def on_run_end(self, config, **kwargs) -> None:
+        """Nothing to check when a run ends."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        """Nothing to check when a sweep ends."""
+
+    @staticmethod
+    def _check(config, dir_key: str) -> None:
+        """Create ``paths.log_dir`` (every run dir lies under it; a shared folder, so creating it leaves no
+        half-written run), then make sure the run's own dir could be made in it."""
+        from omegaconf import OmegaConf
+
+        for key in ("paths.log_dir", dir_key):
+            try:
+                path = Path(str(OmegaConf.select(config, key)))
+            except Exception:  # noqa: BLE001 -- an interpolation error: Hydra reports it, with its own message
+                continue
+            existing = next((parent for parent in [path, *path.parents] if parent.exists()), None)
+            try:
+                if key == "paths.log_dir":
+                    path.mkdir(parents=True, exist_ok=True)
+                elif existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                    raise PermissionError(f"{existing} is not a writable folder")
+            except OSError as err:
+                print(f"error: {key}={path} cannot be created ({err.strerror or err}); set paths.log_dir to a "
+                      "writable folder", file=sys.stderr)
+                sys.exit(2)

@@ -18,5 +18,6 @@ class RunStopped(Exception):
 
     def __init__(self, signal_name: str, exit_code: int, rounds_done: int, run_dir: str):
         super().__init__(f"stopped by {signal_name} after round {rounds_done}; its checkpoint is in {run_dir} "
-                         f"(continue with resume={run_dir})")
+                         f"(continue with resume={run_dir})" if rounds_done else
+                         f"stopped by {signal_name} before round 1 ended: no checkpoint to resume from ({run_dir})")
         self.signal_name, self.exit_code, self.rounds_done, self.run_dir = signal_name, exit_code, rounds_done, run_dir

@@ -66,7 +66,13 @@ def check_tracking_uri(uri: str | None, timeout: float = CONNECT_TIMEOUT_SECONDS
     elif parsed.scheme in ("file", ""):
         local = Path(parsed.path)
     else:
-        return  # other stores (databricks, ...) are checked by MLflow itself
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+        schemes = sorted(scheme for scheme in _tracking_store_registry._registry if scheme)
+        if parsed.scheme not in schemes:
+            raise ConfigError(f"logger.tracking_uri={uri}: MLflow has no tracking store for {parsed.scheme!r}:// "
+                              f"(it knows {', '.join(schemes)})")
+        return  # a database or a hosted store: MLflow checks the rest when it connects
     try:
         local.mkdir(parents=True, exist_ok=True)
     except OSError as err:
