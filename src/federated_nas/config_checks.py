@@ -260,6 +260,22 @@ def rule_for(key: str) -> Any:
     return UNCHECKED
 
 
+def holds_a_list(key: str) -> bool:
+    """Whether the setting may be a list checked item by item: its items have a rule of their own
+    (``model.hidden.*``), or it is a list of words (a tuning grid point); not where only a group's catch-all
+    (``federation.*``) covers both the setting and its would-be items."""
+    own, item = matching_pattern(key), matching_pattern(f"{key}.0")
+    if item is None:
+        return False
+    if item == own:
+        return isinstance(dict(RULES)[own], Text)
+    return not fnmatchcase(key, item)  # a rule for the items alone, not a catch-all that covers the key too
+
+
+def matching_pattern(key: str) -> str | None:
+    return next((pattern for pattern, _ in RULES if fnmatchcase(key, pattern)), None)
+
+
 def settings(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, value) of every leaf the user can type; interpolations are checked where they point."""
     items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
@@ -270,8 +286,8 @@ def settings(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[
             continue
         if isinstance(child, DictConfig):
             yield from settings(child, dotted)
-        elif isinstance(child, ListConfig) and isinstance(rule_for(dotted), (Numbers, Number, OneOf, FlagOrPath,
-                                                                             type(None))):
+        elif isinstance(child, ListConfig) and (isinstance(rule_for(dotted), (Numbers, type(None)))
+                                                or not holds_a_list(dotted)):
             yield dotted, OmegaConf.to_container(child)  # a list where one value belongs is refused by its rule
         elif isinstance(child, ListConfig):
             yield from settings(child, dotted)
