@@ -6,8 +6,9 @@ fits) or is abandoned (a SIGTERM inside a client's fit: Lightning ends the fit),
 whole round is on disk (written atomically after every round), the MLflow run is marked KILLED, and the
 process exits with 128 + the signal's number. A second Ctrl-C stops at once.
 
-Inside a SLURM job the stopped run asks SLURM to requeue the job (``scontrol requeue``, as submitit does on
-its own timeout signal); the requeued job (``SLURM_RESTART_COUNT`` > 0) finds its run dir's checkpoint and
+Inside a SLURM job still RUNNING (a signal sent with ``scancel --signal=TERM``, not a cancel: a cancelled
+job is CANCELLED and stays so; SLURM's own preemption requeues by itself) the stopped run asks SLURM to
+requeue the job (``scontrol requeue``, as submitit does on its own timeout signal); the requeued job (``SLURM_RESTART_COUNT`` > 0) finds its run dir's checkpoint and
 continues from it. Every random draw is a function of (seed, round, client), so the continued run ends
 bit-equal to one never stopped.
 """
@@ -88,6 +89,12 @@ def requeue_slurm_job() -> bool:
     if job_id is None:
         return False
     try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], check=True, capture_output=True, text=True,
+                               timeout=30).stdout
+        state = next((field.split("=", 1)[1] for field in shown.split() if field.startswith("JobState=")), "?")
+        if state != "RUNNING":  # scancel'ed (CANCELLED), or preempted and requeued by SLURM itself
+            log.warning("SLURM job %s is %s: not requeued by the run", job_id, state)
+            return False
         subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as err:
         log.warning("could not requeue SLURM job %s (%s): resume it by hand with resume=<run dir>", job_id, err)
