@@ -154,6 +154,9 @@ def test_score_refusals_are_one_line(tmp_path, capsys):
     assert split_of(OmegaConf.create({"partition": {"name": "iid"}})) == "iid"
     with pytest.raises(ConfigError, match="search_space=bench"):
         run_search(compose_config("search", tmp_path, [f"bench_table={table}"], run="run2"))
+    with pytest.raises(ConfigError, match="is none of them"):  # refused before the search, not after it
+        run_search(compose_config("search", tmp_path, ["search_space=bench", "partition.alpha=0.3",
+                                                       f"bench_table={table}"], run="run3"))
     (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("name: dirichlet", "name: label_skew"))
     with pytest.raises(DataError, match="none of the table's splits"):
         score_search(run_dir, checkpoint, Bench.load(table))

@@ -210,8 +210,13 @@ def load_bench(cfg: DictConfig) -> Any:
     if not cfg.get("bench_table"):
         return None
     from federated_nas.bench import Bench
+    from federated_nas.tracking.bench_score import split_of
 
-    return Bench.load(cfg.bench_table)
+    bench = Bench.load(cfg.bench_table)
+    if split_of(cfg) not in bench.splits:
+        raise ConfigError(f"bench_table={cfg.bench_table} has the splits {', '.join(bench.splits)}; this run's "
+                          f"partition ({cfg.partition.get('label', cfg.partition.name)}) is none of them")
+    return bench
 
 
 def score_on_bench(cfg: DictConfig, bench: Any, run_dir: Path, tracker: Any, rounds: int) -> dict[str, Any]:
