@@ -10,6 +10,7 @@ that cannot read the samples) stay with those objects. This module imports only 
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import os
 import sys
@@ -297,17 +298,27 @@ def settings(node: DictConfig | ListConfig, prefix: str = "") -> Iterator[tuple[
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the first setting whose value has the wrong type or range, or a GPU
-    asked for on a machine that surely has none."""
-    for key, value in settings(cfg):
-        rule = rule_for(key)
-        if rule is not None and not rule.accepts(value):
-            raise ConfigError(f"{key} must be {rule.expectation()}, got {value!r}")
-    check_together(cfg)
-    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    asked for on a machine that surely has none.
+
+    Once per config: the entry points check before torch is imported (a bad value fails in a second), and
+    ``run_search``/``run_train`` check again for callers that come in without an entry point; the settings of a
+    config of the same content that passed are not walked twice."""
+    digest = hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()
+    if digest not in _PASSED:
+        for key, value in settings(cfg):
+            rule = rule_for(key)
+            if rule is not None and not rule.accepts(value):
+                raise ConfigError(f"{key} must be {rule.expectation()}, got {value!r}")
+        check_together(cfg)
+        _PASSED.add(digest)
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")  # the machine's part: checked every time
     absent = surely_no_gpu() if accelerator in ("gpu", "cuda") else None
     if absent:
         raise ConfigError(f"trainer.accelerator={accelerator} but no GPU is visible ({absent}); "
                           f"use trainer.accelerator=cpu or auto")
+
+
+_PASSED: set[str] = set()  # digests of the configs check_config passed
 
 
 def check_together(cfg: DictConfig) -> None:

@@ -28,7 +28,8 @@ from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint, re
 from federated_nas.federation.personalization import personalize_clients
 from federated_nas.federation.preemption import StopSignals, requeued_slurm_job
 from federated_nas.federation.server import FederatedRun, FederationSettings
-from federated_nas.tracking.mlflow_tracker import OpeningTracker, RunTracker, check_tracking_uri, store_lock
+from federated_nas.tracking.mlflow_tracker import (OpeningTracker, RunTracker, check_tracking_uri, quiet_mlflow,
+                                                   store_lock)
 from federated_nas.tracking.run_figures import RunFigures
 from federated_nas.tracking.run_record import GENOTYPE_TAG, PERSONALIZATION_TAG, run_description
 
@@ -169,7 +170,8 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    tags = {**run_tags(cfg, algorithm), **fixed_network_tags(run.model, run_dir), **(tags or {})}
+    own_tags = run_tags(cfg, algorithm)
+    tags = {**own_tags, **fixed_network_tags(run.model, run_dir), **(tags or {})}
     tracker = start_tracking(cfg, checkpoint, data, run_dir, tags)
     figures = RunFigures(run_dir, tracker, plots_every, str(cfg.run_name)) if plots_every is not None else None
     run.attach(tracker, figures)
@@ -196,7 +198,7 @@ def run_federated(cfg: DictConfig, algorithm, tags: dict[str, Any] | None = None
     if bench is not None:
         final.update(score_on_bench(cfg, bench, run_dir, tracker, settings.rounds))
     genotype = repr(run.latest_genotype) if run.latest_genotype is not None else None
-    tracker.describe(run_description(final, run_tags(cfg, algorithm), settings.rounds, genotype))
+    tracker.describe(run_description(final, own_tags, settings.rounds, genotype))
     tracker.finish()
     final.update(run_dir=str(run_dir), mlflow_run_id=tracker.run_id, mlflow_artifacts=tracker.artifact_uri,
                  mlflow_model_id=model_id)
@@ -259,6 +261,8 @@ def start_tracking(cfg: DictConfig, checkpoint: dict[str, Any] | None, data: Fed
     sweep_dir = str(Path(job.runtime.output_dir).parent) if job is not None and checkpoint is None else None
 
     def open_and_record() -> RunTracker:
+        if cfg.get("logger"):
+            quiet_mlflow()  # before the logger's client opens (and may create) the store
         with store_lock(uri):  # concurrent sweep jobs
             tracker = RunTracker(instantiate(cfg.logger, run_id=run_id) if cfg.get("logger") else None)
             if sweep_dir is not None:

@@ -15,6 +15,7 @@ import time
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from federated_nas.algorithms.aggregation import State
 from federated_nas.algorithms.base import OptimizerFactory, classification_loss
@@ -47,6 +48,10 @@ class LocalModule(L.LightningModule):
         self.report: dict[str, torch.Tensor | float] = {}
         # extra per-fit behaviour a method attaches to a module it did not define (e.g. keeping a personal part)
         self.callbacks: list[L.Callback] = []
+        # the fit's mean loss over its steps. A metric object, not a tensor: Lightning neither guesses a batch
+        # size from the method's batch (a dict of splits) nor advises sync_dist, and no sync: a client's loss
+        # is its own, while a worker's process group spans the whole federation
+        self.train_loss = MeanMetric(sync_on_compute=False)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return list(self.callbacks)
@@ -74,7 +79,8 @@ class LocalModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.local_step(batch)
-        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=False, logger=False)
+        self.train_loss.update(loss.detach())
+        self.log("train_loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=False, logger=False)
         return loss
 
     def local_step(self, batch) -> torch.Tensor:

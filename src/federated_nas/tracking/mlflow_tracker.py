@@ -103,6 +103,41 @@ def store_lock(uri: str | None):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def quiet_mlflow() -> None:
+    """MLflow's own INFO lines (store tables created, system metrics monitor started and stopped) say nothing a
+    user can act on; its warnings still show. After MLflow's import, which sets its logger's level."""
+    import logging
+
+    import mlflow  # noqa: F401
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Only errors from logger ``name`` inside the block."""
+    import logging
+
+    target = logging.getLogger(name)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
+def ensure_experiment(logger: MLFlowLogger) -> None:
+    """Create the logger's experiment where it is missing, as Lightning would, but silently: Lightning warns
+    "Experiment with name ... not found. Creating it." (twice, through two handlers) on every new store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(getattr(logger, "_tracking_uri", None))
+    name = logger._experiment_name
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=getattr(logger, "_artifact_location", None))
+
+
 class RunTracker:
     """Thin layer over an MLFlowLogger; with ``logger=None`` (``logger=none``) it records nothing.
 
@@ -117,6 +152,7 @@ class RunTracker:
         if logger is not None:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+            ensure_experiment(logger)
             logger.experiment  # noqa: B018 -- creates the run now, so a bad tracking URI fails before any work
             self.system_metrics = SystemMetricsMonitor(self.run_id, SYSTEM_METRICS_SECONDS,
                                                        tracking_uri=getattr(logger, "_tracking_uri", None))
@@ -244,8 +280,11 @@ class RunTracker:
             local = Path(tmp) / FINAL_MODEL
             # pickled, not MLflow 3's default traced pt2 graph: a supernet's forward branches on its
             # relaxation and masks, which a trace would freeze; loading needs federated_nas installed
-            mlflow.pytorch.save_model(copy.deepcopy(model).cpu().eval(), local, serialization_format="pickle",
-                                      pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "federated-nas"])
+            # a choice made here, not the user's: MLflow's warning that pickles run code on loading is not shown
+            with quiet_logger("mlflow.pytorch"):
+                mlflow.pytorch.save_model(copy.deepcopy(model).cpu().eval(), local, serialization_format="pickle",
+                                          pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
+                                                            "federated-nas"])
             self.client.log_model_artifacts(logged.model_id, str(local))
         self.client.finalize_logged_model(logged.model_id, "READY")
         for key, value in mlflow_metrics(final, final_round=True).items():
