@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-clients", type=int)
     for name in ("rounds", "clients_per_round", "local_steps", "batch_size", "average_last", "C", "layers", "stem_stride"):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
-    parser.add_argument("--lr", type=float)
+    for name in ("lr", "lr_min", "momentum", "weight_decay"):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=float)
     parser.add_argument("--test-samples", type=int, help="global test images to score on (default all)")
     parser.add_argument("--client-schedule", choices=("fixed", "per_seed"),
                         help="the clients of each round: the same for every seed (default) or drawn per seed")
@@ -55,7 +56,8 @@ def spec_from_args(args: argparse.Namespace):
     spec = spec_with(BuildSpec(), dataset=args.dataset, splits=splits,
                      seeds=tuple(args.seeds) if args.seeds else None, num_clients=args.num_clients,
                      rounds=args.rounds, clients_per_round=args.clients_per_round, local_steps=args.local_steps,
-                     batch_size=args.batch_size, lr=args.lr, test_samples=args.test_samples,
+                     batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min, momentum=args.momentum,
+                     weight_decay=args.weight_decay, test_samples=args.test_samples,
                      client_schedule=args.client_schedule, average_last=args.average_last, C=args.C,
                      layers=args.layers, stem_stride=args.stem_stride)
     for split in spec.splits:

@@ -7,6 +7,8 @@ It differs from FedNAS' MiLeNAS step only in alpha's gradient, which leaves out 
 It is also the README's worked example of a new method: one module on the shared local-step
 skeleton (``ArchitectureSearch``: two optimizers, w's gradient clipped, both stepped), the
 supernet server (``SupernetAlgorithm``: build, average, derive, report), one YAML, one test file.
+Like FedNAS, it ships the derived genotype (``final_model: discretized``), which ``src/train.py`` then
+trains from scratch: a DARTS supernet is a search device, not a model to deploy.
 """
 
 from __future__ import annotations
@@ -38,11 +40,10 @@ class FirstOrderDARTSSearch(ArchitectureSearch):
 class FedDARTS(SupernetAlgorithm):
     """Server side: the supernet's w and alpha averaged by sample count (the default aggregation)."""
 
-
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
-                 grad_clip: float | None = 5.0):
-        super().__init__(search_space)
+                 grad_clip: float | None = 5.0, final_model: str = "discretized"):
+        super().__init__(search_space, final_model=final_model)
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
 
