@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from federated_nas.bench.space import CellSpace, canonical, format_key
+from federated_nas.bench.space import CellSpace
 from federated_nas.bench.table import Bench
 from federated_nas.bench.train import Budget, NetworkShape, train_fedavg
 from federated_nas.data.federated_data import FederatedData
@@ -25,7 +25,7 @@ from federated_nas.errors import ConfigError
 
 def genotype_multiplicity(space: CellSpace) -> Counter:
     """key -> how many genotypes (raw cells) write that architecture."""
-    return Counter(format_key(*canonical(cell)) for cell in space.raw_cells())
+    return Counter(key for _, key in space.raw_keys())
 
 
 def random_sampling(bench: Bench, split: str) -> dict[str, float]:
@@ -47,9 +47,9 @@ def random_sampling(bench: Bench, split: str) -> dict[str, float]:
 
 def random_keys(space: CellSpace, count: int, seed: int) -> list[str]:
     """``count`` architectures, each from a uniformly random genotype (with replacement, as independent draws)."""
-    cells = list(space.raw_cells())
+    keys = [key for _, key in space.raw_keys()]
     rng = random.Random(seed)
-    return [format_key(*canonical(rng.choice(cells))) for _ in range(count)]
+    return [rng.choice(keys) for _ in range(count)]
 
 
 def budget_for_cost(client_steps: int, candidates: int, base: Budget) -> Budget:

@@ -126,15 +126,20 @@ class CellSpace:
                     for node in range(self.steps)]
         yield from itertools.product(*per_node)
 
+    def raw_keys(self) -> Iterator[tuple[Cell, str]]:
+        """Every raw cell with the key of the architecture it writes: the one cell -> key mapping."""
+        for cell in self.raw_cells():
+            yield cell, format_key(*canonical(cell))
+
     def enumerate(self) -> dict[str, Genotype]:
         """key -> a representative genotype, for every architecture of the space, keys sorted."""
-        keys = {format_key(*canonical(cell)) for cell in self.raw_cells()}
+        keys = {key for _, key in self.raw_keys()}
         return {key: self.genotype_of(key) for key in sorted(keys)}
 
     def counts(self) -> dict[str, int]:
         """How many cells a genotype can write (raw) and how many distinct architectures remain (unique)."""
-        raw = list(self.raw_cells())
-        return {"raw": len(raw), "unique": len({canonical(cell) for cell in raw})}
+        keys = [key for _, key in self.raw_keys()]
+        return {"raw": len(keys), "unique": len(set(keys))}
 
     def key_of(self, genotype: Genotype | dict | str | Path) -> str:
         """The key of a genotype of this space: a Genotype, its dict, or a genotype.json (a search's)."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from federated_nas.bench.space import INPUTS, CellSpace, canonical, format_key
+from federated_nas.bench.space import INPUTS, CellSpace
 from federated_nas.bench.table import Bench
 from federated_nas.errors import DataError
 from federated_nas.search_space.supernet import node_input_combinations
@@ -125,13 +125,12 @@ def architecture_log_probabilities(state: dict[str, torch.Tensor], primitives: l
                         f"{offsets[-1] + INPUTS + space.steps - 1}")
     log_combo = _combination_log_probabilities(state, space.steps)
     scores: dict[str, float] = {}
-    for cell in space.raw_cells():
+    for cell, key in space.raw_keys():
         score = 0.0
         for node, edges in enumerate(cell):
             score += sum(float(log_ops[offsets[node] + source, column[op]]) for source, op in edges)
             if log_combo is not None:
                 score += log_combo[(node, tuple(source for source, _ in edges))]
-        key = format_key(*canonical(cell))
         scores[key] = max(score, scores.get(key, -math.inf))
     return scores
 
