@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--pilot", type=int, metavar="N", help="train N random architectures x the seeds and print "
                       "the seed-vs-seed Spearman and the top-5%% vs median gap (for sizing the budget)")
     what.add_argument("--finalize", action="store_true", help="write the table, its checksum and its datasheet")
+    what.add_argument("--report", type=Path, nargs="+", metavar="FOLDER",
+                      help="the ranking stats of build or pilot folders as they stand (nothing is trained)")
     parser.add_argument("--out", type=Path, help="the build folder (default logs/bench/<spec fingerprint>)")
     parser.add_argument("--table", type=Path, default=Path("benchmarks/fednas_bench/fmnist_bench.json.gz"),
                         help="--finalize: the table to write")
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=os.environ.get("PROJECT_ROOT", ".") + "/data")
     parser.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist, or synthetic (a smoke test)")
     parser.add_argument("--splits", help="comma-separated: dir<alpha> or iid (default dir0.1,iid; pilot: dir0.1)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; pilot: 0 1)")
     parser.add_argument("--num-clients", type=int)
     for name in ("rounds", "clients_per_round", "local_steps", "batch_size", "average_last", "C", "layers", "stem_stride"):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int)
@@ -54,7 +56,8 @@ def spec_from_args(args: argparse.Namespace):
 
     splits = tuple(args.splits.split(",")) if args.splits else (("dir0.1",) if args.pilot else None)
     spec = spec_with(BuildSpec(), dataset=args.dataset, splits=splits,
-                     seeds=tuple(args.seeds) if args.seeds else None, num_clients=args.num_clients,
+                     seeds=tuple(args.seeds) if args.seeds else ((0, 1) if args.pilot else None),
+                     num_clients=args.num_clients,
                      rounds=args.rounds, clients_per_round=args.clients_per_round, local_steps=args.local_steps,
                      batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min, momentum=args.momentum,
                      weight_decay=args.weight_decay, test_samples=args.test_samples,
@@ -63,6 +66,14 @@ def spec_from_args(args: argparse.Namespace):
     for split in spec.splits:
         spec.split(split).partitioner()  # a bad split name fails here, before any worker starts
     return spec
+
+
+def print_report(folder: Path, stats: dict[str, dict]) -> dict[str, dict]:
+    for name, s in stats.items():
+        print(f"{folder.name} {name}: {s['architectures']} architectures, Spearman seeds "
+              f"{s.get('spearman_seeds', float('nan')):.3f}, mean |seed diff| {s.get('abs_seed_diff_mean', float('nan')):.4f}, "
+              f"top 5% - median {s.get('top5pct_minus_median', float('nan')):.4f}, mean {s.get('mean', float('nan')):.4f}")
+    return stats
 
 
 @one_line_errors
@@ -79,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         table, sheet = build.finalize(args.out, args.table)
         print(f"wrote {table}, {table}.sha256 and {sheet}")
         return {"table": str(table)}
+    if args.report:
+        return {str(folder): print_report(folder, build.report(folder)) for folder in args.report}
     spec = spec_from_args(args)
     out = args.out or Path("logs/bench") / spec.fingerprint()
     if args.pilot:

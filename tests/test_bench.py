@@ -264,6 +264,10 @@ def test_shards_split_the_tasks_and_the_cli_runs(tmp_path, capsys):
     assert set(bench_build.read_results(tmp_path / "b")) == set(tasks[0::2][:2] + tasks[1::2][:2])
     stats = build_bench.main(common[:-3] + ["--out", str(tmp_path / "p"), "--quiet", "--pilot", "3"])
     assert stats["dir0.1"]["architectures"] == 3 and "spearman_seeds" in stats["dir0.1"]
+    pilot = next((tmp_path / "p").glob("pilot-*"))
+    reported = build_bench.main(["--report", str(pilot)])[str(pilot)]  # read back, nothing retrained
+    assert reported["dir0.1 global_acc"]["mean"] == stats["dir0.1"]["mean"]
+    assert reported["dir0.1 client_acc_mean"]["architectures"] == 3
     with pytest.raises(SystemExit):
         build_bench.main(common + ["--shard", "2/2"])
     assert "error: --shard" in capsys.readouterr().err

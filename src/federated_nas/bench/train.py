@@ -44,7 +44,7 @@ class Budget:
     clients_per_round: int = 5
     local_steps: int = 10  # batches per client per round
     batch_size: int = 32
-    lr: float = 0.025
+    lr: float = 0.05  # the pilots' (docs/bench.md): 0.025 left 10 rounds further from their plateau
     lr_min: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 3e-4
