@@ -180,6 +180,10 @@ def test_training_is_deterministic_per_architecture_seed_and_split():
     other = train_fedavg(genotype, data, budget, shape, 1)
     assert first.round_loss == again.round_loss and first.global_acc == again.global_acc
     assert first.round_loss != other.round_loss
+    # the order seed apart from the initial weights' (bench_seed_noise --vary): the same seed is no change
+    assert train_fedavg(genotype, data, budget, shape, 0, order_seed=0).round_loss == first.round_loss
+    assert train_fedavg(genotype, data, budget, shape, 0, order_seed=1).round_loss not in (first.round_loss,
+                                                                                           other.round_loss)
     assert first.params == sum(p.numel() for p in GenotypeNetwork(genotype, 1, 4, 2, 3, 3, 2).parameters())
     assert first.flops > 0 and 0 <= first.client_acc_mean <= 1
 

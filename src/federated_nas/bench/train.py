@@ -183,9 +183,11 @@ class TrainResult:
 
 
 def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape: NetworkShape, seed: int,
-                 validate: bool = False) -> TrainResult:
+                 validate: bool = False, order_seed: int | None = None) -> TrainResult:
     """FedAvg of ``genotype``'s network on ``data`` (module docstring); deterministic per (genotype, seed, data).
-    ``validate``: also score the clients' val splits, the data a search may choose on (never the test sets)."""
+    ``validate``: also score the clients' val splits, the data a search may choose on (never the test sets).
+    ``order_seed``: the clients' batch order from another seed than the initial weights' (None: ``seed``), to
+    tell the two sources of seed noise apart (``scripts/bench_seed_noise.py --vary``)."""
     torch.manual_seed(int(np.random.SeedSequence([seed, 11]).generate_state(1)[0]))  # the initial weights
     model = build_network(genotype, data, shape)
     params, flops = count_parameters(model), forward_flops(model, data.input_shape)
@@ -210,7 +212,7 @@ def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape:
                                         weight_decay=budget.weight_decay)
             x_all, y_all = data.clients[k].train.tensors
             for batch in client_batches(len(y_all), budget.local_steps, budget.batch_size,
-                                        _generator(seed, round_idx, k)):
+                                        _generator(seed if order_seed is None else order_seed, round_idx, k)):
                 optimizer.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(model(x_all[batch]), y_all[batch])
                 loss.backward()
