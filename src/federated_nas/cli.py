@@ -12,7 +12,7 @@ from typing import Callable
 
 from omegaconf.errors import OmegaConfBaseException
 
-from federated_nas.errors import ConfigError, DataError, RunStopped
+from federated_nas.errors import ConfigError, DataError, RunStopped, disk_full
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ def remove_empty_run_dir() -> None:
 
 
 def one_line_errors(main: Callable) -> Callable:
-    """Turn known bad-input errors into ``error: <message>`` on stderr and exit status 2.
+    """Turn known bad-input errors into ``error: <message>`` on stderr and exit status 2 (a full disk: 1).
 
     Inside a sweep (``-m``) the job raises ``SweepJobFailed`` instead of exiting: ``SystemExit``
     would get past Hydra's job runner and submitit's result handler, leaving no result, and the
@@ -73,17 +73,29 @@ def one_line_errors(main: Callable) -> Callable:
         except RunStopped as err:
             stopped(err)
         except (ConfigError, DataError, OmegaConfBaseException) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            hydra_cfg = sweep_job()
-            if hydra_cfg is not None:
-                line = f"sweep job {hydra_cfg.job.num} ({hydra_cfg.runtime.output_dir}): {message}"
-                logging.getLogger("federated_nas").error("error: %s", line)  # the job's own log
-                raise SweepJobFailed(line) from None
-            print(f"error: {message}", file=sys.stderr)
-            remove_empty_run_dir()
-            sys.exit(2)
+            fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, status=2)
+        except Exception as err:
+            full = disk_full(err)
+            if full is None:
+                raise
+            fail(f"disk full: {str(full).strip().splitlines()[0]}; the run stopped after its last whole round's "
+                 "checkpoint: free space, then rerun with resume=true", status=1)
 
     return wrapper
+
+
+def fail(message: str, status: int) -> None:
+    """``error: <message>`` and exit ``status``; in a sweep, the job's failed result instead (the docstring
+    above). Status 2: bad input (its empty run dir removed); 1: the machine's fault (a full disk)."""
+    hydra_cfg = sweep_job()
+    if hydra_cfg is not None:
+        line = f"sweep job {hydra_cfg.job.num} ({hydra_cfg.runtime.output_dir}): {message}"
+        logging.getLogger("federated_nas").error("error: %s", line)  # the job's own log
+        raise SweepJobFailed(line) from None
+    print(f"error: {message}", file=sys.stderr)
+    if status == 2:
+        remove_empty_run_dir()
+    sys.exit(status)
 
 
 def stopped(err: RunStopped) -> None:

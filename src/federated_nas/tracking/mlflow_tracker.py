@@ -11,6 +11,7 @@ import copy
 import fcntl
 import hashlib
 import json
+import logging
 import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -106,25 +107,21 @@ def store_lock(uri: str | None):
 def quiet_mlflow() -> None:
     """MLflow's own INFO lines (store tables created, system metrics monitor started and stopped) say nothing a
     user can act on; its warnings still show. After MLflow's import, which sets its logger's level."""
-    import logging
-
     import mlflow  # noqa: F401
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
-def quiet_logger(name: str):
-    """Only errors from logger ``name`` inside the block."""
-    import logging
-
+def quiet_logger(name: str, level: int = logging.ERROR):
+    """Only records of ``level`` and above from logger ``name`` inside the block."""
     target = logging.getLogger(name)
-    level = target.level
-    target.setLevel(logging.ERROR)
+    before = target.level
+    target.setLevel(level)
     try:
         yield
     finally:
-        target.setLevel(level)
+        target.setLevel(before)
 
 
 def ensure_experiment(logger: MLFlowLogger) -> None:
@@ -293,11 +290,24 @@ class RunTracker:
         return logged.model_id
 
     def finish(self, status: str = "FINISHED") -> None:
+        """Close the run with ``status``. A failed or stopped run is closed on the way out of its error: where
+        the store cannot take the status (its disk is full), one warning, and the run's own error is the one
+        reported."""
         if self.system_metrics is not None:
             self.system_metrics.finish()
             self.system_metrics = None
-        if self.logger is not None:  # Lightning's names for FINISHED and FAILED; KILLED (a stop by signal) as is
-            self.logger.finalize({"FINISHED": "success", "FAILED": "failed"}.get(status, status))
+        if self.logger is None:
+            return
+        lightning_status = {"FINISHED": "success", "FAILED": "failed"}.get(status, status)  # KILLED as is
+        if status == "FINISHED":
+            self.logger.finalize(lightning_status)
+            return
+        try:
+            with quiet_logger("mlflow", logging.CRITICAL):  # its own ERROR line and traceback of the same failure
+                self.logger.finalize(lightning_status)
+        except Exception as err:
+            logging.getLogger(__name__).warning("could not mark the MLflow run %s: %s", status,
+                                                str(err).strip().splitlines()[0] if str(err).strip() else err)
 
 
 class OpeningTracker:
