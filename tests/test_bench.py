@@ -167,8 +167,8 @@ def test_every_method_searches_the_bench_space(tmp_path, algorithm):
 
 
 # --- training -----------------------------------------------------------------------------------------
-TINY_SPEC = spec_with(BuildSpec(dataset="synthetic", num_clients=3), rounds=2, clients_per_round=2, local_steps=2,
-                      batch_size=8, C=2)
+TINY_SPEC = spec_with(BuildSpec(dataset="synthetic", num_clients=3, seeds=(0, 1)), rounds=2, clients_per_round=2,
+                      local_steps=2, batch_size=8, C=2)
 
 
 def test_training_is_deterministic_per_architecture_seed_and_split():
@@ -317,3 +317,16 @@ def test_missing_checksum_is_refused(tmp_path):
         Bench.load(path)
     assert len(Bench.load(path, verify=False)) == 3
     json.loads(gzip.decompress(path.read_bytes()))  # plain gzip'd JSON, readable without this code
+
+
+def test_ranking_stats_report_the_reliability_of_the_seed_mean():
+    """Two seeds in exactly reversed order: r = -1, no reliability. Three seeds of four architectures, the middle
+    one swapping the last two (Spearman 1 - 6 * 2 / (4 * 15) = 0.8 against each other seed, 1 between the
+    others): mean r = 13/15, reliability of the 3-seed mean 3 r / (1 + 2 r) = 39/41."""
+    reversed_seeds = bench_build.ranking_stats({"a": [0.1, 0.3], "b": [0.2, 0.2], "c": [0.3, 0.1]})
+    assert reversed_seeds["spearman_seeds"] == pytest.approx(-1.0)
+    assert reversed_seeds["mean_reliability"] != reversed_seeds["mean_reliability"]  # nan: undefined at r = -1
+    three = bench_build.ranking_stats({"a": [1, 1, 1], "b": [2, 2, 2], "c": [3, 4, 3], "d": [4, 3, 4]})
+    assert three["spearman_seeds"] == pytest.approx(0.8)
+    assert three["spearman_seed_pairs_mean"] == pytest.approx(13 / 15)
+    assert three["mean_reliability"] == pytest.approx(39 / 41)

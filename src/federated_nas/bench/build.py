@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import io
 import json
 import math
@@ -240,6 +241,12 @@ def ranking_stats(accs: dict[str, list[float]]) -> dict[str, float]:
     if values.shape[1] >= 2:
         stats["spearman_seeds"] = spearman(values[:, 0], values[:, 1])
         stats["abs_seed_diff_mean"] = float(np.abs(values[:, 0] - values[:, 1]).mean())
+        # every pair of seeds, and what it implies for the table's value, the mean over all k seeds
+        # (Spearman-Brown: k r / (1 + (k - 1) r)): how far a ranking by the table's means can be trusted
+        pairs = [spearman(values[:, i], values[:, j]) for i, j in itertools.combinations(range(values.shape[1]), 2)]
+        r, k = float(np.mean(pairs)), values.shape[1]
+        stats["spearman_seed_pairs_mean"] = r
+        stats["mean_reliability"] = k * r / (1 + (k - 1) * r) if r > -1 / (k - 1) else float("nan")
     return stats
 
 
