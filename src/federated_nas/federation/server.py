@@ -89,11 +89,13 @@ def build_model_within_memory(algorithm: FederatedAlgorithm, data: FederatedData
     """The method's model; one line, not an allocator traceback, where a width setting makes it too large."""
     try:
         return algorithm.build_model(data)
-    except (torch.OutOfMemoryError, RuntimeError) as err:
-        if "memory" not in str(err) and not isinstance(err, torch.OutOfMemoryError):
+    except (torch.OutOfMemoryError, RuntimeError, TypeError, OverflowError) as err:
+        # out of memory, or a size past what a tensor's shape can hold (torch: "Overflow when unpacking long")
+        if not (isinstance(err, torch.OutOfMemoryError) or "memory" in str(err) or "verflow" in str(err)):
             raise
-        raise ConfigError(f"algorithm={algorithm.name}: its model does not fit in memory ({str(err).splitlines()[0][:120]}); "
-                          "check the width settings (search_space.C, stem_multiplier, model widths)") from None
+        raise ConfigError(f"algorithm={algorithm.name}: its model is too large to build "
+                          f"({str(err).splitlines()[0][:120]}); check the width settings (search_space.C, "
+                          "stem_multiplier, model widths, model.pooled_size)") from None
 
 
 def clients_per_round(num_clients: int, fraction: float) -> int:
