@@ -23,6 +23,7 @@ from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan, State
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import ClientFailure, ClientUpdate, compile_options
+from federated_nas.federation.distributed.handshake import launcher_secret, new_secret, proves
 from federated_nas.federation.distributed.messages import (SERVER, LinkLost, first_sentence, recv_json, recv_outcome,
                                                            round_command, send_framed, send_json)
 from federated_nas.federation.distributed.wire import encode_state
@@ -112,6 +113,7 @@ class DistributedBackend:
         self._children: dict[int, multiprocessing.process.BaseProcess] = {}
         self._live: set[int] = set()
         self._lost: dict[int, str] = {}  # rank -> why it was dropped
+        self._secret = ""  # the run's, set when the workers are started (handshake.py)
 
     def prepare(self, cfg: DictConfig) -> None:
         """Keep what the workers rebuild data and method from; read where this process stands."""
@@ -131,7 +133,7 @@ class DistributedBackend:
         try:
             serve_rounds(place.rank, self.config, WorkerBackend(self.make_trainer, self.accelerator, place.local_rank,
                                                                self.compile),
-                         algorithm)
+                         launcher_secret(), algorithm)
         except LinkLost as err:
             log.warning("rank %d lost the server (%s); stopping", place.rank, err)
             raise SystemExit(1) from None
@@ -149,17 +151,19 @@ class DistributedBackend:
         timeout = timedelta(seconds=self.worker_timeout_seconds)
         if self.launch == "spawn":
             world_size, address = self.workers + 1, f"tcp://127.0.0.1:{free_port()}"
+            self._secret = new_secret()
             context = multiprocessing.get_context("spawn")
             joining = {rank: context.Event() for rank in range(1, world_size)}
             self._children = {rank: context.Process(
                 target=spawned_worker, name=f"fednas-worker-{rank}", daemon=True,
                 args=(rank, world_size, address, self.config, self.accelerator, self.worker_timeout_seconds,
-                      joining[rank], self.compile)) for rank in range(1, world_size)}
+                      joining[rank], self._secret, self.compile)) for rank in range(1, world_size)}
             for child in self._children.values():
                 child.start()
             self._await_children(joining)
         else:
             world_size, address = self._place.world_size, "env://"
+            self._secret = launcher_secret()
         try:
             dist.init_process_group("gloo", init_method=address, rank=SERVER, world_size=world_size, timeout=timeout)
         except Exception as err:
@@ -172,9 +176,12 @@ class DistributedBackend:
         until = time.monotonic() + self.worker_timeout_seconds
         for rank in sorted(self._live):
             try:
-                recv_json(rank, until)
+                ready = recv_json(rank, until)
             except Exception as err:  # noqa: BLE001 -- a worker that cannot start is dropped, not fatal
                 self._lose(rank, err)
+                continue
+            if not proves(ready, self._secret, rank):
+                self._refuse(rank)
 
     def _await_children(self, joining: dict[int, Any]) -> None:
         """Wait until every child has imported and is joining, so a child that crashes at start fails fast."""
@@ -228,6 +235,13 @@ class DistributedBackend:
                 child.kill()
                 child.join()
         self._children = {}
+
+    def _refuse(self, rank: int) -> None:
+        """A process in worker ``rank``'s place that does not know the run's secret: no clients, no model, ever."""
+        reason = f"worker {rank} refused: its first message does not prove this run's secret (not part of this run)"
+        self._live.discard(rank)
+        self._lost[rank] = reason
+        log.warning("%s; it gets no clients (%d workers left)", reason, len(self._live))
 
     def _lose(self, rank: int, err: BaseException, timed_out: bool = False) -> str:
         """Drop a worker for the rest of the run; the reason its clients of this round failed."""

@@ -17,6 +17,7 @@ from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.builders import TrainerFactory, build, build_data
 from federated_nas.compat import quiet_libraries
 from federated_nas.federation.backends import LocalBackend, usable_cores
+from federated_nas.federation.distributed.handshake import worker_proof
 from federated_nas.federation.distributed.messages import (SERVER, LinkLost, recv_framed, recv_json, round_plan,
                                                            send_json, send_outcome)
 from federated_nas.federation.distributed.wire import decode_state
@@ -50,14 +51,15 @@ def crash_if_asked(rank: int, round_idx: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend,
+def serve_rounds(rank: int, config: dict[str, Any], runner: LocalBackend, secret: str,
                  algorithm: FederatedAlgorithm | None = None) -> None:
-    """A worker's life: rebuild data, method and model, report ready, then run what the server sends."""
+    """A worker's life: rebuild data, method and model, report ready (proving the run's secret), then run what
+    the server sends."""
     cfg = OmegaConf.create(config)
     algorithm = algorithm or build(cfg.algorithm)
     data = build_data(cfg)
     model = algorithm.build_model(data)  # the structure only: each round's global state is loaded into it
-    send_json({"ready": rank}, SERVER)
+    send_json({"ready": rank, "proof": worker_proof(secret, rank)}, SERVER)
     while True:
         command = recv_json(SERVER, limit=SERVER_PATIENCE)
         if command["command"] == "stop":
@@ -78,7 +80,7 @@ def worker_threads(workers: int, cores: int | None = None) -> int:
 
 
 def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, Any], accelerator: str,
-                   timeout_seconds: float, joining: Any, compile: dict[str, Any] | None = None) -> None:
+                   timeout_seconds: float, joining: Any, secret: str, compile: dict[str, Any] | None = None) -> None:
     """Entry of a worker process the server started (``launch: spawn``); ``joining`` is set once imported."""
 
     logging.basicConfig(level=logging.INFO, format=f"[worker {rank}] %(levelname)s %(name)s: %(message)s")
@@ -91,7 +93,7 @@ def spawned_worker(rank: int, world_size: int, address: str, config: dict[str, A
                             timeout=timedelta(seconds=timeout_seconds))
     try:
         runner = WorkerBackend(TrainerFactory(config["trainer"]), accelerator, gpu_slot=rank - 1, compile=compile)
-        serve_rounds(rank, config, runner)
+        serve_rounds(rank, config, runner, secret)
     except LinkLost as err:  # the server ended, or gave up on this worker: nothing left to do
         log.warning("lost the server (%s); stopping", err)
         raise SystemExit(1) from None
