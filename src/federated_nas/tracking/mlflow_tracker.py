@@ -129,10 +129,16 @@ def ensure_experiment(logger: MLFlowLogger) -> None:
     "Experiment with name ... not found. Creating it." (twice, through two handlers) on every new store."""
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
     client = MlflowClient(getattr(logger, "_tracking_uri", None))
     name = logger._experiment_name
     if client.get_experiment_by_name(name) is None:
-        client.create_experiment(name, artifact_location=getattr(logger, "_artifact_location", None))
+        try:
+            client.create_experiment(name, artifact_location=getattr(logger, "_artifact_location", None))
+        except MlflowException:  # another job of a sweep created it in between (a store without store_lock)
+            if client.get_experiment_by_name(name) is None:
+                raise
 
 
 class RunTracker:
