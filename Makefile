@@ -29,9 +29,7 @@ browser:  ## Debian's chromium and chromium-driver for tests/test_mlflow_ui.py, 
 
 # the supernet and the methods' local steps, run again on oneDNN's AVX2 kernels (an AVX-512 machine
 # picks others): AVX2-only CPUs once aborted the suite inside oneDNN (tests/test_onednn_kernels.py)
-AVX2_TESTS = tests/test_onednn_kernels.py tests/test_search_space.py tests/test_update_rules.py \
-	tests/test_feddsnas.py tests/test_fedmetanas.py tests/test_fedrlnas.py tests/test_perfedrlnas.py \
-	tests/test_fedpnas.py tests/test_feddarts.py
+AVX2_TESTS = tests/test_onednn_kernels.py tests/test_search_space.py tests/methods -m "not end_to_end"
 
 test:  ## the whole suite, then the supernet and method tests on AVX2 kernels (a few minutes on 2 CPU cores)
 	$(PYTHON) -m pytest tests

@@ -63,7 +63,7 @@ check_tests() {
   seconds=$(limit 150)
   [ "$seconds" -gt 0 ] || { row "device tests on $TESTED" SKIP "no time left"; return; }
   timeout "$seconds" "$PYTHON" -m pytest -p no:cacheprovider -k "$TESTED" tests/test_device_clean.py \
-    tests/test_search_space.py tests/test_update_rules.py tests/test_fedmetanas.py > "$log" 2>&1
+    tests/test_search_space.py tests/methods/test_fednas.py tests/methods/test_fedmetanas.py > "$log" 2>&1
   local rc=$? counts
   counts=$(grep -Eo '[0-9]+ (passed|failed|error|errors)' "$log" | paste -sd, -)
   if [ "$rc" -eq 0 ]; then row "device tests on $TESTED" PASS "$counts"

@@ -1,54 +1,25 @@
-"""Shared fixtures: Hydra configs composed with the compose API, pointed at a temp dir."""
+"""Shared fixtures: Hydra configs composed with the compose API, pointed at a temp dir; the device fixture;
+each method's learning run, shared by every test that reads it. Helpers are in helpers.py.
+
+pytest puts this folder on sys.path when it loads this file (its default ``prepend`` import mode), so test
+modules here and in tests/methods/ import ``helpers`` and ``off_cpu`` alike."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-# The suite's models are tiny: one thread is as fast, and immune to a busy machine's oversubscription.
+from helpers import DEVICES, compose_config, learning_run
+
+# The suite's models are tiny: one thread is as fast, and immune to a busy machine's oversubscription; so are
+# the processes tests start (runs, sweeps, scripts), which inherit this: with a thread per core on 2 busy cores
+# their OpenMP threads spun in wait (a search-then-retrain test took 70-220 s, 20 s with one thread).
 torch.set_num_threads(1)
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-# Where the device-sensitive tests run (the ``device`` fixture): the CPU; off_cpu, a device emulated on the CPU
-# that refuses CPU tensors (tests/off_cpu.py), so a tensor made without a device fails without a GPU too; and
-# CUDA where a GPU is visible (scripts/gpu_check.sh runs them there).
-DEVICES = ["cpu", "off_cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-# Tiny but complete: synthetic images, 3 clients, 2 rounds, a 2-layer supernet.
-TINY = [
-    "dataset=synthetic",
-    "federation.num_clients=3",
-    "federation.rounds=2",
-    "federation.client_fraction=1.0",
-    "federation.local_batches=2",
-    "federation.batch_size=8",
-    "federation.global_test_samples=null",
-    "federation.client_eval_every=1",
-    "federation.eval_batch_size=64",
-    "partition.min_client_size=5",
-    "plots_every=null",  # drawing costs seconds; the tests that check figures turn it on
-    # in-process: these runs are a second of client work, and starting cluster=auto's worker processes
-    # costs more (the tests of the workers, test_distributed.py, ask for them)
-    "cluster=local",
-]
-
-
-def compose_config(config_name: str, tmp_path: Path, overrides: list[str] = (), run: str = "run0") -> DictConfig:
-    """A composed config whose every path lies under ``tmp_path``."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=[
-            *TINY,
-            f"paths.root_dir={tmp_path}",
-            f"paths.output_dir={tmp_path}/{config_name}/runs/{run}",
-            *overrides,
-        ])
-    return cfg
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -82,43 +53,15 @@ def tiny_cfg(tmp_path):
     return make
 
 
-def crash_then_resume(make_cfg, overrides: list[str], monkeypatch, resume_overrides: list[str] = ()) -> dict:
-    """Run a search that dies right after round 0 is checkpointed, then ``resume=true`` it (with
-    ``resume_overrides`` added)."""
-    from federated_nas.federation import server
-    from federated_nas.runs import run_search
+@pytest.fixture(scope="session")
+def method_run(tmp_path_factory):
+    """``method_run(name)``: the finished learning run of configs/algorithm/<name>.yaml (``helpers.learning_run``),
+    run once per session: the learning test and the method modules' checks of a plain run read the same one."""
+    finished = {}
 
-    real_record = server.FederatedRun._record
+    def run(name: str):
+        if name not in finished:
+            finished[name] = learning_run(name, tmp_path_factory.mktemp(name))
+        return finished[name]
 
-    def crash_after_first_round(self, round_idx, metrics):
-        real_record(self, round_idx, metrics)
-        if round_idx == 0:
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(server.FederatedRun, "_record", crash_after_first_round)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(make_cfg("search", overrides + ["run_name=crashy"], run="first"))
-    monkeypatch.setattr(server.FederatedRun, "_record", real_record)
-    return run_search(make_cfg("search", [*overrides, "run_name=crashy", "resume=true", *resume_overrides],
-                               run="second"))
-
-
-def assert_same_states(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
-
-
-def assert_same_checkpoints(straight: dict, resumed: dict) -> tuple[dict, dict]:
-    """The last checkpoints of two runs hold the same global model and the same per-client state.
-
-    Returns (straight's, resumed's) checkpoints for further checks.
-    """
-    from federated_nas.federation.checkpoint import load_latest_checkpoint
-
-    expected, got = (load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints") for final in (straight, resumed))
-    assert_same_states(got["model"], expected["model"])
-    assert got["personal"].keys() == expected["personal"].keys()
-    for client_id, state in expected["personal"].items():
-        assert_same_states(got["personal"][client_id], state)
-    return expected, got
+    return run

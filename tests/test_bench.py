@@ -11,7 +11,6 @@ from pathlib import Path
 import networkx as nx
 import pytest
 import torch
-from conftest import compose_config
 
 from federated_nas.bench import Bench, CellSpace
 from federated_nas.bench import build as bench_build
@@ -23,8 +22,9 @@ from federated_nas.runs import run_search
 from federated_nas.search_space.genotypes import Genotype
 from federated_nas.search_space.network import GenotypeNetwork
 from federated_nas.search_space.supernet import SearchNetwork
+from helpers import ROOT, compose_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts"))
 import build_bench  # noqa: E402
 
 OPS = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")

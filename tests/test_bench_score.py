@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -22,8 +21,9 @@ from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import read_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.tracking.bench_score import architecture_log_probabilities, kendall_tau, score_search, split_of
+from helpers import ROOT, compose_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts"))
 import bench as bench_cli  # noqa: E402
 
 OPS = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")

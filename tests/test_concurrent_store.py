@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import TINY
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TINY
+
 RUNS = 8
 RUN = [*TINY, "logger=mlflow", "federation.rounds=2", "federation.local_batches=1"]
 

@@ -12,25 +12,28 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from federated_nas import config_checks
 from federated_nas.config_checks import (RULES, UNCHECKED, FlagOrPath, OneOf, Text, check_config, rule_for,
                                          settings)
 from federated_nas.errors import ConfigError
 from federated_nas.runs import run_search
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 GROUPS = ("algorithm", "dataset", "partition", "search_space", "model", "trainer", "logger", "cluster", "preset",
           "experiment", "debug", "paths")
 NEEDS_A_MODEL = {"fedavg", "fedprox", "ditto", "fedrep", "fedbabu", "perfedavg"}
 
 
-def every_shipped_config():
-    """Each file of each config group composed into search.yaml, and train.yaml."""
+@pytest.fixture(scope="module")
+def every_shipped_config() -> list[tuple[str, DictConfig]]:
+    """Each file of each config group composed into search.yaml, and train.yaml: (its overrides, the config).
+    Composed once (seconds) for the tests below, which only read them."""
+    composed = []
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        yield "train", compose("train")
+        composed.append(("train", compose("train")))
         for group in GROUPS:
             for path in sorted((CONFIGS / group).glob("*.yaml")):
                 overrides = [f"{group}={path.stem}"]
@@ -38,13 +41,14 @@ def every_shipped_config():
                     overrides.append("model=cnn")
                 if group == "model":
                     overrides.append("algorithm=fedavg")
-                yield " ".join(overrides), compose("search", overrides=overrides)
+                composed.append((" ".join(overrides), compose("search", overrides=overrides)))
+    return composed
 
 
-def test_every_shipped_setting_has_a_check_and_passes_it():
+def test_every_shipped_setting_has_a_check_and_passes_it(every_shipped_config):
     """A new setting fails here until RULES says what values it takes."""
     seen = set()
-    for name, cfg in every_shipped_config():
+    for name, cfg in every_shipped_config:
         check_config(cfg)  # the shipped defaults are valid
         for key, _ in settings(cfg):
             seen.add(key)
@@ -185,10 +189,10 @@ def a_bad_value(rule):
     return "abc"  # Number, Numbers
 
 
-def test_every_setting_rejects_a_bad_value_in_one_line_naming_it():
+def test_every_setting_rejects_a_bad_value_in_one_line_naming_it(every_shipped_config):
     """Each setting's check, run on a value of the wrong type, names that setting (the group slots aside)."""
     configs = {}
-    for _, cfg in every_shipped_config():
+    for _, cfg in every_shipped_config:
         for key, _ in settings(cfg):
             rule = rule_for(key)
             if rule is not UNCHECKED and rule != OneOf((None,)) and key not in configs:

@@ -16,14 +16,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import compose_config
 from omegaconf import OmegaConf
 
 from federated_nas.config_checks import UNCHECKED, FlagOrPath, Number, Numbers, OneOf, Text, rule_for, settings
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation import server
 from federated_nas.runs import run_search
+from helpers import compose_config
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "24"))
 SEED = int(os.environ.get("FUZZ_SEED", "0"))

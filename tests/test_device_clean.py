@@ -26,11 +26,9 @@ from federated_nas.federation.personalization import adapt_client
 from federated_nas.federation.server import FederatedRun, FederationSettings
 from federated_nas.search_space.genotypes import derive_genotype
 from federated_nas.search_space.supernet import SearchNetwork
-from conftest import CONFIG_DIR, DEVICES
+from helpers import ALGORITHMS, DEVICES, run_one_step, tiny_batch
 from off_cpu import DEVICE, off_cpu, running_on, trainer_on
-from test_update_rules import run_one_step, tiny_batch
 
-ALGORITHMS = sorted(path.stem for path in (Path(CONFIG_DIR) / "algorithm").glob("*.yaml"))
 FEDERATION = ["logger=none", "federation.num_clients=2", "federation.client_fraction=0.5", "federation.local_batches=1",
               "federation.update_clip_norm=10.0",
               "federation.eval_every=2", "federation.client_eval_every=2"]  # the last round (2) evaluates

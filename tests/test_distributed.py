@@ -23,9 +23,8 @@ from federated_nas.federation.distributed.backend import launcher_place
 from federated_nas.federation.distributed.wire import decode_state, encode_state
 from federated_nas.federation.distributed.worker import KILL_WORKER_HOOK
 from federated_nas.runs import run_search
-from conftest import TINY, compose_config
+from helpers import ROOT, TINY, compose_config
 
-ROOT = Path(__file__).resolve().parents[1]
 MULTIPROCESS = ["cluster=multiprocess", "cluster.backend.workers=2", "cluster.backend.worker_timeout_seconds=120"]
 
 
@@ -158,7 +157,7 @@ SERVER_RUN = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from conftest import compose_config
+from helpers import compose_config
 from federated_nas.builders import build
 from federated_nas.runs import run_search
 run_search(compose_config("search", Path({tmp!r}), ["logger=none", "federation.rounds=1", *{cluster!r}]))

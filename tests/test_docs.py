@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, load_script
+
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 MAX_README_LINES = 250
@@ -16,14 +16,6 @@ MAX_README_LINES = 250
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 CODE_SPAN = re.compile(r"(`+).*?\1")
-
-
-def config_docs():
-    """scripts/config_docs.py, loaded by path (scripts/ is no package)."""
-    spec = importlib.util.spec_from_file_location("config_docs", ROOT / "scripts" / "config_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def prose_lines(path: Path) -> list[tuple[int, str]]:
@@ -64,7 +56,7 @@ def anchors(path: Path) -> set[str]:
 
 
 def test_config_group_table_is_generated_from_configs():
-    module = config_docs()
+    module = load_script("config_docs")
     _, block, _ = module.split_doc(module.DOC.read_text())
     assert block == module.table(), (
         "docs/configs.md's config-group table differs from configs/: run `python scripts/config_docs.py --write` "
@@ -72,7 +64,7 @@ def test_config_group_table_is_generated_from_configs():
 
 
 def test_config_group_table_covers_every_option():
-    table = config_docs().table()
+    table = load_script("config_docs").table()
     for path in (ROOT / "configs").glob("*/*.yaml"):
         assert f"`{path.stem}`" in table, path
 

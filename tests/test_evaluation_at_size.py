@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.models.budget import BUDGET_TOLERANCE, count_parameters, width_for_budget
 from federated_nas.models.cnn import small_cnn
@@ -17,6 +15,7 @@ from federated_nas.search_space.genotypes import Genotype, random_genotype
 from federated_nas.search_space.mlp import MLP_PRIMITIVES, genotype_mlp, random_mlp_genotype
 from federated_nas.search_space.network import genotype_network
 from federated_nas.search_space.operations import PRIMITIVES
+from helpers import CONFIG_DIR, compose_config, load_script
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -161,15 +160,10 @@ def test_the_evaluation_table_reports_accuracy_over_seeds_cost_and_the_random_ve
 def test_the_evaluation_experiment_trains_each_searched_cell_of_its_own_seed(tmp_path):
     """Every row composes under train.yaml; a searched row's genotype is its method's search at the run's seed,
     the random row's genotype is drawn with the run's seed, and every network gets the same budget."""
-    import importlib.util
 
     from hydra import compose, initialize_config_dir
 
-    from conftest import CONFIG_DIR
-
-    spec = importlib.util.spec_from_file_location("tune", Path(CONFIG_DIR).parent / "scripts" / "tune.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = load_script("tune")
     base, runs, retrains = tune.compose_all(["experiment=evaluate_cells_cpu", f"search_dir={tmp_path}"], "t")
     assert base.tuning.entry == "train" and set(runs) == {"fednas", "fedmetanas", "feddsnas", "fedrlnas", "random", "cnn"}
     assert all(len(points) == 3 for points in runs.values()) and set(retrains.values()) == {None}
@@ -198,14 +192,8 @@ def test_the_diagnostics_count_skips_and_parameter_free_ops_per_method_against_r
 
 def test_finished_runs_are_packed_and_unpacked_so_a_build_spans_sessions(tmp_path):
     """A fresh clone gets back every finished run (what resuming and the table read) and nothing unfinished."""
-    import importlib.util
 
-    from conftest import CONFIG_DIR
-
-    spec = importlib.util.spec_from_file_location("evaluate_cells", Path(CONFIG_DIR).parent / "scripts" /
-                                                  "evaluate_cells.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("evaluate_cells")
     built = tmp_path / "built"
     for run, done in (("searches/fednas/s0", True), ("tuning/runs/random/p0-s0", True), ("searches/fednas/s1", False)):
         (built / run / "checkpoints").mkdir(parents=True)
@@ -225,15 +213,10 @@ def test_finished_runs_are_packed_and_unpacked_so_a_build_spans_sessions(tmp_pat
 def test_a_finished_run_whose_overrides_hold_an_interpolation_is_not_run_again(tmp_path):
     """The searched rows' overrides keep ${search_dir} and ${seed} for the run to resolve; reading them back to
     see whether a finished run is this one must not resolve them (it raised, and killed the tuning's thread)."""
-    import importlib.util
 
     from omegaconf import OmegaConf
 
-    from conftest import CONFIG_DIR
-
-    spec = importlib.util.spec_from_file_location("tune", Path(CONFIG_DIR).parent / "scripts" / "tune.py")
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    tune = load_script("tune")
     overrides = ["experiment=evaluate_cells_cpu", "search_run=${search_dir}/fednas/s${seed}", "seed=1"]
     run_dir = tmp_path / "p0-s1"
     (run_dir / ".hydra").mkdir(parents=True)

@@ -18,9 +18,7 @@ from federated_nas.federation import backends
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.server import RoundFailed, injected_dropouts
 from federated_nas.runs import run_search
-from conftest import TINY, assert_same_states
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TINY, assert_same_states
 
 
 def history_of(result) -> list[dict]:

@@ -30,7 +30,7 @@ def small_disk(tmp_path):
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=False)  # detached even while a file is open
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_what_was_written(small_disk):

@@ -8,9 +8,10 @@ functions) count too, since they hide a cycle rather than remove it.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "federated_nas"
+from helpers import ROOT
+
+PACKAGE = ROOT / "src" / "federated_nas"
 
 # top to bottom; modules of one layer may import each other
 LAYERS = (

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from conftest import compose_config
+from helpers import compose_config
 
 pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
 if not (any(map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))) and shutil.which("chromedriver")):
@@ -32,7 +32,7 @@ from federated_nas.tracking.ui_browser import (  # noqa: E402
     wait_until_up,
 )
 
-LAST_ROUND = 2  # conftest's tiny runs
+LAST_ROUND = 2  # helpers.TINY's runs
 
 
 @pytest.fixture(scope="module")

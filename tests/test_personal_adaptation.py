@@ -1,5 +1,6 @@
-"""Local adaptation after federated training: FedAvg fine-tuning, Per-FedAvg, personalized FedNAS,
-the comparison experiment's configs and the personalization table."""
+"""Local adaptation after federated training: fine-tuning (how FedAvg, FedProx and Per-FedAvg adapt), each
+method's personalization budget, a personalized FedNAS run and the personalization table, the comparison
+experiments' configs. Each method's own adaptation step is tested in tests/methods/."""
 
 from __future__ import annotations
 
@@ -10,59 +11,22 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from torch import nn
-from torch.utils.data import TensorDataset
 
 from federated_nas.algorithms.fedavg import FedAvg
-from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.fedprox import FedProx
-from federated_nas.algorithms.perfedavg import FirstOrderMetaStep, PerFedAvg
-from federated_nas.algorithms.personal import finetune
-from federated_nas.data.federated_data import ClientData
-from federated_nas.errors import ConfigError
+from federated_nas.algorithms.perfedavg import PerFedAvg
+from federated_nas.algorithms.personal import cycled, finetune
+from federated_nas.data.loaders import batch_loader
 from federated_nas.federation.checkpoint import load_latest_checkpoint
+from federated_nas.models.heads import head_parameters
 from federated_nas.runs import build, run_search
-from federated_nas.search_space.supernet import SearchNetwork
-from conftest import CONFIG_DIR, assert_same_states, compose_config
-from test_tracking import assert_real_image, load_script
-from test_update_rules import SGD, grads, run_one_step, tiny_batch
+from helpers import (CONFIG_DIR, SGD, SMALL_CNN, assert_real_image, assert_same_states, client_of, client_with,
+                     compose_config, headed_model, linear_model, load_script, sgd_by_hand, tiny_split)
 
-SMALL_CNN = ["model=cnn", "model.channels=[4,8]", "model.hidden=16"]
 SWEPT = ["fedavg", "fedprox", "ditto", "perfedavg", "fedrep", "fedbabu", "fednas", "fedmetanas"]
 
 
-def linear_model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-
-
-def client_of(train: TensorDataset, val: TensorDataset | None = None) -> ClientData:
-    empty = TensorDataset(train.tensors[0][:0], train.tensors[1][:0])
-    return ClientData(0, train, val if val is not None else empty, empty)
-
-
-def dataset(seed: int) -> TensorDataset:
-    return TensorDataset(*tiny_batch(seed))
-
-
 # --- known answers ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("alpha,beta", [(0.1, 0.2), (0.5, 0.05)])
-def test_perfedavg_first_order_step(alpha, beta):
-    """temp = w - alpha grad L(w; D1);  w <- w - beta grad L(temp; D2)."""
-    model = linear_model()
-    d1, d2 = tiny_batch(1), tiny_batch(2)
-    temp = copy.deepcopy(model)
-    inner_grad = grads(temp, d1, list(temp.parameters()))
-    with torch.no_grad():
-        for param, grad in zip(temp.parameters(), inner_grad):
-            param.sub_(alpha * grad)
-    meta_grad = grads(temp, d2, list(temp.parameters()))
-    start = [p.detach().clone() for p in model.parameters()]
-    run_one_step(FirstOrderMetaStep(model, SGD, lr=beta, inner_lr=alpha, grad_clip=None), {"inner": d1, "outer": d2})
-    for new, old, grad in zip(model.parameters(), start, meta_grad):
-        torch.testing.assert_close(new, old - beta * grad, rtol=1e-5, atol=1e-6)
-
 
 @pytest.mark.parametrize("algorithm,steps,lr", [
     (FedAvg(lambda **_: linear_model(), SGD, adapt_steps=3, adapt_lr=0.1), 3, 0.1),
@@ -70,7 +34,7 @@ def test_perfedavg_first_order_step(alpha, beta):
     (PerFedAvg(lambda **_: linear_model(), SGD, inner_lr=0.2), 1, 0.2),  # one step at alpha
 ], ids=["fedavg", "fedprox", "perfedavg"])
 def test_fixed_network_adaptation_is_finetune(algorithm, steps, lr):
-    model, client = linear_model(), client_of(dataset(3))
+    model, client = linear_model(), client_of(tiny_split(3))
     original = copy.deepcopy(model.state_dict())
     adapted = algorithm.adapt(model, client, 4, 7, {})
     assert_same_states(adapted.state_dict(), finetune(model, client, 4, 7, steps, lr).state_dict())
@@ -78,51 +42,26 @@ def test_fixed_network_adaptation_is_finetune(algorithm, steps, lr):
     assert not adapted.training and not torch.equal(adapted[1].weight, model[1].weight)
 
 
-@pytest.mark.parametrize("val_lambda", [0.0, 1.5])
-def test_fednas_adapt_step_is_the_milenas_update_with_sgd(val_lambda):
-    """One step on the client's whole train and val splits (one batch each):
-    w <- w - lr_w g_w(L_tr);  alpha <- alpha - lr_a (g_a(L_tr) + lambda g_a(L_val))."""
-    torch.manual_seed(0)
-    model = SearchNetwork(1, 3, C=2, layers=1)
-    train, val = dataset(1), dataset(2)
-    lr_w, lr_a = 0.1, 0.3
-    algorithm = FedNAS(SearchNetwork, SGD, SGD, val_lambda=val_lambda, grad_clip=None, adapt_steps=1,
-                       adapt_lr_w=lr_w, adapt_lr_alpha=lr_a)
-    reference = copy.deepcopy(model)
-    weights, alphas = reference.weight_parameters(), reference.arch_parameters()
-    g_w = grads(reference, train.tensors, weights)
-    g_a_tr, g_a_val = grads(reference, train.tensors, alphas), grads(reference, val.tensors, alphas)
+@pytest.mark.parametrize("trained", ["all", "head"])
+def test_finetune_is_plain_sgd_on_cycled_client_batches(trained):
+    model, client, lr = headed_model(), client_with(10), 0.1
     original = copy.deepcopy(model.state_dict())
-    adapted = algorithm.adapt(model, client_of(train, val), batch_size=len(train), seed=3, personal={})
-    for new, old, g in zip(adapted.weight_parameters(), weights, g_w):
-        torch.testing.assert_close(new, old - lr_w * g, rtol=1e-4, atol=1e-6)
-    for new, old, g_tr, g_val in zip(adapted.arch_parameters(), alphas, g_a_tr, g_a_val):
-        torch.testing.assert_close(new, old - lr_a * (g_tr + val_lambda * g_val), rtol=1e-4, atol=1e-6)
+    select = head_parameters if trained == "head" else None
+    adapted = finetune(model, client, batch_size=4, seed=7, steps=3, lr=lr, parameters=select)
+    loader = batch_loader(client.train, 4, shuffle=True, seed=7)  # 2 batches an epoch: the third step cycles
+    reference = copy.deepcopy(model)
+    for batch in (list(loader) + list(loader))[:3]:
+        sgd_by_hand(reference, batch, select(reference) if select else list(reference.parameters()), lr)
     assert_same_states(model.state_dict(), original)
-    assert isinstance(adapted, SearchNetwork) and not adapted.training
+    for name, value in adapted.state_dict().items():
+        torch.testing.assert_close(value, reference.state_dict()[name], msg=name)
+    assert not adapted.training
+    assert torch.equal(adapted[1].weight, model[1].weight) == (trained == "head")
 
 
-def test_fednas_adapt_cycles_its_batches_and_zero_steps_is_a_copy():
-    torch.manual_seed(0)
-    model = SearchNetwork(1, 3, C=2, layers=1)
-    client = client_of(dataset(1), dataset(2))  # 6 samples each: one batch pair of 6
-    zero, one, three = (FedNAS(SearchNetwork, SGD, SGD, adapt_steps=steps) for steps in (0, 1, 3))
-    assert_same_states(zero.adapt(model, client, 6, 0, {}).state_dict(), model.state_dict())
-    stepwise = model
-    for _ in range(3):  # plain SGD keeps no state: three 1-step adaptations are one 3-step adaptation
-        stepwise = one.adapt(stepwise, client, 6, 0, {})
-    for new, expected in zip(three.adapt(model, client, 6, 0, {}).parameters(), stepwise.parameters()):
-        torch.testing.assert_close(new, expected)
-    assert any(not torch.equal(new, old) for new, old in zip(stepwise.arch_parameters(), model.arch_parameters()))
-
-
-@pytest.mark.parametrize("overrides,key", [
-    (["algorithm=perfedavg", "model=cnn", "algorithm.inner_lr=0"], "algorithm.inner_lr"),
-    (["algorithm=fednas", "algorithm.adapt_steps=-1"], "algorithm.adapt_steps"),
-])
-def test_bad_adaptation_settings_are_one_clear_error(tiny_cfg, overrides, key):
-    with pytest.raises(ConfigError, match=f"^{key}"):
-        build(tiny_cfg("search", overrides).algorithm)
+def test_cycled_batches():
+    assert list(cycled([1, 2], 5)) == [1, 2, 1, 2, 1]
+    assert list(cycled([], 3)) == []
 
 
 BUDGETS = {  # what each method's personalization costs a client, as the comparison tables show it
@@ -150,15 +89,7 @@ def test_each_personalizing_method_states_its_budget(tiny_cfg, name, budget):
     assert (budget is None) == (type(algorithm).adapt is FederatedAlgorithm.adapt)
 
 
-# --- tiny runs -----------------------------------------------------------------------------------
-
-def test_two_round_perfedavg_run_with_personalization(tiny_cfg):
-    final = run_search(tiny_cfg("search", ["algorithm=perfedavg", *SMALL_CNN, "personalize=true", "logger=none"]))
-    assert 0.0 <= final["personalized_acc_after_mean"] <= 1.0
-    saved = json.loads((Path(final["run_dir"]) / "personalized" / "client_accuracy.json").read_text())
-    assert saved["clients"] == [0, 1, 2] and len(saved["before"]) == len(saved["after"]) == 3
-    assert final["personalized_acc_after_mean"] == pytest.approx(sum(saved["after"]) / 3)
-
+# --- a personalized FedNAS run and the comparison table ------------------------------------------------
 
 @pytest.fixture(scope="module")
 def personalized_store(tmp_path_factory):

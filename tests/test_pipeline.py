@@ -15,7 +15,7 @@ from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search, run_train
 from federated_nas.search_space.genotypes import Genotype
-from conftest import assert_same_states, crash_then_resume
+from helpers import assert_same_states, crash_then_resume
 
 
 def final_state(run_dir) -> dict[str, torch.Tensor]:

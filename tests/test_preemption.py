@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIG_DIR, assert_same_checkpoints
 from mlflow.tracking import MlflowClient
 
 from federated_nas.errors import RunStopped
@@ -21,11 +20,13 @@ from federated_nas.federation import server
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.federation.preemption import StopSignals, slurm_job_id
 from federated_nas.runs import resolve_run_dir, run_search
+from helpers import ROOT, assert_same_checkpoints
 
 ROUNDS = ["federation.rounds=3"]
 
 
 def test_sigint_between_rounds_stops_after_the_checkpoint_and_resumes_bit_equal(tiny_cfg, monkeypatch):
+    handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a background job
     straight = run_search(tiny_cfg("search", ROUNDS, run="straight"))
     real_record = server.FederatedRun._record
 
@@ -44,7 +45,7 @@ def test_sigint_between_rounds_stops_after_the_checkpoint_and_resumes_bit_equal(
     assert checkpoint["round"] == 1 and not (run_dir / "FINISHED").exists()
     run = MlflowClient(cfg.logger.tracking_uri).get_run(checkpoint["mlflow_run_id"])
     assert run.info.status == "KILLED"  # not RUNNING forever
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are given back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handlers are given back
     monkeypatch.setattr(server.FederatedRun, "_record", real_record)
     resumed = run_search(tiny_cfg("search", [*ROUNDS, f"resume={run_dir}"], run="resumed"))
     assert_same_checkpoints(straight, resumed)
@@ -113,9 +114,9 @@ def record(self, round_idx, metrics):
     if round_idx == 0:
         os.kill(os.getpid(), signal.SIGTERM)
 server.FederatedRun._record = record
-sys.path.insert(0, {str(Path(CONFIG_DIR).parent / 'src')!r})
+sys.path.insert(0, {str(ROOT / 'src')!r})
 import runpy
-runpy.run_path({str(Path(CONFIG_DIR).parent / 'src' / 'search.py')!r}, run_name="__main__")
+runpy.run_path({str(ROOT / 'src' / 'search.py')!r}, run_name="__main__")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 143, result.stderr[-2000:]

@@ -1,28 +1,27 @@
 """The schedules as components: config nodes built into schedule objects, their known values, what the
-server applies after aggregation, and the ``final_model`` key."""
+server applies after aggregation, the ``final_model`` key, and the cosine learning rate over rounds."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from federated_nas.algorithms.base import cosine_lr
 from federated_nas.algorithms.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule
 from federated_nas.builders import build
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork
+from helpers import CONFIG_DIR, SGD
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SGD = functools.partial(torch.optim.SGD)
 TINY_SPACE = functools.partial(SearchNetwork, C=2, layers=2)
 
 
 def composed_algorithm(name: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return build(compose("search", overrides=[f"algorithm={name}"]).algorithm)
 
 
@@ -108,3 +107,9 @@ def test_server_state_carries_the_temperature_through_a_checkpoint():
 def test_a_bad_schedule_or_final_model_is_one_config_error(options, message):
     with pytest.raises(ConfigError, match=message):
         FedMetaNAS(TINY_SPACE, SGD, SGD, **options)
+
+
+def test_cosine_lr_schedule_over_rounds():
+    assert cosine_lr(0.025, 0.001, 0, 50) == pytest.approx(0.025)
+    assert cosine_lr(0.025, 0.001, 25, 50) == pytest.approx(0.013)
+    assert cosine_lr(0.025, 0.001, 50, 50) == pytest.approx(0.001)

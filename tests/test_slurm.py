@@ -20,9 +20,8 @@ from omegaconf import OmegaConf
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.distributed.worker import KILL_WORKER_HOOK
 from federated_nas.runs import run_search
-from conftest import TINY, assert_same_states
+from helpers import ROOT, TINY, assert_same_states
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_slurm = pytest.mark.skipif(
     os.environ.get("FEDNAS_SLURM_TESTS") != "1" or shutil.which("sbatch") is None,
     reason="needs a running SLURM: `make test-slurm` brings one up and runs these")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
-from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -20,8 +18,8 @@ from federated_nas.tracking.plots import (
     plot_partition_heatmap,
     plot_round_curves,
 )
+from helpers import assert_real_image, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # DARTS V2's cells (Liu et al., 2019): two edges per node, four nodes.
 DARTS_V2 = Genotype(
@@ -37,14 +35,6 @@ PRUNED = ([("sep_conv_5x5", 1), ("skip_connect", 0), ("dil_conv_5x5", 1), ("avg_
 # Node 2 only feeds node 3 and is not concatenated; node 3 has both edges from node 2.
 OUTSIDE_CONCAT = ([("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("dil_conv_3x3", 2), ("none", 2),
                    ("sep_conv_5x5", 3), ("skip_connect", 1)], [3, 4])
-
-
-def assert_real_image(path: Path) -> None:
-    assert path.is_file()
-    pixels = matplotlib.image.imread(path)
-    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
-    assert np.ptp(pixels[..., :3]) > 0.5  # drawn content, not one flat colour
-    assert not list(path.parent.glob(".*.tmp"))  # the atomic save left no temp file
 
 
 @pytest.mark.parametrize("edges, concat", [(DARTS_V2.normal, DARTS_V2.normal_concat), PRUNED, OUTSIDE_CONCAT],
@@ -193,14 +183,6 @@ def test_compare_script(mlflow_store, tmp_path, capsys):
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: no MLflow experiment named 'nope'") and error.count("\n") == 1
-
-
-def load_script(name: str):
-    """A script of scripts/ as a module, so its main() runs in-process (a subprocess re-imports torch)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 CREATE_RUN = """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,8 +16,7 @@ from federated_nas.federation.evaluation import evaluate
 from federated_nas.federation.validation import validation_score
 from federated_nas.runs import run_search
 from federated_nas.tracking.tuning import format_table, pick, tuning_plan
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, TINY, load_script
 
 
 def keep_the_run(monkeypatch) -> dict:
@@ -55,7 +53,7 @@ def test_val_score_of_a_run_is_its_final_model_on_every_clients_held_out_split(t
 
 
 def test_the_grid_runs_hold_out_a_part_and_the_picks_do_not():
-    script = load_tune_script()
+    script = load_script("tune")
     cfg = digits_compare()
     override = script.grid_split_override(cfg.tuning)
     assert override == ["federation.split=[0.35,0.35,0.1,0.2]"]
@@ -150,7 +148,6 @@ def test_the_table_gives_each_pick_mean_and_std_over_seeds():
     assert "federation.local_epochs (fedavg: by its grid; the others 1)" in table
 
 
-
 def test_the_table_of_a_personalized_tuning_shows_local_accuracy_after_personalization():
     result = hand_made_result()
     result["selection_metric"] = "personal_val_acc"
@@ -179,15 +176,8 @@ def test_the_budget_line_names_a_setting_a_method_sets_for_itself():
             "fednas (federation.rounds=80).") in format_table(result)
 
 
-def load_tune_script():
-    spec = importlib.util.spec_from_file_location("tune", ROOT / "scripts" / "tune.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_make_compare_tuned_reprints_the_table_of_a_tuning_json(tmp_path, capsys):
-    script = load_tune_script()
+    script = load_script("tune")
     (tmp_path / "tuning.json").write_text(json.dumps(hand_made_result()))
     script.main(["experiment=digits_compare", "--table", "--out", str(tmp_path)])
     assert capsys.readouterr().out.strip() == format_table(hand_made_result())
@@ -198,7 +188,7 @@ def test_make_compare_tuned_reprints_the_table_of_a_tuning_json(tmp_path, capsys
 
 def test_make_compare_tuned_on_a_fresh_clone_prints_the_committed_tuning(tmp_path, capsys, monkeypatch):
     """No logs/tune_<experiment>/ yet: the table of benchmarks/tune_<experiment>.json, the README's, and which it is."""
-    script = load_tune_script()
+    script = load_script("tune")
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "tune_digits_compare.json").write_text(json.dumps(hand_made_result()))
     monkeypatch.setattr(script, "ROOT", tmp_path)
@@ -212,7 +202,7 @@ def test_make_compare_tuned_on_a_fresh_clone_prints_the_committed_tuning(tmp_pat
 
 def test_a_run_dir_of_other_overrides_is_never_reused(tmp_path):
     """An edited grid must not pick up the old point's finished run under the same index."""
-    script = load_tune_script()
+    script = load_script("tune")
     run_dir = tmp_path / "runs" / "fedavg" / "p0-s0"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text("- algorithm.lr=0.05\n")
@@ -240,34 +230,45 @@ def test_every_grid_point_of_digits_compare_composes_and_passes_the_checks():
                 "digits", 0.1, 10, 12)
 
 
-def test_the_nas_methods_grid_composes_each_method_at_its_budget_and_holds_the_rest_equal():
+def compose_all_keeping_configs(script, monkeypatch, experiment: str):
+    """tune.py's compose_all of ``experiment``, and each config it composed and checked on the way, by
+    (config name, overrides): the tests read those rather than compose each again (a second each)."""
+    composed, compose_checked = {}, script.compose_checked
+
+    def kept(overrides, where, config_name="search"):
+        composed[config_name, tuple(overrides)] = compose_checked(overrides, where, config_name)
+        return composed[config_name, tuple(overrides)]
+
+    monkeypatch.setattr(script, "compose_checked", kept)
+    return (*script.compose_all([experiment], f"tune_{experiment.split('=')[1]}"), composed)
+
+
+def test_the_nas_methods_grid_composes_each_method_at_its_budget_and_holds_the_rest_equal(monkeypatch):
     """nas_methods_cpu: the single-path methods at 48 rounds (the wall time of the others' 12), everything
     else the experiment's; tune.py composes and checks every point, with and without the grid's split."""
-    script = load_tune_script()
-    base, runs, retrains = script.compose_all(["experiment=nas_methods_cpu"], "tune_nas_methods_cpu")
+    script = load_script("tune")
+    base, runs, retrains, composed = compose_all_keeping_configs(script, monkeypatch, "experiment=nas_methods_cpu")
     assert set(retrains.values()) == {None}  # every method's search is its final model
     assert list(runs) == ["fednas", "feddsnas", "fedrlnas", "fedmetanas"] and {len(p) for p in runs.values()} == {3}
     assert base.tuning.grid_split == [0.35, 0.35, 0.1, 0.2]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for name, points in runs.items():
-            for point in points:
-                run = compose("search", overrides=point)
-                assert run.algorithm.name == name
-                assert run.federation.rounds == (48 if name in ("feddsnas", "fedrlnas") else 12)
-                assert (run.dataset.name, run.partition.alpha, run.federation.local_batches) == (
-                    "fashion_mnist", 0.1, 10)
+    for name, points in runs.items():
+        for point in points:
+            run = composed["search", tuple(point)]
+            assert run.algorithm.name == name
+            assert run.federation.rounds == (48 if name in ("feddsnas", "fedrlnas") else 12)
+            assert (run.dataset.name, run.partition.alpha, run.federation.local_batches) == (
+                "fashion_mnist", 0.1, 10)
 
 
-def test_metanas_vs_fednas_tunes_fednas_as_search_then_retrain_and_fedmetanas_alone():
+def test_metanas_vs_fednas_tunes_fednas_as_search_then_retrain_and_fedmetanas_alone(monkeypatch):
     """FedNAS' runs are a 6-round search and an 80-round train stage (src/train.py, FedAvg on the genotype,
     the grid's split too); FedMetaNAS' a 12-round search; the same 3 search settings for both."""
-    script = load_tune_script()
-    base, runs, retrains = script.compose_all(["experiment=metanas_vs_fednas"], "tune_metanas_vs_fednas")
+    script = load_script("tune")
+    base, runs, retrains, composed = compose_all_keeping_configs(script, monkeypatch, "experiment=metanas_vs_fednas")
     assert list(runs) == ["fednas", "fedmetanas"] and retrains["fedmetanas"] is None
     split = script.grid_split_override(base.tuning)
+    searches = {name: [composed["search", (*point, *split)] for point in points] for name, points in runs.items()}
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        searches = {name: [compose("search", overrides=[*point, *split]) for point in points]
-                    for name, points in runs.items()}
         train = compose("train", overrides=[*retrains["fednas"], *split, "search_run=somewhere"])
     assert [run.federation.rounds for run in searches["fednas"]] == [6, 6, 6]
     assert [run.federation.rounds for run in searches["fedmetanas"]] == [12, 12, 12]
@@ -281,9 +282,7 @@ def test_metanas_vs_fednas_tunes_fednas_as_search_then_retrain_and_fedmetanas_al
 def test_a_search_then_retrain_run_is_scored_on_its_trained_network_and_timed_over_both_stages(tmp_path):
     """The two stages for real (tiny, in subprocesses): the train stage reads the search's genotype, the score
     is the trained network's on the holdout, and the loop time is the sum of both stages'."""
-    from conftest import TINY
-
-    script = load_tune_script()
+    script = load_script("tune")
     common = [*TINY, f"paths.root_dir={tmp_path}", "logger=none", "federation.split=[0.35,0.35,0.1,0.2]"]
     run_dir = tmp_path / "runs" / "fednas" / "p0-s0"
     wall = script.run_method([*common, "algorithm=fednas"], [*common, "federation.rounds=1"], run_dir,
@@ -318,21 +317,21 @@ PERSONAL_NAS_METHODS = ["fednas", "fedmetanas", "fedpnas", "meta_fedpnas", "perf
 @pytest.mark.parametrize("experiment, methods", [("compare_cpu", COMPARE_CPU_METHODS),
                                                  ("compare_cpu_label_skew", COMPARE_CPU_METHODS),
                                                  ("personal_nas_cpu", PERSONAL_NAS_METHODS)])
-def test_the_personalization_comparisons_tune_every_method_on_personalized_val_accuracy(experiment, methods):
+def test_the_personalization_comparisons_tune_every_method_on_personalized_val_accuracy(experiment, methods,
+                                                                                        monkeypatch):
     """Each table's own methods (personal_nas_cpu: the NAS ones, not compare_cpu's), 3 points each, picked on
     personal_val_acc; every point composes and passes the checks with the grid's split, and keeps the
     experiment's budget and personalization."""
-    script = load_tune_script()
-    base, runs, _ = script.compose_all([f"experiment={experiment}"], f"tune_{experiment}")
+    script = load_script("tune")
+    base, runs, _, composed = compose_all_keeping_configs(script, monkeypatch, f"experiment={experiment}")
     assert base.tuning.selection_metric == "personal_val_acc" and base.personalize
     assert list(runs) == methods
     assert {len(points) for points in runs.values()} == {3}
     split = script.grid_split_override(base.tuning)
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for name, points in runs.items():
-            for point in points:
-                run = compose("search", overrides=[*point, *split])
-                check_config(run)
-                assert run.algorithm.name == name and run.personalize
-                assert (run.federation.rounds, run.federation.local_batches, list(run.federation.split)) == (
-                    8, 10, [0.35, 0.35, 0.1, 0.2])
+    for name, points in runs.items():
+        for point in points:
+            run = composed["search", (*point, *split)]
+            check_config(run)
+            assert run.algorithm.name == name and run.personalize
+            assert (run.federation.rounds, run.federation.local_batches, list(run.federation.split)) == (
+                8, 10, [0.35, 0.35, 0.1, 0.2])

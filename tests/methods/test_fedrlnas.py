@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import copy
-import functools
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from federated_nas.algorithms.aggregation import MaskedAverage, WeightedAverage
-from federated_nas.algorithms.fedrlnas import FedRLNAS
 from federated_nas.algorithms.reinforce import adam_ascent, reinforce_direction
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import load_latest_checkpoint
@@ -20,9 +17,7 @@ from federated_nas.runs import run_search
 from federated_nas.search_space.children import argmax_child, child_entry_masks, one_hot_weights, sample_child
 from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, MASKED, SearchNetwork
-from conftest import assert_same_states, crash_then_resume
-
-TINY_DATA = SimpleNamespace(in_channels=1, num_classes=3, image_size=8, input_shape=(1, 8, 8))
+from helpers import assert_same_states, crash_then_resume, tiny_rl_algorithm
 
 
 def child_masks_network(net: SearchNetwork, child) -> dict[str, torch.Tensor]:
@@ -116,19 +111,6 @@ def test_reinforce_direction_and_adam_step_known_answer():
     torch.testing.assert_close(alpha, torch.tensor([[0.2, -0.2]], dtype=torch.float64))
 
 
-def tiny_algorithm(method: type[FedRLNAS] = FedRLNAS, **options) -> tuple[FedRLNAS, SearchNetwork]:
-    """Two ops (avg_pool, sep_conv), one node: 2 edges per cell kind; alpha starts uniform."""
-    space = functools.partial(SearchNetwork, C=2, layers=1, steps=1, multiplier=1,
-                              primitives=("avg_pool_3x3", "sep_conv_3x3"))
-    algorithm = method(space, functools.partial(torch.optim.SGD), **options)
-    torch.manual_seed(0)
-    model = algorithm.build_model(TINY_DATA)
-    with torch.no_grad():
-        model.alpha_normal.zero_()
-        model.alpha_reduce.zero_()
-    return algorithm, model
-
-
 def add_client(aggregator, model, child, reward, shift, weight=1.0) -> None:
     """A client's update (the global state, weights shifted) with its child and reward in its report."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -141,7 +123,7 @@ def add_client(aggregator, model, child, reward, shift, weight=1.0) -> None:
 
 def test_server_step_known_answer_first_then_second_round():
     """Round 1: b = mean R = 1/2; with p = (1/2, 1/2) on every edge, plain ascent at lr 0.1."""
-    algorithm, model = tiny_algorithm(alpha_update="ascent", alpha_lr=0.1, baseline_decay=0.9)
+    algorithm, model = tiny_rl_algorithm(alpha_update="ascent", alpha_lr=0.1, baseline_decay=0.9)
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     children = [{"normal": [0, 1], "reduce": [1, 1]}, {"normal": [1, 1], "reduce": [1, 0]}]
     aggregator = algorithm.aggregator(model, global_state)
@@ -178,7 +160,7 @@ def test_server_step_known_answer_first_then_second_round():
 
 
 def test_bad_child_or_reward_is_rejected():
-    algorithm, model = tiny_algorithm()
+    algorithm, model = tiny_rl_algorithm()
     aggregator = algorithm.aggregator(model, model.state_dict())
     with pytest.raises(DataError, match="live op"):
         add_client(aggregator, model, {"normal": [0, 2], "reduce": [0, 0]}, 0.5, 0.0)
@@ -189,7 +171,7 @@ def test_bad_child_or_reward_is_rejected():
 
 def test_reinforce_on_a_two_arm_problem_moves_probability_to_the_better_arm():
     """Arm 0 of normal edge 0 pays 0.8, arm 1 pays 0.2: its probability rises from 1/2 toward 1."""
-    algorithm, model = tiny_algorithm(alpha_lr=0.05)
+    algorithm, model = tiny_rl_algorithm(alpha_lr=0.05)
     torch.manual_seed(0)
     for _ in range(30):
         state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -214,6 +196,7 @@ def test_bad_fedrlnas_config_is_one_clear_error(tiny_cfg, override, message):
         run_search(tiny_cfg("search", ["logger=none", "algorithm=fedrlnas", override]))
 
 
+@pytest.mark.end_to_end
 def test_two_round_fedrlnas_run_and_resume_equality(tiny_cfg, monkeypatch):
     overrides = ["logger=none", "algorithm=fedrlnas", "federation.client_fraction=0.67",
                  "algorithm.reward_batches=1"]
@@ -262,7 +245,7 @@ def test_a_method_has_one_name_for_its_run_dir_and_its_tags(tiny_cfg, overrides,
 
 def test_a_checkpoint_from_before_client_reports_still_loads():
     """Checkpoints once kept the last client's child as ``reinforce.child_*`` buffers; they load, the child dropped."""
-    _, model = tiny_algorithm()
+    _, model = tiny_rl_algorithm()
     state = model.state_dict()
     legacy = {**state, **{f"reinforce.child_{kind}": torch.zeros(2, dtype=torch.int64) for kind in CELL_KINDS}}
     model.load_state_dict(legacy)

@@ -1,4 +1,5 @@
-"""FedMetaNAS: Gumbel-softmax, input combinations, real pruning, first-order MAML, a tiny run."""
+"""FedMetaNAS (and its paper variant): Gumbel-softmax, input combinations, real pruning, first-order MAML,
+BatchNorm recalibration, its tiny runs and the scripts that read them."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import (GumbelSoftmaxRelaxation, SoftmaxRelaxation,
                                                     TemperedSoftmaxRelaxation, anneal)
 from federated_nas.search_space.supernet import MASKED, SearchNetwork, node_input_combinations
-from conftest import assert_same_states, crash_then_resume
-from test_update_rules import grads, run_one_step, tiny_batch
+from helpers import (assert_same_states, compose_config, crash_then_resume, grads, load_script, run_one_step, tiny_batch,
+                     tiny_client)
 
 OPS = {name: k for k, name in enumerate(PRIMITIVES)}
 
@@ -226,6 +227,7 @@ def test_first_order_maml_step(inner, device):
         torch.testing.assert_close(new.cpu(), old - rate * g.cpu(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.end_to_end
 def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
     cfg = tiny_cfg("search", ["algorithm=fedmetanas", "personalize=true", "algorithm.pruning.threshold=0.2",
                               "plots_every=0"])
@@ -243,6 +245,7 @@ def test_two_round_fedmetanas_run_with_pruning_and_personalization(tiny_cfg):
         assert 0.0 <= result[key] <= 1.0
 
 
+@pytest.mark.end_to_end
 def test_resume_across_a_pruning_round_equals_uninterrupted(tiny_cfg, monkeypatch):
     overrides = ["logger=none", "algorithm=fedmetanas", "federation.rounds=3", "algorithm.pruning.at=[0.34]",
                  "algorithm.pruning.threshold=0.2"]
@@ -297,7 +300,6 @@ def test_client_upload_carries_statistics_recalibrated_over_its_first_support_ba
     from federated_nas.algorithms.nas import recalibrate_batch_norm
     from federated_nas.algorithms.base import ClientTask, RoundPlan
     from federated_nas.federation.backends import LocalBackend, client_seed
-    from test_perfedrlnas import tiny_client
 
     space = functools.partial(SearchNetwork, C=2, layers=2)
     algorithm = FedMetaNAS(space, functools.partial(torch.optim.SGD), functools.partial(torch.optim.Adam, lr=0.01),
@@ -319,15 +321,24 @@ def test_client_upload_carries_statistics_recalibrated_over_its_first_support_ba
             torch.testing.assert_close(update.state[key], value, msg=key)
 
 
-def test_prune_sweep_script_prunes_as_the_last_round_would(tiny_cfg, capsys):
+HOLDOUT_SPLIT = "federation.split=[0.5,0.2,0.1,0.2]"  # train / val / local test / holdout: the sweep scores on it
+
+
+@pytest.fixture(scope="module")
+def pruned_at_the_last_round(tmp_path_factory) -> dict:
+    """A run whose last round prunes at threshold 0.13, read by the tests below (none writes to it)."""
+    return run_search(compose_config("search", tmp_path_factory.mktemp("pruned"), [
+        "logger=none", "algorithm=fedmetanas", "algorithm.pruning.at=[1.0]", "algorithm.pruning.threshold=0.13",
+        HOLDOUT_SPLIT]))
+
+
+@pytest.mark.end_to_end
+def test_prune_sweep_script_prunes_as_the_last_round_would(pruned_at_the_last_round, tiny_cfg, capsys):
     """A threshold swept after the run removes what the server's last-round pruning removes, at the same
     accuracy: the sweep predicts `algorithm.pruning.threshold` without another run."""
-    from test_tracking import load_script
-
-    final = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedmetanas", "algorithm.pruning.at=[1.0]",
-                                           "algorithm.pruning.threshold=0.13", "federation.split=[0.5,0.2,0.1,0.2]"]))
+    final = pruned_at_the_last_round
     unpruned = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedmetanas", "algorithm.pruning.at=[]",
-                                              "federation.split=[0.5,0.2,0.1,0.2]"], run="unpruned"))
+                                              HOLDOUT_SPLIT], run="unpruned"))
     script = load_script("prune_sweep")
     report = script.main([unpruned["run_dir"], "--thresholds", "0.13", "0.01", "--on", "test"])
     assert report["scored_on"] == "test"
@@ -343,9 +354,8 @@ def test_prune_sweep_script_prunes_as_the_last_round_would(tiny_cfg, capsys):
     assert capsys.readouterr().err.strip() == "error: --thresholds must lie in (0, 1), got [1.5]"
 
 
-def test_relaxation_diagnosis_script_on_a_tiny_run(tiny_cfg):
-    from test_tracking import load_script
-
+@pytest.mark.end_to_end
+def test_relaxation_diagnosis_script_on_a_tiny_run(tiny_cfg, method_run):
     final = run_search(tiny_cfg("search", ["logger=none", "algorithm=fedmetanas",
                                            "algorithm.bn_recalibration_batches=1"]))
     report = load_script("diagnose_relaxation").main([final["run_dir"], "--samples", "100000", "--gumbel-draws", "20"])
@@ -353,9 +363,8 @@ def test_relaxation_diagnosis_script_on_a_tiny_run(tiny_cfg):
     assert 0.0 <= report["accuracy_test_batch_norm"] <= 1.0
     assert report["temperature"] == pytest.approx(0.5)  # the last round's, annealed 1.0 -> 0.5
     assert 0.0 < report["eval_max_weight"] <= report["train_max_weight"] <= 1.0
-    fednas = run_search(tiny_cfg("search", ["logger=none", "algorithm=fednas"], run="fednas"))
     with pytest.raises(SystemExit):  # one line: FedNAS relaxes with a plain softmax
-        load_script("diagnose_relaxation").main([fednas["run_dir"]])
+        load_script("diagnose_relaxation").main([str(method_run("fednas").run_dir)])
 
 
 def test_default_and_paper_variants(tiny_cfg):
@@ -371,15 +380,16 @@ def test_default_and_paper_variants(tiny_cfg):
         assert model.relaxation.temperature == pytest.approx(1.0)  # the schedule's start
 
 
-def test_pruning_at_the_last_round_reports_the_accuracy_it_cost(tiny_cfg):
+@pytest.mark.end_to_end
+def test_pruning_at_the_last_round_reports_the_accuracy_it_cost(pruned_at_the_last_round):
     """The final model is the pruned supernet; the same weights unpruned are evaluated beside it."""
-    final = run_search(tiny_cfg("search", ["algorithm=fedmetanas", "logger=none", "algorithm.pruning.at=[1.0]",
-                                           "algorithm.pruning.threshold=0.13"]))
+    final = pruned_at_the_last_round
     assert final["pruned_ops"] > 0
     assert 0.0 <= final["global_test_acc_before_pruning"] <= 1.0
     assert final["supernet_params"] < count_parameters(SearchNetwork(1, 4, C=2, layers=2))
 
 
+@pytest.mark.end_to_end
 def test_a_run_resumed_after_its_last_round_personalizes_at_the_final_temperature(tiny_cfg, monkeypatch):
     """Before, the temperature was not saved: a crash during personalization resumed at the start value (1.0)."""
     from federated_nas import runs

@@ -11,35 +11,22 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 
 from federated_nas.algorithms.base import ClientTask, RoundPlan, classification_loss
 from federated_nas.algorithms.perfedrlnas import ARCH_NAMES, PerFedRLNAS
-from federated_nas.data.federated_data import ClientData
 from federated_nas.federation.backends import LocalBackend, client_seed
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.children import one_hot_weights
 from federated_nas.search_space.relaxations import FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
-from conftest import assert_same_checkpoints, crash_then_resume
-from test_fedrlnas import tiny_algorithm as tiny_rl_algorithm
+from helpers import assert_same_checkpoints, crash_then_resume, tiny_client, tiny_rl_algorithm
 
 LR = 0.1
 
 
 def tiny_algorithm(**options) -> tuple[PerFedRLNAS, SearchNetwork]:
     return tiny_rl_algorithm(PerFedRLNAS, **{"alpha_lr": LR, "alpha_eps": 0.0, **options})
-
-
-def tiny_client(client_id: int, seed: int) -> ClientData:
-    generator = torch.Generator().manual_seed(seed)
-
-    def split(n: int) -> TensorDataset:
-        return TensorDataset(torch.randn(n, 1, 8, 8, generator=generator),
-                             torch.randint(0, 3, (n,), generator=generator))
-
-    return ClientData(client_id, split(8), split(8), split(8))
 
 
 def run_client(algorithm, model, client, personal, round_idx=0):
@@ -107,6 +94,7 @@ def test_server_averages_the_policies_and_keeps_only_the_federation_baseline():
     assert float(new["reinforce.reward"]) == pytest.approx(0.5) and int(new["reinforce.updates"]) == 1
 
 
+@pytest.mark.end_to_end
 def test_two_round_perfedrlnas_run_keeps_policies_per_client_and_resumes_exactly(tiny_cfg, monkeypatch):
     overrides = ["logger=none", "algorithm=perfedrlnas", "algorithm.reward_batches=1", "algorithm.alpha_lr=0.5"]
     straight = run_search(tiny_cfg("search", overrides + ["personalize=true"], run="straight"))
@@ -157,6 +145,7 @@ def test_maml_child_step_known_answer():
     assert moved > 0
 
 
+@pytest.mark.end_to_end
 def test_two_round_meta_perfedrlnas_prunes_on_the_averaged_policy(tiny_cfg):
     overrides = ["logger=none", "algorithm=meta_perfedrlnas", "algorithm.reward_batches=1", "algorithm.alpha_lr=0.5",
                  "algorithm.pruning.at=[0.5]", "algorithm.pruning.threshold=0.2", "personalize=true"]

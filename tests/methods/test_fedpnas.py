@@ -26,8 +26,7 @@ from federated_nas.search_space.genotypes import derive_genotype
 from federated_nas.search_space.personalized import PersonalizedSearchNetwork, personalized_factory
 from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
-from conftest import assert_same_checkpoints, assert_same_states, crash_then_resume
-from test_update_rules import SGD, run_one_step, tiny_batch
+from helpers import SGD, assert_same_checkpoints, assert_same_states, crash_then_resume, run_one_step, tiny_batch
 
 # the synthetic preset's size, spelled out: the runs below stay seconds-long whatever the preset composes to
 TINY_SPACE = ["search_space.C=2", "search_space.layers=2", "search_space.stem_stride=1", "logger=none"]
@@ -228,6 +227,7 @@ def initial_personal_part(cfg) -> tuple[set[str], dict[str, torch.Tensor]]:
     return names, {name: initial.state_dict()[name] for name in names}
 
 
+@pytest.mark.end_to_end
 def test_personal_cells_stay_on_their_clients_through_a_crash_and_resume(tiny_cfg, monkeypatch):
     """Per-client personal state of a resumed run equals an uninterrupted run's; the uninterrupted run is also
     fedpnas' 2-round run with personalize=true (local accuracy per client)."""
@@ -244,6 +244,7 @@ def test_personal_cells_stay_on_their_clients_through_a_crash_and_resume(tiny_cf
     assert all(state.keys() == names for state in expected["personal"].values())
 
 
+@pytest.mark.end_to_end
 def test_two_round_meta_fedpnas_prunes_the_base_and_reports_local_accuracy(tiny_cfg):
     overrides = ["algorithm=meta_fedpnas", "personalize=true", *TINY_SPACE, "federation.local_batches=1",
                  "algorithm.pruning.at=[0.5]", "algorithm.pruning.threshold=0.2"]  # prunes the base after round 1
