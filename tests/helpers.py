@@ -123,10 +123,9 @@ def learning_run(name: str, tmp_path: Path) -> FinishedRun:
     from federated_nas.algorithms.base import FederatedAlgorithm
     from federated_nas.runs import build, run_search
 
-    overrides = [f"algorithm={name}", "logger=none", *LEARNABLE, *LEARNABLE_FOR.get(name, [])]
-    if type(build(compose_config("search", tmp_path, overrides).algorithm)).adapt is not FederatedAlgorithm.adapt:
-        overrides.append("personalize=true")
-    cfg = compose_config("search", tmp_path, overrides)
+    cfg = compose_config("search", tmp_path, [f"algorithm={name}", "logger=none", *LEARNABLE,
+                                              *LEARNABLE_FOR.get(name, [])])
+    cfg.personalize = type(build(cfg.algorithm)).adapt is not FederatedAlgorithm.adapt
     return FinishedRun(cfg, run_search(cfg))
 
 
