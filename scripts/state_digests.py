@@ -93,7 +93,10 @@ def main() -> None:
             old, new = before.get(name, {}), digests[name]
             changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
             gone, added = sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys())
-            moved = [(g, a) for g in gone for a in added if old[g] == new[a]]
+            moved = [(g, a) for g in gone for a in added  # the same name in another part, the same digest
+                     if g.split("/", 1)[1] == a.split("/", 1)[1] and old[g] == new[a]]
+            gone = [g for g in gone if g not in {m for m, _ in moved}]
+            added = [a for a in added if a not in {m for _, m in moved}]
             status = "equal" if not (changed or gone or added) else "DIFFERS"
             differ += status != "equal"
             print(f"{name:14s} {status}  {len(new)} keys")

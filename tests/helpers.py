@@ -166,7 +166,7 @@ def assert_same_states(a: dict, b: dict) -> None:
 
 
 def assert_same_checkpoints(straight: dict, resumed: dict) -> tuple[dict, dict]:
-    """The last checkpoints of two runs hold the same global model and the same per-client state.
+    """The last checkpoints of two runs hold the same global model, server state and per-client state.
 
     Returns (straight's, resumed's) checkpoints for further checks.
     """
@@ -174,6 +174,8 @@ def assert_same_checkpoints(straight: dict, resumed: dict) -> tuple[dict, dict]:
 
     expected, got = (load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints") for final in (straight, resumed))
     assert_same_states(got["model"], expected["model"])
+    assert_same_states(*({k: torch.as_tensor(v) for k, v in c.get("algorithm_state", {}).items()}
+                         for c in (got, expected)))
     assert got["personal"].keys() == expected["personal"].keys()
     for client_id, state in expected["personal"].items():
         assert_same_states(got["personal"][client_id], state)

@@ -22,6 +22,7 @@ from federated_nas.federation.distributed import DistributedBackend
 from federated_nas.federation.distributed.backend import launcher_place
 from federated_nas.federation.distributed.wire import decode_state, encode_state
 from federated_nas.federation.distributed.worker import KILL_WORKER_HOOK
+from federated_nas.federation.server import sample_clients
 from federated_nas.runs import run_search
 from helpers import ROOT, TINY, compose_config
 
@@ -57,18 +58,30 @@ def assert_model_of_cluster_local(checkpoint: dict, expected: dict) -> None:
             assert torch.equal(model[key], value), key
 
 
-def test_fedrlnas_reports_cross_the_wire(tiny_cfg, tmp_path):
-    """Each client's child and reward travel in its report: workers give the server the model cluster=local does."""
-    overrides = ["algorithm=fedrlnas", "algorithm.reward_batches=1"]
+@pytest.mark.parametrize("overrides", [
+    ["algorithm=fedrlnas"],
+    # 2 of 3 clients a round: client 2 first takes part in round 2, its policy's baseline the federation's, which
+    # reaches its worker in the round's plan (RoundPlan.server_values)
+    ["algorithm=perfedrlnas", "federation.client_fraction=0.67"],
+], ids=["fedrlnas", "perfedrlnas"])
+def test_reinforce_reports_and_plans_cross_the_wire(tiny_cfg, tmp_path, overrides):
+    """Each client's child and reward travel in its report, the server's baseline in the plan: workers give the
+    server the model and the clients' policies that cluster=local does."""
+    overrides = [*overrides, "algorithm.reward_batches=1"]
+    assert sample_clients(0, 0, 3, 0.67) == [0, 1] and 2 in sample_clients(0, 1, 3, 0.67)
     local = run_search(tiny_cfg("search", ["logger=none", *overrides]))
-    expected = load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["model"]
+    expected = load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")
     distributed = search_process(tmp_path, "federation.rounds=2", *overrides, *MULTIPROCESS)
     assert [h["reward_mean"] for h in distributed["history"]] == pytest.approx(
-        [h["reward_mean"] for h in load_latest_checkpoint(Path(local["run_dir"]) / "checkpoints")["history"]])
-    assert distributed["model"].keys() == expected.keys() and not any("child" in key for key in expected)
-    for key, value in expected.items():  # float64 sums in another order: agreement to rounding
-        tolerance = 1e-6 if value.is_floating_point() else 0
-        torch.testing.assert_close(distributed["model"][key], value, rtol=0, atol=tolerance)
+        [h["reward_mean"] for h in expected["history"]])
+    assert not any("child" in key or "reinforce" in key for key in expected["model"])
+    assert distributed["personal"].keys() == expected["personal"].keys()
+    for got, want in [(distributed["model"], expected["model"]),
+                      *((distributed["personal"][k], v) for k, v in expected["personal"].items())]:
+        assert got.keys() == want.keys()
+        for key, value in want.items():  # float64 sums in another order: agreement to rounding
+            tolerance = 1e-6 if value.is_floating_point() else 0
+            torch.testing.assert_close(got[key], value, rtol=0, atol=tolerance)
 
 
 def test_cluster_auto_sizes_its_workers_to_the_machine(tmp_path, monkeypatch):

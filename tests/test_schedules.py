@@ -84,7 +84,7 @@ def test_after_aggregation_applies_the_temperature_then_the_pruning_due():
 
 def test_server_state_carries_the_temperature_through_a_checkpoint():
     """The annealed temperature is no tensor: the algorithm's server state keeps it, old checkpoints included."""
-    from federated_nas.federation.checkpoint import algorithm_state
+    from federated_nas.algorithms.base import saved_server_state
 
     algorithm = FedMetaNAS(TINY_SPACE, SGD, SGD, temperature={"start": 1.0, "end": 0.5})
     data = type("Data", (), {"in_channels": 1, "num_classes": 3, "input_shape": (1, 8, 8)})
@@ -92,10 +92,10 @@ def test_server_state_carries_the_temperature_through_a_checkpoint():
     algorithm.after_aggregation(model, 2, 3)
     assert algorithm.server_state(model) == {"temperature": 0.5}
     fresh = algorithm.build_model(data)
-    algorithm.load_server_state(fresh, algorithm_state({"algorithm_state": algorithm.server_state(model)}))
+    algorithm.load_server_state(fresh, saved_server_state({"algorithm_state": algorithm.server_state(model)}))
     assert fresh.relaxation.temperature == 0.5
-    assert algorithm_state({"temperature": 0.3}) == {"temperature": 0.3}  # written before the hook
-    assert algorithm_state({"temperature": None}) == {}
+    assert saved_server_state({"temperature": 0.3}) == {"temperature": 0.3}  # written before the hook
+    assert saved_server_state({"temperature": None}) == {}
 
 
 @pytest.mark.parametrize("options, message", [

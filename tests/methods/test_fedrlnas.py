@@ -17,7 +17,7 @@ from federated_nas.runs import run_search
 from federated_nas.search_space.children import argmax_child, child_entry_masks, one_hot_weights, sample_child
 from federated_nas.search_space.relaxations import ArgmaxChild, FixedChild
 from federated_nas.search_space.supernet import CELL_KINDS, MASKED, SearchNetwork
-from helpers import assert_same_states, crash_then_resume, tiny_rl_algorithm
+from helpers import assert_same_checkpoints, crash_then_resume, tiny_rl_algorithm
 
 
 def child_masks_network(net: SearchNetwork, child) -> dict[str, torch.Tensor]:
@@ -133,8 +133,10 @@ def test_server_step_known_answer_first_then_second_round():
     # normal edge 0: (1/2 (1/2, -1/2) - 1/2 (-1/2, 1/2)) / 2 = (1/4, -1/4); edge 1: both chose op 1, cancels
     torch.testing.assert_close(new["alpha_normal"], torch.tensor([[0.025, -0.025], [0.0, 0.0]]))
     torch.testing.assert_close(new["alpha_reduce"], torch.tensor([[0.0, 0.0], [-0.025, 0.025]]))
-    assert float(new["reinforce.baseline"]) == pytest.approx(0.5)
-    assert float(new["reinforce.reward"]) == pytest.approx(0.5) and int(new["reinforce.updates"]) == 1
+    policy = algorithm.server_policy  # the server's own state, no entry of the model
+    assert not any(key.startswith("reinforce.") for key in new)
+    assert float(policy["reinforce.baseline"]) == pytest.approx(0.5)
+    assert algorithm.last_reward == pytest.approx(0.5) and int(policy["reinforce.updates"]) == 1
     # weights: each entry is the mean over the clients whose child used it (shifts +1 and +3)
     masks = [child_entry_masks(model, {k: torch.tensor(v) for k, v in c.items()}) for c in children]
     for key, before in global_state.items():
@@ -148,15 +150,15 @@ def test_server_step_known_answer_first_then_second_round():
     # round 2: the stored baseline b = 0.2; rewards 0.6 and 0.2 -> advantages 0.4 and 0.0
     model.load_state_dict(new)
     with torch.no_grad():
-        model.reinforce.baseline.fill_(0.2)
+        policy["reinforce.baseline"].fill_(0.2)
         model.alpha_normal.zero_()
     aggregator = algorithm.aggregator(model, {k: v.clone() for k, v in model.state_dict().items()})
     add_client(aggregator, model, children[0], 0.6, shift=0.0)
     add_client(aggregator, model, children[1], 0.2, shift=0.0)
     new = aggregator.result()
     torch.testing.assert_close(new["alpha_normal"], torch.tensor([[0.01, -0.01], [-0.01, 0.01]]))
-    assert float(new["reinforce.baseline"]) == pytest.approx(0.9 * 0.2 + 0.1 * 0.4)
-    assert int(new["reinforce.updates"]) == 2
+    assert float(policy["reinforce.baseline"]) == pytest.approx(0.9 * 0.2 + 0.1 * 0.4)
+    assert int(policy["reinforce.updates"]) == 2
 
 
 def test_bad_child_or_reward_is_rejected():
@@ -208,10 +210,11 @@ def test_two_round_fedrlnas_run_and_resume_equality(tiny_cfg, monkeypatch):
     # the server evaluates the argmax child: the same accuracy as that child cut out of the supernet
     assert whole["global_test_acc"] == whole["global_test_acc_discrete"]
     assert whole["child_params"] < whole["supernet_params"]
-    final = load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")["model"]
-    assert int(final["reinforce.updates"]) == 2 and float(final["reinforce.baseline"]) > 0
-    resumed = crash_then_resume(tiny_cfg, overrides, monkeypatch)
-    assert_same_states(final, load_latest_checkpoint(Path(resumed["run_dir"]) / "checkpoints")["model"])
+    checkpoint = load_latest_checkpoint(Path(whole["run_dir"]) / "checkpoints")
+    server = checkpoint["algorithm_state"]  # the policy's state is the server's, beside the model, not in it
+    assert int(server["reinforce.updates"]) == 2 and float(server["reinforce.baseline"]) > 0
+    assert not any(key.startswith("reinforce.") for key in checkpoint["model"])
+    assert_same_checkpoints(whole, crash_then_resume(tiny_cfg, overrides, monkeypatch))
 
 
 def test_fixed_child_is_keyed_by_cell_kind_not_by_call_order():
@@ -243,10 +246,19 @@ def test_a_method_has_one_name_for_its_run_dir_and_its_tags(tiny_cfg, overrides,
     assert cfg.run_name.startswith(f"{name}-") and run_tags(cfg, algorithm)["algorithm"] == name
 
 
-def test_a_checkpoint_from_before_client_reports_still_loads():
-    """Checkpoints once kept the last client's child as ``reinforce.child_*`` buffers; they load, the child dropped."""
-    _, model = tiny_rl_algorithm()
+def test_a_checkpoint_from_when_the_policy_was_in_the_model_restores_it_to_the_server():
+    """Checkpoints once kept the policy's state as ``reinforce.*`` buffers of the model (and before that the last
+    client's child as ``reinforce.child_*``): restoring moves the state to the server and drops the child."""
+    algorithm, model = tiny_rl_algorithm()
     state = model.state_dict()
-    legacy = {**state, **{f"reinforce.child_{kind}": torch.zeros(2, dtype=torch.int64) for kind in CELL_KINDS}}
-    model.load_state_dict(legacy)
+    moments = torch.arange(4.0).reshape(2, 2)
+    legacy = {**state, "reinforce.baseline": torch.tensor(0.4), "reinforce.updates": torch.tensor(3),
+              "reinforce.reward": torch.tensor(0.5), "reinforce.exp_avg_normal": moments,
+              **{f"reinforce.child_{kind}": torch.zeros(2, dtype=torch.int64) for kind in CELL_KINDS}}
+    algorithm.restore(model, {"model": legacy, "algorithm_state": {}})
     assert model.state_dict().keys() == state.keys()
+    policy = algorithm.server_policy
+    assert float(policy["reinforce.baseline"]) == pytest.approx(0.4) and int(policy["reinforce.updates"]) == 3
+    torch.testing.assert_close(policy["reinforce.exp_avg_normal"], moments)
+    assert algorithm.last_reward == pytest.approx(0.5)
+    assert algorithm.server_state(model)["reinforce.updates"] == 3  # and it goes on into the next checkpoint

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated_nas.algorithms.aggregation import State, WeightedAverage
+from federated_nas.algorithms.aggregation import State, WeightedAverage, load_state
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
 
@@ -41,6 +41,9 @@ class RoundPlan:
     local_batches: int | None
     batch_size: int
     deadline: float | None = None  # seconds after which a client not yet started is reported late
+    # numbers of the method's server state every client of the round gets with the plan, not in the model
+    # (``FederatedAlgorithm.round_values``: PerFedRLNAS' federation baseline)
+    server_values: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,15 @@ def cosine_lr(base: float, minimum: float, round_idx: int, rounds: int) -> float
     """Cosine annealing across rounds, so the schedule is a function of the round alone (resume-safe)."""
     progress = round_idx / max(rounds, 1)
     return minimum + 0.5 * (base - minimum) * (1.0 + math.cos(math.pi * progress))
+
+
+def saved_server_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What the algorithm's server kept beside the model (``FederatedAlgorithm.server_state``); checkpoints
+    written before that hook kept a relaxation's temperature under its own key."""
+    if "algorithm_state" in checkpoint:
+        return dict(checkpoint["algorithm_state"])
+    legacy = checkpoint.get("temperature")
+    return {} if legacy is None else {"temperature": legacy}
 
 
 class FederatedAlgorithm:
@@ -136,6 +148,17 @@ class FederatedAlgorithm:
 
     def load_server_state(self, model: nn.Module, state: dict[str, Any]) -> None:
         """Restore what ``server_state`` saved (an empty dict: nothing was)."""
+
+    def restore(self, model: nn.Module, checkpoint: dict[str, Any]) -> None:
+        """The global model and this server's state as a checkpoint left them (a resume, a finished run's
+        validation). A method whose checkpoints changed shape moves older entries over here."""
+        load_state(model, checkpoint["model"])
+        self.load_server_state(model, saved_server_state(checkpoint))
+
+    def round_values(self) -> dict[str, float]:
+        """Numbers of the server's state that every client of the next round needs (``RoundPlan.server_values``):
+        they travel with the plan, so the model carries only what clients train."""
+        return {}
 
     def discrete_model(self, model: nn.Module) -> nn.Module | None:
         """The model made discrete with its trained weights, when the method has one (NAS)."""

@@ -7,8 +7,8 @@ child is drawn on the client from the global alpha with the per-(run, round, cli
 loop sets, which is the same as the server drawing it and sending it; the client reports it
 back with its reward, in its update's report beside the model state. The server then takes one
 REINFORCE ascent step of alpha on the expected reward against a moving-average baseline
-(``reinforce.ReinforcePolicy``; its optimizer state is in the model's buffers, so checkpoints
-resume exactly). Each weight entry is averaged over the clients whose child used it
+(``reinforce.ReinforcePolicy``; its optimizer state is the server's own, outside the model, saved
+in every checkpoint, so a resumed run steps exactly alike and clients are never sent it). Each weight entry is averaged over the clients whose child used it
 (``MaskedAverage``); an op no client sampled keeps its value.
 
 The final model is the argmax child (the most likely op on every edge) with its trained weights,
@@ -30,7 +30,8 @@ from federated_nas.algorithms.base import ClientTask, Evaluate, OptimizerFactory
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.local_steps import first_order_weight_step
 from federated_nas.algorithms.nas import SupernetAlgorithm
-from federated_nas.algorithms.reinforce import ReinforcePolicy, ReinforceState
+from federated_nas.algorithms.base import saved_server_state
+from federated_nas.algorithms.reinforce import POLICY_PREFIX, ReinforcePolicy, new_policy_state
 from federated_nas.algorithms.schedules import PruningSchedule
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
@@ -48,7 +49,7 @@ class ReinforceAggregator:
     """The FedRLNAS server step: child-masked weight average plus the REINFORCE update of alpha."""
 
     def __init__(self, server_step: ServerStep, model: SearchNetwork, global_state: State,
-                 server_keys: tuple[str, ...] = ("alpha_", "reinforce.")):
+                 server_keys: tuple[str, ...] = ("alpha_",)):
         self.server_step, self.model = server_step, model
         self.average = MaskedAverage(global_state)
         # the server's entries (keys starting with ``server_keys``): never averaged, set by its REINFORCE step
@@ -183,6 +184,9 @@ class FedRLNAS(SupernetAlgorithm):
         self.policy = ReinforcePolicy(alpha_lr, alpha_update, alpha_betas, alpha_eps, baseline_decay)
         self.w_optimizer, self.lr, self.lr_min, self.grad_clip = w_optimizer, lr, lr_min, grad_clip
         self.reward_batches = reward_batches
+        # the server's policy: its optimizer state (``build_model`` sizes it) and the last round's mean reward
+        self.server_policy: State = {}
+        self.last_reward = 0.0
 
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": ArgmaxChild()}
@@ -193,7 +197,7 @@ class FedRLNAS(SupernetAlgorithm):
             raise ConfigError("algorithm=fedrlnas samples children of the DARTS cell supernet: use search_space=darts")
         if model.combinations is not None:
             raise ConfigError("algorithm=fedrlnas samples ops only: search_space.input_combinations must be null")
-        model.add_module("reinforce", ReinforceState(*model.alpha_normal.shape))
+        self.server_policy = new_policy_state(*model.alpha_normal.shape, device=model.alpha_normal.device)
         return model
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> ChildTraining:
@@ -223,10 +227,31 @@ class FedRLNAS(SupernetAlgorithm):
 
         ``model`` holds the alpha the children were drawn from (this round's global model).
         """
-        self.policy.step(state, {kind: model.op_distribution(kind) for kind in CELL_KINDS}, children, rewards)
-        state["reinforce.reward"].fill_(sum(rewards) / len(rewards))
+        probabilities = {kind: model.op_distribution(kind) for kind in CELL_KINDS}
+        self.policy.step({**state, **self.server_policy}, probabilities, children, rewards)  # both in place
+        self.last_reward = sum(rewards) / len(rewards)
 
     def after_aggregation(self, model: SearchNetwork, round_idx: int, rounds: int,
                           evaluate: Evaluate | None = None) -> dict[str, Any]:
-        return {"reward_mean": float(model.reinforce.reward), "reward_baseline": float(model.reinforce.baseline),
+        return {"reward_mean": self.last_reward, "reward_baseline": float(self.server_policy["reinforce.baseline"]),
                 **super().after_aggregation(model, round_idx, rounds, evaluate)}
+
+    def server_state(self, model: SearchNetwork) -> dict[str, Any]:
+        """The policy's optimizer state and the last mean reward, beside what every supernet method keeps."""
+        return {**super().server_state(model), **{k: v.clone() for k, v in self.server_policy.items()},
+                "reinforce.reward": self.last_reward}
+
+    def load_server_state(self, model: SearchNetwork, state: dict[str, Any]) -> None:
+        super().load_server_state(model, state)
+        for name, value in self.server_policy.items():
+            if name in state:
+                value.copy_(torch.as_tensor(state[name]))
+        self.last_reward = float(state.get("reinforce.reward", 0.0))
+
+    def restore(self, model: SearchNetwork, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before the policy left the model kept its state as ``reinforce.*`` buffers of the
+        model (and, earlier still, the last client's child as ``reinforce.child_*``): moved to the server state."""
+        model_state = dict(checkpoint["model"])
+        legacy = {key: model_state.pop(key) for key in list(model_state) if key.startswith(POLICY_PREFIX)}
+        super().restore(model, {**checkpoint, "model": model_state,
+                                "algorithm_state": {**legacy, **saved_server_state(checkpoint)}})

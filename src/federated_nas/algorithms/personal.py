@@ -89,10 +89,14 @@ class KeepPersonalPart(L.Callback):
     values are kept in ``module.personal`` and the received ones put back: the upload carries the
     part as it was sent, and averaging never mixes unrelated clients' personal parts. Names in
     ``uploaded`` are kept too but go up as trained, for the server to average (PerFedRLNAS' policies).
+    ``outside_model``: tensors that are no part of the model but stay with the client too (PerFedRLNAS'
+    policy optimizer state), kept with the values they have when the fit ends.
     """
 
-    def __init__(self, names: Iterable[str], kept: dict[str, torch.Tensor] | None = None, uploaded: Iterable[str] = ()):
+    def __init__(self, names: Iterable[str], kept: dict[str, torch.Tensor] | None = None, uploaded: Iterable[str] = (),
+                 outside_model: dict[str, torch.Tensor] | None = None):
         self.names, self.kept, self.uploaded = list(names), dict(kept or {}), set(uploaded)
+        self.outside_model = outside_model or {}
         self.received: dict[str, torch.Tensor] = {}
 
     def on_train_start(self, trainer: L.Trainer, module: LocalModule) -> None:
@@ -101,7 +105,8 @@ class KeepPersonalPart(L.Callback):
             load_parameter_values(module.model, self.kept)
 
     def on_fit_end(self, trainer: L.Trainer, module: LocalModule) -> None:
-        module.personal = parameter_values(module.model, self.names)
+        module.personal = {**parameter_values(module.model, self.names),
+                           **{name: value.detach().clone() for name, value in self.outside_model.items()}}
         load_parameter_values(module.model, self.received)
 
 

@@ -8,8 +8,9 @@ One step of the policy alpha (softmax per edge over the live ops) from children 
 
 with b the moving-average baseline from before the step; the first step uses its own mean reward
 (or a baseline it is given), so its advantages are centred rather than all positive. The policy's
-optimizer state (Adam's moments, its step count, b) lives in buffers of the model
-(``ReinforceState``), so checkpoints and the wire carry it and a resumed run steps exactly alike.
+optimizer state (Adam's moments, its step count, b: ``new_policy_state``) is kept by the policy's owner
+outside the model (FedRLNAS' server in its checkpointed server state, a PerFedRLNAS client in its personal
+state), so a resumed run steps exactly alike and no client is sent another's optimizer state.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from federated_nas.algorithms.aggregation import State
 from federated_nas.errors import ConfigError
@@ -28,33 +28,24 @@ from federated_nas.search_space.supernet import CELL_KINDS
 ALPHA_UPDATES = ("adam", "ascent")
 
 
-class ReinforceState(nn.Module):
-    """The REINFORCE bookkeeping as buffers of the global model (so checkpoints and the wire carry it).
+POLICY_PREFIX = "reinforce."
 
-    ``baseline``, ``updates`` and the Adam moments are the policy's optimizer state; ``reward`` is
-    the server's record of the last round's mean reward. A client's child and reward travel in its
-    report, not here.
-    """
 
-    def __init__(self, edges: int, ops: int):
-        super().__init__()
-        self.register_buffer("baseline", torch.zeros(()))
-        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("reward", torch.zeros(()))
-        for kind in CELL_KINDS:
-            self.register_buffer(f"exp_avg_{kind}", torch.zeros(edges, ops))
-            self.register_buffer(f"exp_avg_sq_{kind}", torch.zeros(edges, ops))
+def policy_names(prefix: str = POLICY_PREFIX) -> list[str]:
+    """The keys of one policy's optimizer state: baseline, step count and Adam moments per cell kind."""
+    names = ["baseline", "updates"] + [f"{moment}_{kind}" for kind in CELL_KINDS for moment in ("exp_avg", "exp_avg_sq")]
+    return [prefix + name for name in names]
 
-    def policy_names(self, prefix: str = "reinforce.") -> list[str]:
-        """The REINFORCE optimizer's state of one policy: baseline, step count and Adam moments."""
-        names = ["baseline", "updates"] + [f"{moment}_{kind}" for kind in CELL_KINDS
-                                           for moment in ("exp_avg", "exp_avg_sq")]
-        return [prefix + name for name in names]
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for kind in CELL_KINDS:  # checkpoints written before client reports kept the last child as a buffer
-            state_dict.pop(f"{prefix}child_{kind}", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+def new_policy_state(edges: int, ops: int, device: torch.device | str = "cpu") -> State:
+    """A policy's optimizer state before its first step (``policy_names``' keys): no model tensor, so it is
+    never averaged, sent to clients or counted in the bytes a round moves; its owner checkpoints it."""
+    state = {}
+    for name in policy_names():
+        shape = () if name.endswith(("baseline", "updates")) else (edges, ops)
+        state[name] = torch.zeros(shape, dtype=torch.int64 if name.endswith("updates") else torch.float32,
+                                  device=device)
+    return state
 
 
 def reinforce_direction(probabilities: torch.Tensor, actions: list[torch.Tensor], rewards: list[float],

@@ -62,12 +62,3 @@ def load_latest_checkpoint(directory: str | Path) -> dict[str, Any] | None:
             raise
         log.warning("%s; resuming from %s instead", err, previous)
         return read_checkpoint(previous)
-
-
-def algorithm_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """What the algorithm's server kept beside the model (``FederatedAlgorithm.server_state``); checkpoints
-    written before that hook kept a relaxation's temperature under its own key."""
-    if "algorithm_state" in checkpoint:
-        return dict(checkpoint["algorithm_state"])
-    legacy = checkpoint.get("temperature")
-    return {} if legacy is None else {"temperature": legacy}

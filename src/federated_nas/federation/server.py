@@ -20,13 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from federated_nas.algorithms.aggregation import WeightedAverage, clip_update, load_state
+from federated_nas.algorithms.aggregation import WeightedAverage, clip_update
 from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError, RunStopped
 from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,
                                                 LocalBackend)
-from federated_nas.federation.checkpoint import algorithm_state, save_checkpoint
+from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.federation.preemption import StopSignals
 from federated_nas.tracking.mlflow_tracker import RunTracker
@@ -162,10 +162,9 @@ class FederatedRun:
         self.tracker, self.figures = tracker, figures
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
-        load_state(self.model, checkpoint["model"])
+        self.algorithm.restore(self.model, checkpoint)
         self.history = list(checkpoint["history"])
         self.personal = {int(k): v for k, v in checkpoint.get("personal", {}).items()}
-        self.algorithm.load_server_state(self.model, algorithm_state(checkpoint))
         self.start_round = int(checkpoint["round"])
         self.elapsed_before = float(checkpoint["elapsed_seconds"])
         log.info("resuming after round %d of %d", self.start_round, self.settings.rounds)
@@ -201,7 +200,7 @@ class FederatedRun:
         trainable = [name for name, _ in self.model.named_parameters()]
         self._show_progress(0, len(selected))
         plan = RoundPlan(round_idx, s.rounds, self.seed, s.local_epochs, s.local_batches, s.batch_size,
-                         s.deadline_seconds)
+                         s.deadline_seconds, self.algorithm.round_values())
         for outcome in self.backend.run_round(self.algorithm, self.model, dispatched, plan, self.personal):
             if isinstance(outcome, ClientFailure):
                 failures[outcome.client_id] = outcome.reason

@@ -19,12 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from federated_nas.algorithms.aggregation import load_state
 from federated_nas.algorithms.base import FederatedAlgorithm
 from federated_nas.builders import build, build_data
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import DataError
-from federated_nas.federation.checkpoint import LAST, algorithm_state, read_checkpoint
+from federated_nas.federation.checkpoint import LAST, read_checkpoint
 from federated_nas.federation.evaluation import evaluate
 from federated_nas.federation.personalization import adapt_client
 
@@ -65,8 +64,7 @@ def finished_run(run_dir: str | Path) -> FinishedRun:
     data = build_data(cfg)
     algorithm = build(cfg.algorithm)
     model = algorithm.build_model(data)
-    load_state(model, checkpoint["model"])
-    algorithm.load_server_state(model, algorithm_state(checkpoint))  # e.g. the value a schedule ended at
+    algorithm.restore(model, checkpoint)  # its server state too: e.g. the value a schedule ended at
     return FinishedRun(cfg, algorithm, model, data, checkpoint)
 
 
