@@ -6,7 +6,8 @@
 Each configs/algorithm/*.yaml runs 2 rounds of 3 clients on the synthetic data in-process (personalization on
 where the method defines one); the digest covers every tensor of the last checkpoint (global model, personal
 states, the algorithm's server state) and every accuracy and loss of the history, each under its own key, so a
-tensor that moved from one place to another shows as one key gone and one key new with the same digest.
+tensor that moved from one place to another shows as moved (the same name in another part, the same digest).
+The run's final metrics are included, so a personalization's accuracies are compared too.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def method_digests(name: str, work: Path) -> dict[str, str]:
     found = {}
     for part in ("model", "personal", "algorithm_state"):
         found.update({f"{part}/{k}": digest(v) for k, v in flatten(checkpoint.get(part, {})).items()})
+    found.update({f"final/{k}": repr(v) for k, v in sorted(final.items())  # personalization's too
+                  if isinstance(v, float) and ("acc" in k or "loss" in k)})
     for index, row in enumerate(checkpoint["history"]):
         found.update({f"history/{index}/{k}": repr(v) for k, v in sorted(row.items())
                       if isinstance(v, float) and ("acc" in k or "loss" in k)})

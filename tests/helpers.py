@@ -129,6 +129,13 @@ def learning_run(name: str, tmp_path: Path) -> FinishedRun:
     return FinishedRun(cfg, run_search(cfg))
 
 
+def adapt_task(client, batch_size: int, seed: int, personal: dict | None = None):
+    """The ``ClientTask`` a method's ``adapt`` gets for ``client`` after the rounds, with its own ``seed``."""
+    from federated_nas.algorithms.base import personalization_task
+
+    return personalization_task(client, batch_size, 0, 1, seed, personal)
+
+
 def initial_fixed_network(cfg: DictConfig) -> nn.Module:
     """The server's initial model of a fixed-network run, built as FederatedRun builds it (the synthetic data
     set: 1 channel, 4 classes)."""

@@ -20,8 +20,8 @@ from federated_nas.data.loaders import batch_loader
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.models.heads import head_parameters
 from federated_nas.runs import build, run_search
-from helpers import (CONFIG_DIR, SGD, SMALL_CNN, assert_real_image, assert_same_states, client_of, client_with,
-                     compose_config, headed_model, linear_model, load_script, sgd_by_hand, tiny_split)
+from helpers import (CONFIG_DIR, SGD, SMALL_CNN, adapt_task, assert_real_image, assert_same_states, client_of,
+                     client_with, compose_config, headed_model, linear_model, load_script, sgd_by_hand, tiny_split)
 
 SWEPT = ["fedavg", "fedprox", "ditto", "perfedavg", "fedrep", "fedbabu", "fednas", "fedmetanas"]
 
@@ -36,8 +36,8 @@ SWEPT = ["fedavg", "fedprox", "ditto", "perfedavg", "fedrep", "fedbabu", "fednas
 def test_fixed_network_adaptation_is_finetune(algorithm, steps, lr):
     model, client = linear_model(), client_of(tiny_split(3))
     original = copy.deepcopy(model.state_dict())
-    adapted = algorithm.adapt(model, client, 4, 7, {})
-    assert_same_states(adapted.state_dict(), finetune(model, client, 4, 7, steps, lr).state_dict())
+    adapted = algorithm.adapt(model, adapt_task(client, 4, 7))
+    assert_same_states(adapted.state_dict(), finetune(model, adapt_task(client, 4, 7), steps, lr).state_dict())
     assert_same_states(model.state_dict(), original)
     assert not adapted.training and not torch.equal(adapted[1].weight, model[1].weight)
 
@@ -47,7 +47,7 @@ def test_finetune_is_plain_sgd_on_cycled_client_batches(trained):
     model, client, lr = headed_model(), client_with(10), 0.1
     original = copy.deepcopy(model.state_dict())
     select = head_parameters if trained == "head" else None
-    adapted = finetune(model, client, batch_size=4, seed=7, steps=3, lr=lr, parameters=select)
+    adapted = finetune(model, adapt_task(client, 4, 7), steps=3, lr=lr, parameters=select)
     loader = batch_loader(client.train, 4, shuffle=True, seed=7)  # 2 batches an epoch: the third step cycles
     reference = copy.deepcopy(model)
     for batch in (list(loader) + list(loader))[:3]:

@@ -13,8 +13,8 @@ from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.errors import ConfigError
 from federated_nas.federation.server import sample_clients
 from federated_nas.runs import build, run_search
-from helpers import (SGD, SMALL_CNN, assert_same_checkpoints, assert_same_states, client_with, crash_then_resume,
-                     factory_of, grads, headed_model, run_steps, sgd_by_hand, shifted, tiny_batch)
+from helpers import (SGD, SMALL_CNN, adapt_task, assert_same_checkpoints, assert_same_states, client_with,
+                     crash_then_resume, factory_of, grads, headed_model, run_steps, sgd_by_hand, shifted, tiny_batch)
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5])
@@ -49,8 +49,8 @@ def test_ditto_adapt_is_the_clients_personal_model():
     model = headed_model()
     algorithm = Ditto(factory_of(model), SGD)
     personal = shifted(model)
-    assert_same_states(algorithm.adapt(model, client_with(6), 4, 0, personal).state_dict(), personal)
-    fallback = algorithm.adapt(model, client_with(6), 4, 0, {})
+    assert_same_states(algorithm.adapt(model, adapt_task(client_with(6), 4, 0, personal)).state_dict(), personal)
+    fallback = algorithm.adapt(model, adapt_task(client_with(6), 4, 0))
     assert_same_states(fallback.state_dict(), model.state_dict())
     assert not fallback.training and fallback is not model
 

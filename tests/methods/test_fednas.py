@@ -14,7 +14,8 @@ from federated_nas.algorithms.local_steps import MiLeNASSearch
 from federated_nas.errors import ConfigError
 from federated_nas.runs import build
 from federated_nas.search_space.supernet import SearchNetwork
-from helpers import SGD, assert_same_states, client_of, grads, run_one_step, tiny_batch, tiny_split
+from helpers import (SGD, adapt_task, assert_same_states, client_of, grads, run_one_step, run_steps, tiny_batch,
+                     tiny_split)
 
 
 @pytest.mark.parametrize("val_lambda", [0.0, 0.5, 2.0])
@@ -82,7 +83,7 @@ def test_fednas_adapt_step_is_the_milenas_update_with_sgd(val_lambda):
     g_w = grads(reference, train.tensors, weights)
     g_a_tr, g_a_val = grads(reference, train.tensors, alphas), grads(reference, val.tensors, alphas)
     original = copy.deepcopy(model.state_dict())
-    adapted = algorithm.adapt(model, client_of(train, val), batch_size=len(train), seed=3, personal={})
+    adapted = algorithm.adapt(model, adapt_task(client_of(train, val), len(train), 3))
     for new, old, g in zip(adapted.weight_parameters(), weights, g_w):
         torch.testing.assert_close(new, old - lr_w * g, rtol=1e-4, atol=1e-6)
     for new, old, g_tr, g_val in zip(adapted.arch_parameters(), alphas, g_a_tr, g_a_val):
@@ -96,11 +97,11 @@ def test_fednas_adapt_cycles_its_batches_and_zero_steps_is_a_copy():
     model = SearchNetwork(1, 3, C=2, layers=1)
     client = client_of(tiny_split(1), tiny_split(2))  # 6 samples each: one batch pair of 6
     zero, one, three = (FedNAS(SearchNetwork, SGD, SGD, adapt_steps=steps) for steps in (0, 1, 3))
-    assert_same_states(zero.adapt(model, client, 6, 0, {}).state_dict(), model.state_dict())
+    assert_same_states(zero.adapt(model, adapt_task(client, 6, 0)).state_dict(), model.state_dict())
     stepwise = model
     for _ in range(3):  # plain SGD keeps no state: three 1-step adaptations are one 3-step adaptation
-        stepwise = one.adapt(stepwise, client, 6, 0, {})
-    for new, expected in zip(three.adapt(model, client, 6, 0, {}).parameters(), stepwise.parameters()):
+        stepwise = one.adapt(stepwise, adapt_task(client, 6, 0))
+    for new, expected in zip(three.adapt(model, adapt_task(client, 6, 0)).parameters(), stepwise.parameters()):
         torch.testing.assert_close(new, expected)
     assert any(not torch.equal(new, old) for new, old in zip(stepwise.arch_parameters(), model.arch_parameters()))
 
@@ -108,3 +109,19 @@ def test_fednas_adapt_cycles_its_batches_and_zero_steps_is_a_copy():
 def test_bad_adaptation_steps_are_one_clear_error(tiny_cfg):
     with pytest.raises(ConfigError, match="^algorithm.adapt_steps"):
         build(tiny_cfg("search", ["algorithm=fednas", "algorithm.adapt_steps=-1"]).algorithm)
+
+
+def test_steps_outside_a_fit_equal_the_same_steps_through_a_trainer():
+    """LocalModule.run_steps (personalization's way) gives what a Lightning fit of the same module gives: the
+    same optimizers, backward and clipping; here with momentum (state across steps) and a clip that bites."""
+    from federated_nas.algorithms.local_steps import MiLeNASSearch
+
+    torch.manual_seed(0)
+    model = SearchNetwork(1, 3, C=2, layers=1)
+    batches = [{"train": tiny_batch(seed), "val": tiny_batch(seed + 10)} for seed in range(3)]
+    momentum = functools.partial(torch.optim.SGD, momentum=0.9)
+    fitted, outside = copy.deepcopy(model), copy.deepcopy(model)
+    run_steps(MiLeNASSearch(fitted, momentum, functools.partial(torch.optim.SGD, lr=0.2), 0.1, 1.0, 0.01), batches)
+    MiLeNASSearch(outside, momentum, functools.partial(torch.optim.SGD, lr=0.2), 0.1, 1.0, 0.01).run_steps(batches)
+    assert_same_states(outside.state_dict(), fitted.state_dict())
+    assert not torch.equal(outside.alpha_reduce, model.alpha_reduce)  # one layer: a reduction cell alone

@@ -26,7 +26,8 @@ from federated_nas.search_space.genotypes import derive_genotype
 from federated_nas.search_space.personalized import PersonalizedSearchNetwork, personalized_factory
 from federated_nas.search_space.relaxations import GumbelSoftmaxRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
-from helpers import SGD, assert_same_checkpoints, assert_same_states, crash_then_resume, run_one_step, tiny_batch
+from helpers import (SGD, adapt_task, assert_same_checkpoints, assert_same_states, crash_then_resume, run_one_step,
+                     tiny_batch)
 
 # the synthetic preset's size, spelled out: the runs below stay seconds-long whatever the preset composes to
 TINY_SPACE = ["search_space.C=2", "search_space.layers=2", "search_space.stem_stride=1", "logger=none"]
@@ -204,10 +205,10 @@ def test_adapt_is_the_global_base_with_the_clients_personal_cells():
     torch.manual_seed(0)
     model = algorithm.search.search_space(in_channels=1, num_classes=3)
     personal = shifted_personal(model, seed=4)
-    adapted = algorithm.adapt(model, client(0, 8), 4, 0, personal)
+    adapted = algorithm.adapt(model, adapt_task(client(0, 8), 4, 0, personal))
     assert_same_states(adapted.state_dict(), {**model.state_dict(), **personal})
     assert not adapted.training and adapted.personal_genotype() != model.personal_genotype()
-    new_client = algorithm.adapt(model, client(0, 8), 4, 0, {})  # never trained: fits its personal part
+    new_client = algorithm.adapt(model, adapt_task(client(0, 8), 4, 0))  # never trained: fits its personal part
     personal_names = set(model.personal_names())
     for name, value in new_client.named_parameters():
         if name not in personal_names:

@@ -12,7 +12,7 @@ from federated_nas.algorithms.fedrep import FedRep, FedRepTraining
 from federated_nas.errors import ConfigError
 from federated_nas.models.heads import body_parameters, head_parameter_names, head_parameters
 from federated_nas.runs import build
-from helpers import (SGD, assert_same_states, client_with, factory_of, headed_model, initial_fixed_network,
+from helpers import (SGD, adapt_task, assert_same_states, client_with, factory_of, headed_model, initial_fixed_network,
                      run_steps, sgd_by_hand, shifted, tiny_batch)
 
 
@@ -49,9 +49,9 @@ def test_fedrep_adapt_is_the_global_body_with_the_clients_head():
     model = headed_model()
     algorithm = FedRep(factory_of(model), SGD, head_steps=3)
     head = {name: value for name, value in shifted(model).items() if name.startswith("3.")}
-    adapted = algorithm.adapt(model, client_with(10), 4, 0, head)
+    adapted = algorithm.adapt(model, adapt_task(client_with(10), 4, 0, head))
     assert_same_states(adapted.state_dict(), {**model.state_dict(), **head})
-    new_client = algorithm.adapt(model, client_with(10), 4, 0, {})  # never trained: fits a head to the body
+    new_client = algorithm.adapt(model, adapt_task(client_with(10), 4, 0))  # never trained: fits a head to the body
     for name, value in new_client.state_dict().items():
         assert torch.equal(value, model.state_dict()[name]) == (not name.startswith("3.")), name
 

@@ -60,6 +60,14 @@ class ClientTask:
     personal: State = field(default_factory=dict)
 
 
+def personalization_task(client: ClientData, batch_size: int, run_seed: int, after_round: int, seed: int,
+                         personal: State | None = None) -> ClientTask:
+    """A client's task for ``FederatedAlgorithm.adapt`` once ``after_round`` rounds are done: the same contract as
+    a round's, its plan the round after the last (one epoch of ``batch_size`` batches), ``seed`` its own."""
+    plan = RoundPlan(after_round, after_round, run_seed, local_epochs=1, local_batches=None, batch_size=batch_size)
+    return ClientTask(client, plan, seed, dict(personal or {}))
+
+
 def steps_after_rounds(count: int, kind: str) -> str:
     """A personalization budget of ``count`` steps on the client's own data once the rounds are over."""
     return f"{count} {kind} step{'' if count == 1 else 's'} after the rounds"
@@ -164,11 +172,12 @@ class FederatedAlgorithm:
         """The model made discrete with its trained weights, when the method has one (NAS)."""
         return None
 
-    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> nn.Module | None:
+    def adapt(self, model: nn.Module, task: ClientTask) -> nn.Module | None:
         """A client's personalized copy of the global model, when the method defines personalization.
 
-        ``personal`` is what the client's local modules kept across rounds (empty if nothing).
+        ``task`` is the client's share of the personalization after the last round (``personalization_task``):
+        its data, batch size and seed, and what its local modules kept across rounds (``personal``, empty if
+        nothing).
         """
         return None
 

@@ -17,7 +17,6 @@ from torch import nn
 
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory, State, classification_loss
 from federated_nas.algorithms.fedavg import FedAvg, SupervisedTraining
-from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
 
 
@@ -87,10 +86,9 @@ class Ditto(FedAvg):
     def personalization_budget(self) -> str:
         return "personal model: every local step of the rounds a client takes part in"
 
-    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> nn.Module:
+    def adapt(self, model: nn.Module, task: ClientTask) -> nn.Module:
         """The client's personal model v; the global model for a client that never trained."""
         adapted = copy.deepcopy(model)
-        if personal:
-            adapted.load_state_dict(personal)
+        if task.personal:
+            adapted.load_state_dict(task.personal)
         return adapted.eval()

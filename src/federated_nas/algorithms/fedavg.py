@@ -11,7 +11,7 @@ from federated_nas.algorithms.base import (ClientTask, FederatedAlgorithm, Optim
                                           steps_after_rounds)
 from federated_nas.algorithms.local_module import LocalModule
 from federated_nas.algorithms.personal import finetune
-from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
 
@@ -64,6 +64,5 @@ class FedAvg(FederatedAlgorithm):
     def personalization_budget(self) -> str:
         return steps_after_rounds(self.adapt_steps, "SGD")
 
-    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> nn.Module:
-        return finetune(model, client, batch_size, seed, self.adapt_steps, self.adapt_lr)
+    def adapt(self, model: nn.Module, task: ClientTask) -> nn.Module:
+        return finetune(model, task, self.adapt_steps, self.adapt_lr)

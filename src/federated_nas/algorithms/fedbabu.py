@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import nn
 
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory, steps_after_rounds
 from federated_nas.algorithms.fedavg import FedAvg
 from federated_nas.algorithms.personal import PartialTraining, finetune
-from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.models.heads import body_parameters, with_head
 
@@ -46,7 +45,6 @@ class FedBABU(FedAvg):
     def personalization_budget(self) -> str:
         return steps_after_rounds(self.finetune_steps, "SGD")
 
-    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> nn.Module:
+    def adapt(self, model: nn.Module, task: ClientTask) -> nn.Module:
         """The whole model fine-tuned on the client's train split (the paper's choice over head-only)."""
-        return finetune(model, client, batch_size, seed, self.finetune_steps, self.finetune_lr)
+        return finetune(model, task, self.finetune_steps, self.finetune_lr)

@@ -23,7 +23,6 @@ from federated_nas.algorithms.base import (ClientTask, OptimizerFactory, classif
 from federated_nas.algorithms.nas import (SupernetAlgorithm, check_recalibration_batches,
                                          recalibrate_batch_norm)
 from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule
-from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import RELAXATIONS
@@ -91,16 +90,15 @@ class FedMetaNAS(SupernetAlgorithm):
     def personalization_budget(self) -> str:
         return steps_after_rounds(self.adapt_steps, "MAML inner")
 
-    def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> SearchNetwork:
+    def adapt(self, model: SearchNetwork, task: ClientTask) -> SearchNetwork:
         """Personalization: a few inner-loop steps on the client's own train split, from the meta-learned start."""
         from federated_nas.algorithms.local_steps import inner_steps, meta_parameters
 
         adapted = copy.deepcopy(model).train()
         params, rates = meta_parameters(adapted, self.inner_lr_w, self.inner_lr_alpha)
         device = params[0].device
-        batches = [(x.to(device), y.to(device))
-                   for x, y in batch_loader(client.train, self.task_size or batch_size, shuffle=True, seed=seed)]
+        loader = batch_loader(task.client.train, self.task_size or task.plan.batch_size, shuffle=True, seed=task.seed)
+        batches = [(x.to(device), y.to(device)) for x, y in loader]
         batches = (batches * self.adapt_steps)[: self.adapt_steps]
         inner_steps(adapted, params, rates, batches, functools.partial(classification_loss, adapted))
         if self.bn_recalibration_batches:

@@ -13,6 +13,7 @@ its own genotype.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -65,28 +66,18 @@ class FedNAS(SupernetAlgorithm):
     def personalization_budget(self) -> str:
         return steps_after_rounds(self.adapt_steps, "MiLeNAS")
 
-    def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> SearchNetwork:
-        """The client's own continuation of the search: ``adapt_steps`` MiLeNAS steps with plain SGD.
+    def adapt(self, model: SearchNetwork, task: ClientTask) -> SearchNetwork:
+        """The client's own continuation of the search: ``adapt_steps`` steps of the rounds' MiLeNAS module with
+        plain SGD (w at ``adapt_lr_w``, alpha at ``adapt_lr_alpha``), outside a fit.
 
         Runs on a copy of the global supernet, so each client's alpha (its genotype) moves toward
         its own data; the batch pairs cycle when the client has fewer than ``adapt_steps``.
         """
-        from federated_nas.algorithms.local_steps import milenas_backward
+        from federated_nas.algorithms.local_steps import MiLeNASSearch  # Lightning, where clients train
 
         adapted = copy.deepcopy(model).train()
-        device = next(adapted.parameters()).device
-        w_sgd = torch.optim.SGD(adapted.weight_parameters(), lr=self.adapt_lr_w)
-        alpha_sgd = torch.optim.SGD(adapted.arch_parameters(), lr=self.adapt_lr_alpha)
-        pairs = (pair for pair, _, _ in train_val_pairs(client, batch_size, seed))  # (batch, index, loader)
-        with torch.enable_grad():  # personalization may be called from evaluation code under no_grad
-            for pair in itertools.islice(itertools.cycle(pairs), self.adapt_steps):
-                w_sgd.zero_grad()
-                alpha_sgd.zero_grad()
-                milenas_backward(adapted, {role: [t.to(device) for t in batch] for role, batch in pair.items()},
-                                 self.val_lambda)
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(adapted.weight_parameters(), self.grad_clip)
-                w_sgd.step()
-                alpha_sgd.step()
+        search = MiLeNASSearch(adapted, torch.optim.SGD, functools.partial(torch.optim.SGD, lr=self.adapt_lr_alpha),
+                               self.adapt_lr_w, self.val_lambda, self.grad_clip)
+        pairs = (pair for pair, _, _ in train_val_pairs(task.client, task.plan.batch_size, task.seed))
+        search.run_steps(itertools.islice(itertools.cycle(pairs), self.adapt_steps))
         return adapted.eval()

@@ -27,7 +27,7 @@ from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.local_module import LocalModule
 from federated_nas.algorithms.nas import SupernetAlgorithm
 from federated_nas.algorithms.personal import KeepPersonalPart, finetune, load_parameter_values
-from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.personalized import PersonalizedSearchNetwork, personalized_factory
 
@@ -94,18 +94,17 @@ class FedPNAS(FederatedAlgorithm):
         return ("personal cells: every local step of the rounds a client takes part in "
                 f"(a client never sampled: {steps_after_rounds(self.new_client_steps, 'SGD')})")
 
-    def adapt(self, model: PersonalizedSearchNetwork, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> PersonalizedSearchNetwork:
+    def adapt(self, model: PersonalizedSearchNetwork, task: ClientTask) -> PersonalizedSearchNetwork:
         """The global base with the client's own personal cells.
 
         A client that never trained has none; it fits the personal part (weights and architecture)
         to the global base with ``new_client_steps`` plain SGD steps at ``new_client_lr``, rather
         than use the untrained personal part the aggregate carries.
         """
-        if not personal:
-            torch.manual_seed(seed)  # Gumbel noise, where the relaxation draws any
-            return finetune(model, client, batch_size, seed, self.new_client_steps, self.new_client_lr,
+        if not task.personal:
+            torch.manual_seed(task.seed)  # Gumbel noise, where the relaxation draws any
+            return finetune(model, task, self.new_client_steps, self.new_client_lr,
                             lambda adapted: adapted.personal_parameters())
         adapted = copy.deepcopy(model)
-        load_parameter_values(adapted, personal)
+        load_parameter_values(adapted, task.personal)
         return adapted.eval()

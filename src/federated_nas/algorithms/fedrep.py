@@ -11,13 +11,12 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
-import torch
 from torch import nn
 
 from federated_nas.algorithms.base import ClientTask, OptimizerFactory, State, steps_after_rounds
 from federated_nas.algorithms.fedavg import FedAvg
 from federated_nas.algorithms.personal import KeepPersonalPart, PartialTraining, finetune, load_parameter_values
-from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.models.heads import body_parameters, head_parameter_names, head_parameters, with_head
 
@@ -58,16 +57,15 @@ class FedRep(FedAvg):
         return (f"personal head: {self.head_steps} steps in each round a client takes part in "
                 f"(a client never sampled: {steps_after_rounds(self.head_steps, 'SGD')})")
 
-    def adapt(self, model: nn.Module, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> nn.Module:
+    def adapt(self, model: nn.Module, task: ClientTask) -> nn.Module:
         """The global body with the client's own head.
 
         A client that never trained has no head of its own; as FedRep does for new clients, it
         fits one to the global body (``head_steps`` steps at ``lr``) rather than use the untrained
         head the aggregate carries.
         """
-        if not personal:
-            return finetune(model, client, batch_size, seed, self.head_steps, self.lr, head_parameters)
+        if not task.personal:
+            return finetune(model, task, self.head_steps, self.lr, head_parameters)
         adapted = copy.deepcopy(model)
-        load_parameter_values(adapted, personal)
+        load_parameter_values(adapted, task.personal)
         return adapted.eval()

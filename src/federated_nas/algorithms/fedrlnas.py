@@ -8,7 +8,8 @@ loop sets, which is the same as the server drawing it and sending it; the client
 back with its reward, in its update's report beside the model state. The server then takes one
 REINFORCE ascent step of alpha on the expected reward against a moving-average baseline
 (``reinforce.ReinforcePolicy``; its optimizer state is the server's own, outside the model, saved
-in every checkpoint, so a resumed run steps exactly alike and clients are never sent it). Each weight entry is averaged over the clients whose child used it
+in every checkpoint, so a resumed run steps exactly alike and clients are never sent it). Each
+weight entry is averaged over the clients whose child used it
 (``MaskedAverage``); an op no client sampled keeps its value.
 
 The final model is the argmax child (the most likely op on every edge) with its trained weights,
@@ -26,11 +27,11 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
 from federated_nas.algorithms.aggregation import MaskedAverage, State
-from federated_nas.algorithms.base import ClientTask, Evaluate, OptimizerFactory, RoundPlan, cosine_lr
+from federated_nas.algorithms.base import (ClientTask, Evaluate, OptimizerFactory, RoundPlan, cosine_lr,
+                                           saved_server_state)
 from federated_nas.algorithms.fedavg import SupervisedTraining
 from federated_nas.algorithms.local_steps import first_order_weight_step
 from federated_nas.algorithms.nas import SupernetAlgorithm
-from federated_nas.algorithms.base import saved_server_state
 from federated_nas.algorithms.reinforce import POLICY_PREFIX, ReinforcePolicy, new_policy_state
 from federated_nas.algorithms.schedules import PruningSchedule
 from federated_nas.data.federated_data import FederatedData

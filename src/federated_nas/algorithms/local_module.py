@@ -11,9 +11,11 @@ LightningModules beside their strategies, so their servers import Lightning with
 from __future__ import annotations
 
 import time
+from typing import Iterable
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -85,3 +87,38 @@ class LocalModule(L.LightningModule):
 
     def local_step(self, batch) -> torch.Tensor:
         raise NotImplementedError
+
+    # --- the same steps outside a fit: a method's personalization after the rounds, where no Trainer runs
+
+    def run_steps(self, batches: Iterable) -> None:
+        """``local_step`` on each of ``batches`` (moved to the model's device) with plain autograd and fresh
+        optimizers from ``configure_optimizers``, no Trainer: so a personalization that continues a method's
+        local search (FedNAS) runs the very step of its rounds, on whatever device the model is."""
+        device = next(self.model.parameters()).device
+        optimizers = self.configure_optimizers()
+        self._outside_fit = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
+        try:
+            with torch.enable_grad():  # personalization may be called from evaluation code under no_grad
+                for batch in batches:
+                    self.local_step(move_data_to_device(batch, device))
+        finally:
+            self._outside_fit = None
+
+    def optimizers(self, use_pl_optimizer: bool = True):
+        outside = getattr(self, "_outside_fit", None)
+        if outside is None:
+            return super().optimizers(use_pl_optimizer)
+        return outside if len(outside) > 1 else outside[0]
+
+    def manual_backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if getattr(self, "_outside_fit", None) is None:
+            return super().manual_backward(loss, *args, **kwargs)
+        loss.backward(*args, **kwargs)
+
+    def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if getattr(self, "_outside_fit", None) is None:
+            return super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"outside a fit, gradients are clipped by norm only, not {gradient_clip_algorithm!r}")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)

@@ -32,7 +32,7 @@ from federated_nas.algorithms.base import ClientTask
 from federated_nas.algorithms.fedrlnas import ChildTraining, FedRLNAS, ReinforceAggregator
 from federated_nas.algorithms.personal import KeepPersonalPart, load_parameter_values
 from federated_nas.algorithms.reinforce import ReinforcePolicy, new_policy_state, policy_names
-from federated_nas.data.federated_data import ClientData, FederatedData
+from federated_nas.data.federated_data import FederatedData
 from federated_nas.search_space.children import Child, sample_child
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
 
@@ -113,9 +113,8 @@ class PerFedRLNAS(FedRLNAS):
     def personalization_budget(self) -> str:
         return "personal policy: one REINFORCE step per round a client takes part in"
 
-    def adapt(self, model: SearchNetwork, client: ClientData, batch_size: int, seed: int,
-              personal: dict[str, torch.Tensor]) -> SearchNetwork:
+    def adapt(self, model: SearchNetwork, task: ClientTask) -> SearchNetwork:
         """The argmax child of the client's own policy on the shared weights (the global one without a policy)."""
         adapted = copy.deepcopy(model)
-        load_parameter_values(adapted, {name: personal[name] for name in ARCH_NAMES if name in personal})
+        load_parameter_values(adapted, {name: task.personal[name] for name in ARCH_NAMES if name in task.personal})
         return adapted.eval()

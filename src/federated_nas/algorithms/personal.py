@@ -18,9 +18,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss
+from federated_nas.algorithms.base import ClientTask, OptimizerFactory, classification_loss
 from federated_nas.algorithms.local_module import LocalModule
-from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import batch_loader
 
 ParameterSelector = Callable[[nn.Module], list[nn.Parameter]]
@@ -40,19 +39,19 @@ def cycled(loader: Iterable, steps: int) -> Iterator:
             return
 
 
-def finetune(model: nn.Module, client: ClientData, batch_size: int, seed: int, steps: int, lr: float,
+def finetune(model: nn.Module, task: ClientTask, steps: int, lr: float,
              parameters: ParameterSelector | None = None) -> nn.Module:
-    """A copy of ``model`` after ``steps`` plain SGD steps on the client's train split, in eval mode.
+    """A copy of ``model`` after ``steps`` plain SGD steps on the task's client's train split, in eval mode.
 
     Only ``parameters(copy)`` move (all parameters when None); ``model`` itself is untouched, so
     the server's global model can be adapted for every client in turn. The batch order depends
-    only on ``seed``.
+    only on the task's seed.
     """
     adapted = copy.deepcopy(model).train()
     params = parameters(adapted) if parameters is not None else list(adapted.parameters())
     device = params[0].device if params else torch.device("cpu")
     with torch.enable_grad():  # personalization may be called from evaluation code under no_grad
-        for x, y in cycled(batch_loader(client.train, batch_size, shuffle=True, seed=seed), steps):
+        for x, y in cycled(batch_loader(task.client.train, task.plan.batch_size, shuffle=True, seed=task.seed), steps):
             loss = classification_loss(adapted, (x.to(device), y.to(device)))
             found = torch.autograd.grad(loss, params, allow_unused=True)
             with torch.no_grad():

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.base import FederatedAlgorithm, personalization_task
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.federation.backends import client_seed
 from federated_nas.federation.evaluation import evaluate
@@ -28,8 +28,9 @@ def adapt_client(algorithm: FederatedAlgorithm, model: nn.Module, client: Client
                  after_round: int, personal: dict[int, dict] | None) -> nn.Module:
     """The client's personalized model: the run's own personalization and the tuning's scoring both build it
     here, with the client's seed for ``after_round`` and what it kept across rounds."""
-    kept = (personal or {}).get(client.client_id, {})
-    return algorithm.adapt(model, client, batch_size, client_seed(seed, after_round, client.client_id), kept)
+    task = personalization_task(client, batch_size, seed, after_round, client_seed(seed, after_round, client.client_id),
+                                (personal or {}).get(client.client_id))
+    return algorithm.adapt(model, task)
 
 
 def personalize_clients(algorithm: FederatedAlgorithm, model: nn.Module, data: FederatedData, batch_size: int,
