@@ -380,6 +380,39 @@ def test_default_and_paper_variants(tiny_cfg):
         assert model.relaxation.temperature == pytest.approx(1.0)  # the schedule's start
 
 
+def test_maml_settings_are_one_node_of_the_config(tiny_cfg):
+    """algorithm.maml holds the MAML settings (the paper variant overrides two of them, keeping the rest)."""
+    from federated_nas.algorithms.maml import MAMLSettings
+    from federated_nas.runs import build
+
+    default, paper = (build(tiny_cfg("search", [f"algorithm={name}"]).algorithm).maml
+                      for name in ("fedmetanas", "fedmetanas_paper"))
+    assert default == MAMLSettings(inner_steps=1, inner_lr_w=0.025, inner_lr_alpha=0.03, w_keeps_support_steps=True)
+    assert paper == MAMLSettings(inner_steps=1, inner_lr_w=0.025, inner_lr_alpha=0.003, w_keeps_support_steps=False)
+    assert default.task_batch_size(8) == 8 and MAMLSettings(task_size=4).task_batch_size(8) == 4
+    meta_fedpnas = build(tiny_cfg("search", ["algorithm=meta_fedpnas", "algorithm.maml.inner_steps=2"]).algorithm)
+    assert meta_fedpnas.search.maml.inner_steps == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algorithm.maml.inner_steps=-1", "algorithm.maml.inner_steps"),
+    ("algorithm.maml.task_size=0", "algorithm.maml.task_size"),
+    ("algorithm.maml.inner_lr_alpha=0", "algorithm.maml.inner_lr_alpha"),
+    ("algorithm.maml.w_keeps_support_steps=maybe", "algorithm.maml.w_keeps_support_steps"),
+])
+def test_bad_maml_settings_are_one_clear_error(tiny_cfg, override, message):
+    from federated_nas.runs import check_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(tiny_cfg("search", ["algorithm=fedmetanas", override]))
+    from federated_nas.algorithms.maml import MAMLSettings  # the component checks what a caller gives it too
+
+    key, value = override.removeprefix("algorithm.maml.").split("=")
+    if key != "w_keeps_support_steps":
+        with pytest.raises(ConfigError, match=message):
+            MAMLSettings(**{key: float(value) if "lr" in key else int(value)})
+
+
 @pytest.mark.end_to_end
 def test_pruning_at_the_last_round_reports_the_accuracy_it_cost(pruned_at_the_last_round):
     """The final model is the pruned supernet; the same weights unpruned are evaluated beside it."""

@@ -27,7 +27,7 @@ from federated_nas.algorithms.fednas import FedNAS
 from federated_nas.algorithms.local_steps import MiLeNASSearch
 from federated_nas.algorithms.local_steps import RecalibrateBatchNorm
 from federated_nas.algorithms.nas import check_recalibration_batches, check_warmup, warming_up
-from federated_nas.algorithms.schedules import TemperatureSchedule, as_schedule
+from federated_nas.algorithms.schedules import TemperatureSchedule, as_component
 from federated_nas.search_space.relaxations import HardGumbelRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
 
@@ -43,7 +43,7 @@ class FedDSNAS(FedNAS):
         """``temperature`` None: DSNAS' constant 1."""
         super().__init__(search_space, w_optimizer, alpha_optimizer, val_lambda=val_lambda, final_model=final_model,
                          **fednas_options)
-        self.temperature = as_schedule(TemperatureSchedule, temperature) or TemperatureSchedule(1.0, 1.0)
+        self.temperature = as_component(TemperatureSchedule, temperature) or TemperatureSchedule(1.0, 1.0)
         self.warmup = check_warmup(warmup)
         self.bn_recalibration_batches = check_recalibration_batches(bn_recalibration_batches)
         self.tempered_sampling = bool(tempered_sampling)

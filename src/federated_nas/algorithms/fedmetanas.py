@@ -22,7 +22,8 @@ from federated_nas.algorithms.base import (ClientTask, OptimizerFactory, classif
                                           steps_after_rounds)
 from federated_nas.algorithms.nas import (SupernetAlgorithm, check_recalibration_batches,
                                          recalibrate_batch_norm)
-from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule
+from federated_nas.algorithms.maml import MAMLSettings
+from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_component
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import RELAXATIONS
@@ -45,27 +46,23 @@ class FedMetaNAS(SupernetAlgorithm):
 
     def __init__(self, search_space: Callable[..., SearchNetwork], w_optimizer: OptimizerFactory,
                  alpha_optimizer: OptimizerFactory, lr: float = 0.025, lr_min: float = 0.001,
-                 inner_steps: int = 1, inner_lr_w: float = 0.025, inner_lr_alpha: float = 0.003,
-                 task_size: int | None = None, relaxation: str = "softmax",
+                 maml: MAMLSettings | Mapping | None = None, relaxation: str = "softmax",
                  temperature: TemperatureSchedule | Mapping | None = None,
                  input_combinations: int | None = 2, pruning: PruningSchedule | Mapping | None = None,
                  adapt_steps: int = 5, grad_clip: float | None = 5.0, bn_recalibration_batches: int = 0,
-                 w_keeps_support_steps: bool = False, final_model: str = "supernet"):
-        """``temperature`` None: 1.0 -> 0.1 linear over the rounds; ``pruning`` None: after 1/2 and 3/4 of the
-        rounds at 0.01 (the paper's schedule)."""
+                 final_model: str = "supernet"):
+        """``maml`` None: ``MAMLSettings()``'s (one inner step, the paper's w update); ``temperature`` None: 1.0 ->
+        0.1 linear over the rounds; ``pruning`` None: after 1/2 and 3/4 of the rounds at 0.01 (the paper's)."""
         super().__init__(search_space, TemperatureSchedule() if temperature is None else temperature,
                          PruningSchedule((0.5, 0.75)) if pruning is None else pruning, final_model)
-        if inner_steps < 0:
-            raise ConfigError(f"algorithm.inner_steps must be >= 0, got {inner_steps}")
         if relaxation not in RELAXATIONS:
             raise ConfigError(f"algorithm.relaxation must be one of {', '.join(RELAXATIONS)}, got {relaxation!r}")
         self.relaxation = relaxation
-        self.w_keeps_support_steps = bool(w_keeps_support_steps)
+        self.maml: MAMLSettings = as_component(MAMLSettings, maml) or MAMLSettings()
         self.bn_recalibration_batches = check_recalibration_batches(bn_recalibration_batches)
         self.w_optimizer, self.alpha_optimizer = w_optimizer, alpha_optimizer
         self.lr, self.lr_min, self.grad_clip = lr, lr_min, grad_clip
-        self.inner_steps, self.inner_lr_w, self.inner_lr_alpha = inner_steps, inner_lr_w, inner_lr_alpha
-        self.task_size, self.input_combinations, self.adapt_steps = task_size, input_combinations, adapt_steps
+        self.input_combinations, self.adapt_steps = input_combinations, adapt_steps
 
     def supernet_options(self) -> dict[str, Any]:
         return {"relaxation": RELAXATIONS[self.relaxation](self.temperature.temperature_at(0, 1)),
@@ -74,18 +71,18 @@ class FedMetaNAS(SupernetAlgorithm):
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MetaSearch:
         from federated_nas.algorithms.local_steps import MetaSearch, RecalibrateBatchNorm  # Lightning, where clients train
 
-        plan = task.plan
+        plan, maml = task.plan, self.maml
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
-                            cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds), self.inner_steps,
-                            self.inner_lr_w, self.inner_lr_alpha, self.grad_clip,
-                            self.temperature.task_temperatures(self.inner_steps), self.w_keeps_support_steps)
+                            cosine_lr(self.lr, self.lr_min, plan.round_idx, plan.rounds), maml.inner_steps,
+                            maml.inner_lr_w, maml.inner_lr_alpha, self.grad_clip,
+                            self.temperature.task_temperatures(maml.inner_steps), maml.w_keeps_support_steps)
         if self.bn_recalibration_batches:
             module.callbacks.append(RecalibrateBatchNorm(self.bn_recalibration_batches, support_inputs))
         return module
 
     def client_loader(self, task: ClientTask) -> Iterable:
         return paired_loader(task.client.train, task.client.val, ("support", "query"),
-                             self.task_size or task.plan.batch_size, task.seed)
+                             self.maml.task_batch_size(task.plan.batch_size), task.seed)
 
     def personalization_budget(self) -> str:
         return steps_after_rounds(self.adapt_steps, "MAML inner")
@@ -95,9 +92,10 @@ class FedMetaNAS(SupernetAlgorithm):
         from federated_nas.algorithms.local_steps import inner_steps, meta_parameters
 
         adapted = copy.deepcopy(model).train()
-        params, rates = meta_parameters(adapted, self.inner_lr_w, self.inner_lr_alpha)
+        params, rates = meta_parameters(adapted, self.maml.inner_lr_w, self.maml.inner_lr_alpha)
         device = params[0].device
-        loader = batch_loader(task.client.train, self.task_size or task.plan.batch_size, shuffle=True, seed=task.seed)
+        loader = batch_loader(task.client.train, self.maml.task_batch_size(task.plan.batch_size), shuffle=True,
+                              seed=task.seed)
         batches = [(x.to(device), y.to(device)) for x, y in loader]
         batches = (batches * self.adapt_steps)[: self.adapt_steps]
         inner_steps(adapted, params, rates, batches, functools.partial(classification_loss, adapted))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from federated_nas.algorithms.base import Evaluate, FederatedAlgorithm, RoundPlan
-from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_schedule
+from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_component
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
@@ -71,8 +71,8 @@ class SupernetAlgorithm(FederatedAlgorithm):
         if final_model not in FINAL_MODELS:
             raise ConfigError(f"algorithm.final_model must be one of {', '.join(FINAL_MODELS)}, got {final_model!r}")
         self.search_space = search_space
-        self.temperature: TemperatureSchedule | None = as_schedule(TemperatureSchedule, temperature)
-        self.pruning: PruningSchedule | None = as_schedule(PruningSchedule, pruning)
+        self.temperature: TemperatureSchedule | None = as_component(TemperatureSchedule, temperature)
+        self.pruning: PruningSchedule | None = as_component(PruningSchedule, pruning)
         self.final_model = final_model
         self.input_shape: tuple[int, ...] = ()
 

@@ -82,9 +82,9 @@ class PruningSchedule:
         return {"pruned_ops": removed["ops"], "pruned_combinations": removed["combinations"]}
 
 
-def as_schedule(kind: type, settings: Any) -> Any:
-    """A schedule object from what a config or a caller gives: the object itself, a mapping of its
-    settings (a node without ``_target_``, or a test's dict), or None (the method has none)."""
+def as_component(kind: type, settings: Any) -> Any:
+    """A component (a schedule, MAML's settings) from what a config or a caller gives: the object itself, a
+    mapping of its settings (a node without ``_target_``, or a test's dict), or None (the method has none)."""
     if settings is None or isinstance(settings, kind):
         return settings
     if isinstance(settings, Mapping):
