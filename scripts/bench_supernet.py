@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch.utils.data import TensorDataset
 
-from federated_nas.algorithms.base import ClientTask, RoundPlan
+from federated_nas.algorithms.core.base import ClientTask, RoundPlan
 from federated_nas.compat import quiet_libraries
 from federated_nas.data.federated_data import ClientData
 from federated_nas.runs import build

@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
-from federated_nas.algorithms.aggregation import load_state
+from federated_nas.algorithms.core.aggregation import load_state
 from federated_nas.cli import one_line_errors
 from federated_nas.errors import ConfigError
 from federated_nas.federation.checkpoint import load_latest_checkpoint

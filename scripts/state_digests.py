@@ -56,7 +56,7 @@ def digest(value) -> str:
 def method_digests(name: str, work: Path) -> dict[str, str]:
     from hydra import compose, initialize_config_dir
 
-    from federated_nas.algorithms.base import FederatedAlgorithm
+    from federated_nas.algorithms.core.base import FederatedAlgorithm
     from federated_nas.federation.checkpoint import load_latest_checkpoint
     from federated_nas.runs import build, run_search
 

@@ -120,7 +120,7 @@ LEARNABLE_FOR = {
 def learning_run(name: str, tmp_path: Path) -> FinishedRun:
     """configs/algorithm/<name>.yaml for 2 rounds on the LEARNABLE task, with personalize=true where the method
     defines a personalization."""
-    from federated_nas.algorithms.base import FederatedAlgorithm
+    from federated_nas.algorithms.core.base import FederatedAlgorithm
     from federated_nas.runs import build, run_search
 
     cfg = compose_config("search", tmp_path, [f"algorithm={name}", "logger=none", *LEARNABLE,
@@ -131,7 +131,7 @@ def learning_run(name: str, tmp_path: Path) -> FinishedRun:
 
 def adapt_task(client, batch_size: int, seed: int, personal: dict | None = None):
     """The ``ClientTask`` a method's ``adapt`` gets for ``client`` after the rounds, with its own ``seed``."""
-    from federated_nas.algorithms.base import personalization_task
+    from federated_nas.algorithms.core.base import personalization_task
 
     return personalization_task(client, batch_size, 0, 1, seed, personal)
 
@@ -297,7 +297,7 @@ def client_with(samples: int, seed: int = 0):
 
 def first_of_one_round(samples: int):
     """A client's task in round 0 of 1 (the lr schedule's start), with nothing kept from before."""
-    from federated_nas.algorithms.base import ClientTask, RoundPlan
+    from federated_nas.algorithms.core.base import ClientTask, RoundPlan
 
     return ClientTask(client_with(samples), RoundPlan(0, 1, 0, 1, None, 4), 0)
 
@@ -321,7 +321,7 @@ TINY_DATA = SimpleNamespace(in_channels=1, num_classes=3, image_size=8, input_sh
 def tiny_rl_algorithm(method: type | None = None, **options):
     """FedRLNAS (or its subclass ``method``) on two ops (avg_pool, sep_conv) and one node: 2 edges per cell
     kind; alpha starts uniform. Returns (algorithm, model)."""
-    from federated_nas.algorithms.fedrlnas import FedRLNAS
+    from federated_nas.algorithms.nas.fedrlnas import FedRLNAS
     from federated_nas.search_space.supernet import SearchNetwork
 
     space = functools.partial(SearchNetwork, C=2, layers=1, steps=1, multiplier=1,

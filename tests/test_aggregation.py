@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from federated_nas.algorithms.aggregation import WeightedAverage, weighted_average
+from federated_nas.algorithms.core.aggregation import WeightedAverage, weighted_average
 from federated_nas.errors import DataError
 from federated_nas.federation.server import sample_clients
 

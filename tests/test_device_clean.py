@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from federated_nas.algorithms.fedavg import SupervisedTraining
+from federated_nas.algorithms.core.local_module import SupervisedTraining
 from federated_nas.builders import build, build_data
 from federated_nas.federation.backends import LocalBackend
 from federated_nas.federation.evaluation import evaluate

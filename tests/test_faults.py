@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from federated_nas.algorithms.aggregation import clip_update
+from federated_nas.algorithms.core.aggregation import clip_update
 from federated_nas.federation import backends
 from federated_nas.federation.checkpoint import LAST, load_latest_checkpoint
 from federated_nas.federation.server import RoundFailed, injected_dropouts

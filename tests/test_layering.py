@@ -55,3 +55,16 @@ def test_imports_only_point_down():
     upward = [f"{importer} imports {imported}" for importer, imported in imports()
               if layer_of(imported) < layer_of(importer)]
     assert upward == [], "\n".join(upward)
+
+
+def test_algorithms_core_imports_no_method_and_the_two_method_folders_not_each_other():
+    """algorithms/core is the contract and the shared rules; a method (nas/, baselines/) builds on it alone, so a
+    new method is read knowing core, and neither folder's change can break the other."""
+    allowed = {"core": {"core"}, "nas": {"core", "nas"}, "baselines": {"core", "baselines"}}
+    crossing = []
+    for importer, imported in imports():
+        parts, target = importer.split("."), imported.split(".")
+        if parts[1:2] == ["algorithms"] and target[1:2] == ["algorithms"] and len(parts) > 3 and len(target) > 2:
+            if target[2] not in allowed[parts[2]]:
+                crossing.append(f"{importer} imports {imported}")
+    assert crossing == [], "\n".join(crossing)

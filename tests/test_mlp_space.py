@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from federated_nas.algorithms.aggregation import load_state
+from federated_nas.algorithms.core.aggregation import load_state
 from federated_nas.data.vectors import load_tabular_dataset, make_signal_dataset
 from federated_nas.errors import ConfigError
 from federated_nas.runs import run_search, run_train

@@ -12,10 +12,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from federated_nas.algorithms.fedavg import FedAvg
-from federated_nas.algorithms.fedprox import FedProx
-from federated_nas.algorithms.perfedavg import PerFedAvg
-from federated_nas.algorithms.personal import cycled, finetune
+from federated_nas.algorithms.baselines.fedavg import FedAvg
+from federated_nas.algorithms.baselines.fedprox import FedProx
+from federated_nas.algorithms.baselines.perfedavg import PerFedAvg
+from federated_nas.algorithms.core.personal import cycled, finetune
 from federated_nas.data.loaders import batch_loader
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.models.heads import head_parameters
@@ -81,7 +81,7 @@ BUDGETS = {  # what each method's personalization costs a client, as the compari
 
 @pytest.mark.parametrize("name,budget", sorted(BUDGETS.items()))
 def test_each_personalizing_method_states_its_budget(tiny_cfg, name, budget):
-    from federated_nas.algorithms.base import FederatedAlgorithm
+    from federated_nas.algorithms.core.base import FederatedAlgorithm
 
     overrides = [f"algorithm={name}", *(SMALL_CNN if name in SWEPT[:6] else [])]
     algorithm = build(tiny_cfg("search", overrides).algorithm)

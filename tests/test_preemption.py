@@ -54,7 +54,7 @@ def test_sigint_between_rounds_stops_after_the_checkpoint_and_resumes_bit_equal(
 
 def test_sigterm_inside_a_client_fit_abandons_the_round_and_resumes_bit_equal(tiny_cfg, monkeypatch):
     """SIGTERM during round 2's first client: Lightning ends the fit, the run keeps round 1's checkpoint."""
-    from federated_nas.algorithms.local_module import LocalModule
+    from federated_nas.algorithms.core.local_module import LocalModule
 
     overrides = [*ROUNDS, "algorithm=fednas", "logger=none"]
     straight = run_search(tiny_cfg("search", overrides, run="straight"))

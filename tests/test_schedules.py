@@ -9,9 +9,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from federated_nas.algorithms.base import cosine_lr
-from federated_nas.algorithms.fedmetanas import FedMetaNAS
-from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule
+from federated_nas.algorithms.core.base import cosine_lr
+from federated_nas.algorithms.nas.fedmetanas import FedMetaNAS
+from federated_nas.algorithms.core.schedules import PruningSchedule, TemperatureSchedule
 from federated_nas.builders import build
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork
@@ -84,7 +84,7 @@ def test_after_aggregation_applies_the_temperature_then_the_pruning_due():
 
 def test_server_state_carries_the_temperature_through_a_checkpoint():
     """The annealed temperature is no tensor: the algorithm's server state keeps it, old checkpoints included."""
-    from federated_nas.algorithms.base import saved_server_state
+    from federated_nas.algorithms.core.base import saved_server_state
 
     algorithm = FedMetaNAS(TINY_SPACE, SGD, SGD, temperature={"start": 1.0, "end": 0.5})
     data = type("Data", (), {"in_channels": 1, "num_classes": 3, "input_shape": (1, 8, 8)})

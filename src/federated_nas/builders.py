@@ -12,7 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.core.base import FederatedAlgorithm
 from federated_nas.data.federated_data import FederatedData, build_federated_data
 from federated_nas.errors import ConfigError, DataError
 

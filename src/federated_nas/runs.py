@@ -17,7 +17,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.core.base import FederatedAlgorithm
 from federated_nas.builders import TrainerFactory, build, build_data
 from federated_nas.cli import sweep_job
 from federated_nas.config_checks import check_config

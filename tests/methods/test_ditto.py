@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from federated_nas.algorithms.ditto import Ditto, DittoTraining
-from federated_nas.algorithms.fedavg import SupervisedTraining
+from federated_nas.algorithms.baselines.ditto import Ditto, DittoTraining
+from federated_nas.algorithms.core.local_module import SupervisedTraining
 from federated_nas.errors import ConfigError
 from federated_nas.federation.server import sample_clients
 from federated_nas.runs import build, run_search

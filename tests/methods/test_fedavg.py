@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from federated_nas.algorithms.fedavg import SupervisedTraining
+from federated_nas.algorithms.core.local_module import SupervisedTraining
 from helpers import SGD, grads, linear_model, run_one_step, tiny_batch
 
 

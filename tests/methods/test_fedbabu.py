@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from federated_nas.algorithms.fedbabu import FedBABU
+from federated_nas.algorithms.baselines.fedbabu import FedBABU
 from federated_nas.errors import ConfigError
 from federated_nas.models.heads import body_parameters, head_parameter_names
 from federated_nas.runs import build

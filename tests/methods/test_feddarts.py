@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from federated_nas.algorithms.feddarts import FirstOrderDARTSSearch
+from federated_nas.algorithms.nas.feddarts import FirstOrderDARTSSearch
 from federated_nas.search_space.supernet import SearchNetwork
 from helpers import SGD, grads, run_one_step, tiny_batch
 

@@ -107,8 +107,8 @@ def test_bad_temperature_schedule_is_one_line(tiny_cfg):
 
 
 def test_warmup_rounds_keep_alpha_and_train_w():
-    from federated_nas.algorithms.local_steps import MiLeNASSearch
-    from federated_nas.algorithms.nas import warming_up
+    from federated_nas.algorithms.core.local_steps import MiLeNASSearch
+    from federated_nas.algorithms.core.supernet_methods import warming_up
 
     assert [warming_up(0.25, r, 8) for r in range(4)] == [True, True, False, False]
     assert not warming_up(0.0, 0, 8)
@@ -125,7 +125,7 @@ def test_warmup_rounds_keep_alpha_and_train_w():
 
 def test_recalibration_under_the_argmax_child_gives_every_op_statistics():
     """The evaluated child alone would leave the other ops' statistics reset; they run on its node states."""
-    from federated_nas.algorithms.nas import recalibrate_batch_norm
+    from federated_nas.algorithms.core.supernet_methods import recalibrate_batch_norm
 
     torch.manual_seed(0)
     net = SearchNetwork(1, 10, C=4, layers=3, relaxation=HardGumbelRelaxation())

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from federated_nas.algorithms.local_steps import MetaSearch
+from federated_nas.algorithms.core.local_steps import MetaSearch
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.network import count_parameters
 from federated_nas.search_space.operations import PRIMITIVES
-from federated_nas.algorithms.schedules import TemperatureSchedule
+from federated_nas.algorithms.core.schedules import TemperatureSchedule
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import (GumbelSoftmaxRelaxation, SoftmaxRelaxation,
                                                     TemperedSoftmaxRelaxation, anneal)
@@ -269,7 +269,7 @@ def batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Batc
 
 def test_recalibrated_statistics_are_those_of_the_deterministic_forward():
     """One batch: running mean and var become that batch's statistics under softmax(alpha / T), no Gumbel noise."""
-    from federated_nas.algorithms.nas import recalibrate_batch_norm
+    from federated_nas.algorithms.core.supernet_methods import recalibrate_batch_norm
 
     net = gumbel_net()
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
@@ -296,9 +296,9 @@ def test_recalibrated_statistics_are_those_of_the_deterministic_forward():
 def test_client_upload_carries_statistics_recalibrated_over_its_first_support_batches():
     import lightning as L
 
-    from federated_nas.algorithms.fedmetanas import FedMetaNAS
-    from federated_nas.algorithms.nas import recalibrate_batch_norm
-    from federated_nas.algorithms.base import ClientTask, RoundPlan
+    from federated_nas.algorithms.nas.fedmetanas import FedMetaNAS
+    from federated_nas.algorithms.core.supernet_methods import recalibrate_batch_norm
+    from federated_nas.algorithms.core.base import ClientTask, RoundPlan
     from federated_nas.federation.backends import LocalBackend, client_seed
 
     space = functools.partial(SearchNetwork, C=2, layers=2)
@@ -382,7 +382,7 @@ def test_default_and_paper_variants(tiny_cfg):
 
 def test_maml_settings_are_one_node_of_the_config(tiny_cfg):
     """algorithm.maml holds the MAML settings (the paper variant overrides two of them, keeping the rest)."""
-    from federated_nas.algorithms.maml import MAMLSettings
+    from federated_nas.algorithms.core.maml import MAMLSettings
     from federated_nas.runs import build
 
     default, paper = (build(tiny_cfg("search", [f"algorithm={name}"]).algorithm).maml
@@ -405,7 +405,7 @@ def test_bad_maml_settings_are_one_clear_error(tiny_cfg, override, message):
 
     with pytest.raises(ConfigError, match=message):
         check_config(tiny_cfg("search", ["algorithm=fedmetanas", override]))
-    from federated_nas.algorithms.maml import MAMLSettings  # the component checks what a caller gives it too
+    from federated_nas.algorithms.core.maml import MAMLSettings  # the component checks what a caller gives it too
 
     key, value = override.removeprefix("algorithm.maml.").split("=")
     if key != "w_keeps_support_steps":

@@ -9,8 +9,8 @@ import functools
 import pytest
 import torch
 
-from federated_nas.algorithms.fednas import FedNAS
-from federated_nas.algorithms.local_steps import MiLeNASSearch
+from federated_nas.algorithms.nas.fednas import FedNAS
+from federated_nas.algorithms.core.local_steps import MiLeNASSearch
 from federated_nas.errors import ConfigError
 from federated_nas.runs import build
 from federated_nas.search_space.supernet import SearchNetwork
@@ -114,7 +114,7 @@ def test_bad_adaptation_steps_are_one_clear_error(tiny_cfg):
 def test_steps_outside_a_fit_equal_the_same_steps_through_a_trainer():
     """LocalModule.run_steps (personalization's way) gives what a Lightning fit of the same module gives: the
     same optimizers, backward and clipping; here with momentum (state across steps) and a clip that bites."""
-    from federated_nas.algorithms.local_steps import MiLeNASSearch
+    from federated_nas.algorithms.core.local_steps import MiLeNASSearch
 
     torch.manual_seed(0)
     model = SearchNetwork(1, 3, C=2, layers=1)

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from federated_nas.algorithms.fedrep import FedRep, FedRepTraining
+from federated_nas.algorithms.baselines.fedrep import FedRep, FedRepTraining
 from federated_nas.errors import ConfigError
 from federated_nas.models.heads import body_parameters, head_parameter_names, head_parameters
 from federated_nas.runs import build

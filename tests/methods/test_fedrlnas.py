@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from federated_nas.algorithms.aggregation import MaskedAverage, WeightedAverage
-from federated_nas.algorithms.reinforce import adam_ascent, reinforce_direction
+from federated_nas.algorithms.core.aggregation import MaskedAverage, WeightedAverage
+from federated_nas.algorithms.core.reinforce import adam_ascent, reinforce_direction
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from federated_nas.algorithms.perfedavg import FirstOrderMetaStep
+from federated_nas.algorithms.baselines.perfedavg import FirstOrderMetaStep
 from federated_nas.errors import ConfigError
 from federated_nas.runs import build
 from helpers import SGD, grads, linear_model, run_one_step, tiny_batch

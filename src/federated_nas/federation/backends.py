@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from federated_nas.algorithms.aggregation import load_state
-from federated_nas.algorithms.base import ClientTask, FederatedAlgorithm, RoundPlan, State
+from federated_nas.algorithms.core.aggregation import load_state
+from federated_nas.algorithms.core.base import ClientTask, FederatedAlgorithm, RoundPlan, State
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
 
@@ -134,7 +134,7 @@ class LocalBackend:
         # clients fit in this process, so it needs Lightning: imported now, in the thread that builds the run,
         # before the run's tracker thread may import it too (two threads importing one package can deadlock
         # on its module locks). A server whose clients run in workers (DistributedBackend) need not import it.
-        import federated_nas.algorithms.local_module  # noqa: F401
+        import federated_nas.algorithms.core.local_module  # noqa: F401
 
     # The lifecycle every backend has, so a run never asks which backend it holds. Here, in one
     # process, there is nothing to prepare, serve or stop.

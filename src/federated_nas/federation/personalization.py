@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from federated_nas.algorithms.base import FederatedAlgorithm, personalization_task
+from federated_nas.algorithms.core.base import FederatedAlgorithm, personalization_task
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.federation.backends import client_seed
 from federated_nas.federation.evaluation import evaluate

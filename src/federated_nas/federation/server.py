@@ -20,8 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from federated_nas.algorithms.aggregation import WeightedAverage, clip_update
-from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan
+from federated_nas.algorithms.core.aggregation import WeightedAverage, clip_update
+from federated_nas.algorithms.core.base import FederatedAlgorithm, RoundPlan
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError, DataError, RunStopped
 from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.core.base import FederatedAlgorithm
 from federated_nas.builders import build, build_data
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import DataError

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from federated_nas.algorithms.base import FederatedAlgorithm, RoundPlan, State
+from federated_nas.algorithms.core.base import FederatedAlgorithm, RoundPlan, State
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.backends import ClientFailure, ClientUpdate, compile_options

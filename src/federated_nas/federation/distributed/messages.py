@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from federated_nas.algorithms.base import RoundPlan
+from federated_nas.algorithms.core.base import RoundPlan
 from federated_nas.federation.backends import ClientFailure, ClientUpdate
 from federated_nas.federation.distributed.wire import decode_state, encode_state, json_tensor, tensor_json
 

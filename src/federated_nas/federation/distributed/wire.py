@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from federated_nas.algorithms.base import State
+from federated_nas.algorithms.core.base import State
 from federated_nas.errors import DataError
 
 WIRE_DTYPES = {str(d).removeprefix("torch."): d for d in (

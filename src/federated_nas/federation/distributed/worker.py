@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from federated_nas.algorithms.aggregation import load_state
-from federated_nas.algorithms.base import FederatedAlgorithm
+from federated_nas.algorithms.core.aggregation import load_state
+from federated_nas.algorithms.core.base import FederatedAlgorithm
 from federated_nas.builders import TrainerFactory, build, build_data
 from federated_nas.compat import quiet_libraries
 from federated_nas.federation.backends import LocalBackend, usable_cores

@@ -13,9 +13,9 @@ from typing import Callable
 
 from torch import nn
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, State, steps_after_rounds
-from federated_nas.algorithms.fedavg import FedAvg
-from federated_nas.algorithms.personal import KeepPersonalPart, PartialTraining, finetune, load_parameter_values
+from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, State, steps_after_rounds
+from federated_nas.algorithms.baselines.fedavg import FedAvg
+from federated_nas.algorithms.core.personal import KeepPersonalPart, PartialTraining, finetune, load_parameter_values
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.models.heads import body_parameters, head_parameter_names, head_parameters, with_head

@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
-from federated_nas.algorithms.base import (ClientTask, OptimizerFactory, classification_loss, cosine_lr,
+from federated_nas.algorithms.core.base import (ClientTask, OptimizerFactory, classification_loss, cosine_lr,
                                           steps_after_rounds)
-from federated_nas.algorithms.nas import (SupernetAlgorithm, check_recalibration_batches,
+from federated_nas.algorithms.core.supernet_methods import (SupernetAlgorithm, check_recalibration_batches,
                                          recalibrate_batch_norm)
-from federated_nas.algorithms.maml import MAMLSettings
-from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_component
+from federated_nas.algorithms.core.maml import MAMLSettings
+from federated_nas.algorithms.core.schedules import PruningSchedule, TemperatureSchedule, as_component
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import RELAXATIONS
 from federated_nas.search_space.supernet import SearchNetwork
 
 if TYPE_CHECKING:
-    from federated_nas.algorithms.local_steps import MetaSearch
+    from federated_nas.algorithms.core.local_steps import MetaSearch
 
 
 def support_inputs(task: dict) -> torch.Tensor:
@@ -69,7 +69,8 @@ class FedMetaNAS(SupernetAlgorithm):
                 "input_combinations": self.input_combinations}
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MetaSearch:
-        from federated_nas.algorithms.local_steps import MetaSearch, RecalibrateBatchNorm  # Lightning, where clients train
+        # Lightning, where clients train
+        from federated_nas.algorithms.core.local_steps import MetaSearch, RecalibrateBatchNorm
 
         plan, maml = task.plan, self.maml
         module = MetaSearch(model, self.w_optimizer, self.alpha_optimizer,
@@ -89,7 +90,7 @@ class FedMetaNAS(SupernetAlgorithm):
 
     def adapt(self, model: SearchNetwork, task: ClientTask) -> SearchNetwork:
         """Personalization: a few inner-loop steps on the client's own train split, from the meta-learned start."""
-        from federated_nas.algorithms.local_steps import inner_steps, meta_parameters
+        from federated_nas.algorithms.core.local_steps import inner_steps, meta_parameters
 
         adapted = copy.deepcopy(model).train()
         params, rates = meta_parameters(adapted, self.maml.inner_lr_w, self.maml.inner_lr_alpha)

@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from federated_nas.algorithms.aggregation import State
+from federated_nas.algorithms.core.aggregation import State
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.children import Child
 from federated_nas.search_space.supernet import CELL_KINDS
@@ -33,7 +33,8 @@ POLICY_PREFIX = "reinforce."
 
 def policy_names(prefix: str = POLICY_PREFIX) -> list[str]:
     """The keys of one policy's optimizer state: baseline, step count and Adam moments per cell kind."""
-    names = ["baseline", "updates"] + [f"{moment}_{kind}" for kind in CELL_KINDS for moment in ("exp_avg", "exp_avg_sq")]
+    moments = [f"{moment}_{kind}" for kind in CELL_KINDS for moment in ("exp_avg", "exp_avg_sq")]
+    names = ["baseline", "updates", *moments]
     return [prefix + name for name in names]
 
 

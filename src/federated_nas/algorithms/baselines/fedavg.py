@@ -4,29 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
-from federated_nas.algorithms.base import (ClientTask, FederatedAlgorithm, OptimizerFactory, RoundPlan, cosine_lr,
+from federated_nas.algorithms.core.base import (ClientTask, FederatedAlgorithm, OptimizerFactory, RoundPlan, cosine_lr,
                                           steps_after_rounds)
-from federated_nas.algorithms.local_module import LocalModule
-from federated_nas.algorithms.personal import finetune
+from federated_nas.algorithms.core.local_module import SupervisedTraining
+from federated_nas.algorithms.core.personal import finetune
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters
-
-
-class SupervisedTraining(LocalModule):
-    """Plain local SGD on the client's train split."""
-
-    def local_step(self, batch) -> torch.Tensor:
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        loss = self.loss(batch)
-        self.manual_backward(loss)
-        self.clip_weight_gradients(optimizer)
-        optimizer.step()
-        return loss
 
 
 class FedAvg(FederatedAlgorithm):

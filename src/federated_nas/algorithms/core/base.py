@@ -18,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from federated_nas.algorithms.aggregation import State, WeightedAverage, load_state
+from federated_nas.algorithms.core.aggregation import State, WeightedAverage, load_state
 from federated_nas.data.federated_data import ClientData, FederatedData
 from federated_nas.data.loaders import batch_loader
 
 Evaluate = Callable[[nn.Module], float]  # a model -> its global test accuracy
 
 if TYPE_CHECKING:  # Lightning is imported only where clients train (see local_module)
-    from federated_nas.algorithms.local_module import LocalModule
+    from federated_nas.algorithms.core.local_module import LocalModule
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 

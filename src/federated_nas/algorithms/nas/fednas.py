@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, cosine_lr, steps_after_rounds
-from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, cosine_lr, steps_after_rounds
+from federated_nas.algorithms.core.supernet_methods import SupernetAlgorithm
 from federated_nas.data.federated_data import ClientData
 from federated_nas.data.loaders import paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork
 
 if TYPE_CHECKING:
-    from federated_nas.algorithms.local_steps import MiLeNASSearch
+    from federated_nas.algorithms.core.local_steps import MiLeNASSearch
 
 
 def train_val_pairs(client: ClientData, batch_size: int, seed: int) -> Iterable:
@@ -55,7 +55,7 @@ class FedNAS(SupernetAlgorithm):
         self.adapt_steps, self.adapt_lr_w, self.adapt_lr_alpha = adapt_steps, adapt_lr_w, adapt_lr_alpha
 
     def local_module(self, model: SearchNetwork, task: ClientTask) -> MiLeNASSearch:
-        from federated_nas.algorithms.local_steps import MiLeNASSearch  # Lightning, where clients train
+        from federated_nas.algorithms.core.local_steps import MiLeNASSearch  # Lightning, where clients train
 
         lr = cosine_lr(self.lr, self.lr_min, task.plan.round_idx, task.plan.rounds)
         return MiLeNASSearch(model, self.w_optimizer, self.alpha_optimizer, lr, self.val_lambda, self.grad_clip)
@@ -73,7 +73,7 @@ class FedNAS(SupernetAlgorithm):
         Runs on a copy of the global supernet, so each client's alpha (its genotype) moves toward
         its own data; the batch pairs cycle when the client has fewer than ``adapt_steps``.
         """
-        from federated_nas.algorithms.local_steps import MiLeNASSearch  # Lightning, where clients train
+        from federated_nas.algorithms.core.local_steps import MiLeNASSearch  # Lightning, where clients train
 
         adapted = copy.deepcopy(model).train()
         search = MiLeNASSearch(adapted, torch.optim.SGD, functools.partial(torch.optim.SGD, lr=self.adapt_lr_alpha),

@@ -17,9 +17,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, classification_loss, cosine_lr
-from federated_nas.algorithms.local_steps import ArchitectureSearch
-from federated_nas.algorithms.nas import SupernetAlgorithm
+from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, classification_loss, cosine_lr
+from federated_nas.algorithms.core.local_steps import ArchitectureSearch
+from federated_nas.algorithms.core.supernet_methods import SupernetAlgorithm
 from federated_nas.data.loaders import paired_loader
 from federated_nas.search_space.supernet import SearchNetwork
 

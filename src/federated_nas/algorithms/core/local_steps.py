@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable
 import lightning as L
 import torch
 
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss
-from federated_nas.algorithms.local_module import LocalModule
-from federated_nas.algorithms.nas import recalibrate_batch_norm
+from federated_nas.algorithms.core.base import OptimizerFactory, classification_loss
+from federated_nas.algorithms.core.local_module import LocalModule
+from federated_nas.algorithms.core.supernet_methods import recalibrate_batch_norm
 from federated_nas.search_space.supernet import SearchNetwork
 
 Backward = Callable[..., None]

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from federated_nas.algorithms.base import Evaluate, FederatedAlgorithm, RoundPlan
-from federated_nas.algorithms.schedules import PruningSchedule, TemperatureSchedule, as_component
+from federated_nas.algorithms.core.base import Evaluate, FederatedAlgorithm, RoundPlan
+from federated_nas.algorithms.core.schedules import PruningSchedule, TemperatureSchedule, as_component
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.network import count_parameters

@@ -19,8 +19,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torchmetrics import MeanMetric
 
-from federated_nas.algorithms.aggregation import State
-from federated_nas.algorithms.base import OptimizerFactory, classification_loss
+from federated_nas.algorithms.core.aggregation import State
+from federated_nas.algorithms.core.base import OptimizerFactory, classification_loss
 from federated_nas.compat import use_torch_leaf_factory_in_lightning
 
 use_torch_leaf_factory_in_lightning()  # before any client fit
@@ -122,3 +122,16 @@ class LocalModule(L.LightningModule):
             raise ValueError(f"outside a fit, gradients are clipped by norm only, not {gradient_clip_algorithm!r}")
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
+
+class SupervisedTraining(LocalModule):
+    """Plain local SGD on the client's train split."""
+
+    def local_step(self, batch) -> torch.Tensor:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss = self.loss(batch)
+        self.manual_backward(loss)
+        self.clip_weight_gradients(optimizer)
+        optimizer.step()
+        return loss

@@ -26,14 +26,14 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 
-from federated_nas.algorithms.aggregation import MaskedAverage, State
-from federated_nas.algorithms.base import (ClientTask, Evaluate, OptimizerFactory, RoundPlan, cosine_lr,
+from federated_nas.algorithms.core.aggregation import MaskedAverage, State
+from federated_nas.algorithms.core.base import (ClientTask, Evaluate, OptimizerFactory, RoundPlan, cosine_lr,
                                            saved_server_state)
-from federated_nas.algorithms.fedavg import SupervisedTraining
-from federated_nas.algorithms.local_steps import first_order_weight_step
-from federated_nas.algorithms.nas import SupernetAlgorithm
-from federated_nas.algorithms.reinforce import POLICY_PREFIX, ReinforcePolicy, new_policy_state
-from federated_nas.algorithms.schedules import PruningSchedule
+from federated_nas.algorithms.core.local_module import SupervisedTraining
+from federated_nas.algorithms.core.local_steps import first_order_weight_step
+from federated_nas.algorithms.core.supernet_methods import SupernetAlgorithm
+from federated_nas.algorithms.core.reinforce import POLICY_PREFIX, ReinforcePolicy, new_policy_state
+from federated_nas.algorithms.core.schedules import PruningSchedule
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError

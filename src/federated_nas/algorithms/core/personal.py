@@ -18,8 +18,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from federated_nas.algorithms.base import ClientTask, OptimizerFactory, classification_loss
-from federated_nas.algorithms.local_module import LocalModule
+from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, classification_loss
+from federated_nas.algorithms.core.local_module import LocalModule
 from federated_nas.data.loaders import batch_loader
 
 ParameterSelector = Callable[[nn.Module], list[nn.Parameter]]

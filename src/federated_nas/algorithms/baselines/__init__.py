@@ -1,0 +1,1 @@
+"""The fixed-network and personalization baselines the NAS papers compare against, one module each."""

@@ -1,0 +1,1 @@
+"""The federated architecture-search methods, one module each (their YAML: configs/algorithm/)."""
