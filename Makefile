@@ -31,12 +31,15 @@ browser:  ## Debian's chromium and chromium-driver for tests/test_mlflow_ui.py, 
 # picks others): AVX2-only CPUs once aborted the suite inside oneDNN (tests/test_onednn_kernels.py)
 AVX2_TESTS = tests/test_onednn_kernels.py tests/test_search_space.py tests/methods -m "not end_to_end"
 
+# pytest-xdist: two test processes (the suite's tests are single runs of a second or more, mostly on one core)
+TEST_PROCESSES ?= 2
+
 test:  ## the whole suite, then the supernet and method tests on AVX2 kernels (a few minutes on 2 CPU cores)
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest -n $(TEST_PROCESSES) tests
 	$(MAKE) --no-print-directory test-avx2
 
 test-avx2:  ## the supernet and method tests with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2)
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PYTHON) -m pytest $(AVX2_TESTS)
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PYTHON) -m pytest -n $(TEST_PROCESSES) $(AVX2_TESTS)
 
 test-stress:  ## eight runs at once on one SQLite MLflow store, as processes and as a submitit sweep (a few minutes)
 	$(PYTHON) -m pytest -m stress tests/test_concurrent_store.py
