@@ -53,7 +53,7 @@ def digest(value) -> str:
     return repr(value)
 
 
-def method_digests(name: str, work: Path) -> dict[str, str]:
+def method_digests(name: str, work: Path, overrides: list[str] = ()) -> dict[str, str]:
     from hydra import compose, initialize_config_dir
 
     from federated_nas.algorithms.core.base import FederatedAlgorithm
@@ -62,7 +62,7 @@ def method_digests(name: str, work: Path) -> dict[str, str]:
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("search", overrides=[*TINY, f"algorithm={name}", f"paths.root_dir={work}",
-                                           f"paths.output_dir={work}/{name}"])
+                                           f"paths.output_dir={work}/{name}", *overrides])
     cfg.personalize = type(build(cfg.algorithm)).adapt is not FederatedAlgorithm.adapt
     final = run_search(cfg)
     checkpoint = load_latest_checkpoint(Path(final["run_dir"]) / "checkpoints")
@@ -83,10 +83,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the digests here")
     parser.add_argument("--compare", type=Path, help="digests written before; list what differs")
     parser.add_argument("--methods", nargs="*", help="only these configs/algorithm names (default all)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="more Hydra overrides for every run")
     args = parser.parse_args()
     names = args.methods or sorted(p.stem for p in (ROOT / "configs" / "algorithm").glob("*.yaml"))
     with tempfile.TemporaryDirectory() as work:
-        digests = {name: method_digests(name, Path(work)) for name in names}
+        digests = {name: method_digests(name, Path(work), args.overrides) for name in names}
     if args.out:
         args.out.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n")
     if args.compare:

@@ -222,3 +222,24 @@ def test_the_final_model_is_an_mlflow_model_and_the_run_has_system_metrics(tiny_
     assert_same_states(model.state_dict(), final_state(result["run_dir"]))
     metrics = client.get_run(result["mlflow_run_id"]).data.metrics
     assert any(key.startswith("system/cpu_utilization") for key in metrics)
+
+
+@pytest.mark.parametrize("batch_size", [4, 5, 50])
+def test_evaluating_prefixes_in_one_pass_equals_evaluating_each(batch_size):
+    """The last round's sampled and full evaluations share one pass; each prefix's numbers are those of its own
+    evaluation: exactly where every prefix ends on a batch boundary (batches of 4), to float rounding of the
+    loss where one ends inside a batch (5: 12 = 2 x 5 + 2), the accuracy exactly either way."""
+    from torch.utils.data import TensorDataset
+
+    from federated_nas.federation.evaluation import evaluate, evaluate_prefixes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    data = TensorDataset(torch.randn(23, 1, 4, 4), torch.randint(0, 3, (23,)))
+    got = evaluate_prefixes(model, data, [12, 23, 8, 40, 0], batch_size)
+    expected = [evaluate(model, data, batch_size, limit=n) for n in (12, 23, 8, 23)] + [(0.0, 0.0)]
+    if batch_size == 4:
+        assert got == expected  # the same batches and sums
+    assert [acc for acc, _ in got] == [acc for acc, _ in expected]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in expected], rel=1e-6)
+    assert got[1] != got[0]

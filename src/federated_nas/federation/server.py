@@ -27,7 +27,7 @@ from federated_nas.errors import ConfigError, DataError, RunStopped
 from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, ClientFailure, ClientUpdate,
                                                 LocalBackend)
 from federated_nas.federation.checkpoint import save_checkpoint
-from federated_nas.federation.evaluation import evaluate
+from federated_nas.federation.evaluation import evaluate, evaluate_prefixes
 from federated_nas.federation.preemption import StopSignals
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.run_figures import RunFigures
@@ -296,11 +296,12 @@ class FederatedRun:
         all of it at the last round. There the sampled evaluation is kept too, as ``<key>_sampled``,
         so the round curve is measured the same way up to its last point."""
         s = self.settings
-        sample = s.global_test_samples
-        if last and sample is not None and sample < len(self.data.global_test):
-            sampled = evaluate(model, self.data.global_test, s.eval_batch_size, self.device, sample)
+        sample, test = s.global_test_samples, self.data.global_test
+        if last and sample is not None and sample < len(test):  # both in one pass: the sample is a prefix
+            sampled, full = evaluate_prefixes(model, test, [sample, len(test)], s.eval_batch_size, self.device)
             metrics.update({f"{key}{SAMPLED}": value for key, value in zip(keys, sampled)})
-        return evaluate(model, self.data.global_test, s.eval_batch_size, self.device, None if last else sample)
+            return full
+        return evaluate(model, test, s.eval_batch_size, self.device, None if last else sample)
 
     def _record(self, round_idx: int, metrics: dict[str, Any]) -> None:
         last = round_idx == self.settings.rounds - 1
