@@ -41,6 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search.add_argument("--splits", nargs="+", help="default: every split of the table")
     search.add_argument("--data-dir", default=os.environ.get("PROJECT_ROOT", ".") + "/data")
     search.add_argument("--out", type=Path, help="write the results as JSON here")
+    evolution = commands.add_parser("evolution", help="regularized evolution and random search over the table's "
+                                                      "queries (one query = one training of the table)")
+    evolution.add_argument("--queries", type=int, nargs="+", default=[5, 10, 25, 50, 100, 200])
+    evolution.add_argument("--repeats", type=int, default=50, help="seeds of each search")
+    evolution.add_argument("--population", type=int, default=20)
+    evolution.add_argument("--sample", type=int, default=5)
+    evolution.add_argument("--splits", nargs="+", help="default: every split of the table")
+    evolution.add_argument("--out", type=Path, help="write the curves as JSON here")
     return parser.parse_args(argv)
 
 
@@ -130,11 +138,36 @@ def random_search(args: argparse.Namespace) -> dict:
     return result
 
 
+def evolution(args: argparse.Namespace) -> dict:
+    from federated_nas.bench import Bench
+    from federated_nas.bench.baselines import query_search_curves
+    from federated_nas.bench.build import BuildSpec
+
+    bench = Bench.load(args.table)
+    budget = BuildSpec.from_dict(bench.table["spec"]).budget if bench.table.get("spec") else None
+    per_query = budget.rounds * budget.clients_per_round * budget.local_steps if budget else None
+    result: dict = {"client_steps_per_query": per_query, "repeats": args.repeats, "population": args.population,
+                    "sample": args.sample, "splits": {}}
+    print("split  queries  client steps  regularized evolution: acc / percentile / regret   random search: same")
+    for split in args.splits or bench.splits:
+        curves = query_search_curves(bench, split, args.queries, args.repeats, args.population, args.sample)
+        result["splits"][split] = {method: {str(q): row for q, row in rows.items()} for method, rows in curves.items()}
+        for q in args.queries:
+            cells = [f"{100 * row['accuracy'][0]:.2f} ± {100 * row['accuracy'][1]:.2f}% / {row['percentile'][0]:.1f} / "
+                     f"{100 * row['regret'][0]:.2f}" for row in (curves[m][q] for m in curves)]
+            steps = "-" if per_query is None else f"{q * per_query:,}"
+            print(f"{split:6s} {q:7d}  {steps:>12s}  {cells[0]:42s}  {cells[1]}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 @one_line_errors
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     return {"score": score, "query": query, "random-sampling": random_sampling,
-            "random-search": random_search}[args.command](args)
+            "random-search": random_search, "evolution": evolution}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -5,18 +5,23 @@ draws them), so an architecture written by several genotypes is drawn more often
 truth comes from the table alone. Random search (Li & Talwalkar 2019) spends a search's budget on K
 random architectures instead: each trained briefly in the same federation, the one best on the clients'
 val splits picked (never on test data), and its ground truth looked up.
+
+Regularized evolution (Real et al. 2019) and random search over the table's queries are the query-based
+references: each query stands for one training at the table's budget; their fitness reads one seed's test
+accuracy (the table keeps no validation accuracy), so they are optimistic references for how many trainings
+a search without weight sharing needs, not baselines at a weight-sharing search's cost.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from federated_nas.bench.space import CellSpace
+from federated_nas.bench.space import INPUTS, Cell, CellSpace, canonical, format_key
 from federated_nas.bench.table import Bench
 from federated_nas.bench.train import Budget, NetworkShape, train_fedavg
 from federated_nas.data.federated_data import FederatedData
@@ -91,3 +96,108 @@ def random_search(space: CellSpace, data: FederatedData, split: str, candidates:
     picked = max(trained, key=lambda pair: pair[1])[0]
     steps = candidates * budget.rounds * budget.clients_per_round * budget.local_steps
     return RandomSearch(seed=seed, split=split, candidates=trained, picked=picked, client_steps=steps, seconds=seconds)
+
+
+# --- query-based search over the table: regularized evolution against random search, at equal queries ---------
+
+def mutate(cell: Cell, primitives: tuple[str, ...], rng: random.Random) -> Cell:
+    """One change of a raw cell, as Real et al. mutate a NASNet cell: one edge's op for another op, or one edge's
+    input for another earlier node (a node's two inputs stay distinct; node 0 reads both cell inputs, so its
+    edges change op only)."""
+    node_index = rng.randrange(len(cell))
+    node = list(cell[node_index])
+    edge = rng.randrange(len(node))
+    source, op = node[edge]
+    sources = {s for s, _ in node}
+    free = [s for s in range(node_index + INPUTS) if s not in sources]
+    if free and rng.random() < 0.5:
+        node[edge] = (rng.choice(free), op)
+    else:
+        node[edge] = (source, rng.choice([p for p in primitives if p != op]))
+    return (*cell[:node_index], tuple(sorted(node)), *cell[node_index + 1:])
+
+
+@dataclass
+class QuerySearch:
+    """One query-based search on the table: every query's (key, fitness) in order and, after each, the key of
+    the highest fitness so far (the architecture the search would return then)."""
+
+    method: str
+    seed: int
+    split: str
+    queries: list[tuple[str, float]]
+    picked: list[str]
+
+
+def _fitness(bench: Bench, key: str, split: str, rng: random.Random) -> float:
+    """One training's accuracy: one seed of the table at random, so a query is as noisy as training the
+    architecture once (the table holds test accuracies only, so this fitness reads test data: see the caller)."""
+    return rng.choice(bench.query(key, split).accs)
+
+
+def _picks(queries: list[tuple[str, float]]) -> list[str]:
+    best, picked = None, []
+    for key, fitness in queries:
+        if best is None or fitness > best[1]:
+            best = (key, fitness)
+        picked.append(best[0])
+    return picked
+
+
+def regularized_evolution(bench: Bench, split: str, queries: int, population: int = 20, sample: int = 5,
+                          seed: int = 0) -> QuerySearch:
+    """Regularized evolution (Real et al. 2019) with ``queries`` table queries: ``population`` random genotypes,
+    then each cycle mutates the fittest of ``sample`` members drawn at random and replaces the oldest member."""
+    if not 1 <= sample <= population or queries < 1:
+        raise ConfigError(f"evolution needs 1 <= sample <= population and queries >= 1; got sample {sample}, "
+                          f"population {population}, queries {queries}")
+    rng = random.Random(seed)
+    cells = list(bench.space.raw_cells())
+    members: deque = deque()
+    history: list[tuple[str, float]] = []
+    while len(history) < queries:
+        if len(members) < population:
+            cell = rng.choice(cells)
+        else:
+            parent = max(rng.sample(list(members), sample), key=lambda member: member[1])
+            cell = mutate(parent[0], bench.space.primitives, rng)
+        key = format_key(*canonical(cell))
+        fitness = _fitness(bench, key, split, rng)
+        members.append((cell, fitness))
+        if len(members) > population:
+            members.popleft()
+        history.append((key, fitness))
+    return QuerySearch("regularized_evolution", seed, split, history, _picks(history))
+
+
+def random_queries(bench: Bench, split: str, queries: int, seed: int = 0) -> QuerySearch:
+    """Random search over the table at ``queries`` queries: random genotypes, the fittest one kept (the fitness
+    and its noise as evolution's)."""
+    rng = random.Random(seed)
+    cells = list(bench.space.raw_cells())
+    history = []
+    for _ in range(queries):
+        key = format_key(*canonical(rng.choice(cells)))
+        history.append((key, _fitness(bench, key, split, rng)))
+    return QuerySearch("random_queries", seed, split, history, _picks(history))
+
+
+def query_search_curves(bench: Bench, split: str, budgets: list[int], repeats: int, population: int = 20,
+                        sample: int = 5) -> dict[str, dict[int, dict[str, tuple[float, float]]]]:
+    """method -> queries -> (mean, std) over ``repeats`` seeds of the picked architecture's ground truth
+    (3-seed mean accuracy, percentile, regret), for evolution and random search at each budget."""
+    longest = max(budgets)
+    runs = {"regularized_evolution": [regularized_evolution(bench, split, longest, population, sample, seed)
+                                      for seed in range(repeats)],
+            "random_queries": [random_queries(bench, split, longest, seed) for seed in range(repeats)]}
+    curves: dict = {}
+    for method, searches in runs.items():
+        curves[method] = {}
+        for budget in budgets:
+            entries = [bench.query(search.picked[budget - 1], split) for search in searches]
+            curves[method][budget] = {
+                name: (float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+                for name, values in (("accuracy", [e.mean for e in entries]),
+                                     ("percentile", [e.percentile for e in entries]),
+                                     ("regret", [e.regret for e in entries]))}
+    return curves
