@@ -54,6 +54,7 @@ class LocalModule(L.LightningModule):
         # size from the method's batch (a dict of splits) nor advises sync_dist, and no sync: a client's loss
         # is its own, while a worker's process group spans the whole federation
         self.train_loss = MeanMetric(sync_on_compute=False)
+        self._outside_fit: list[torch.optim.Optimizer] | None = None  # run_steps' optimizers, while it runs
 
     def configure_callbacks(self) -> list[L.Callback]:
         return list(self.callbacks)
@@ -105,18 +106,17 @@ class LocalModule(L.LightningModule):
             self._outside_fit = None
 
     def optimizers(self, use_pl_optimizer: bool = True):
-        outside = getattr(self, "_outside_fit", None)
-        if outside is None:
+        if self._outside_fit is None:
             return super().optimizers(use_pl_optimizer)
-        return outside if len(outside) > 1 else outside[0]
+        return self._outside_fit if len(self._outside_fit) > 1 else self._outside_fit[0]
 
     def manual_backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
-        if getattr(self, "_outside_fit", None) is None:
+        if self._outside_fit is None:
             return super().manual_backward(loss, *args, **kwargs)
         loss.backward(*args, **kwargs)
 
     def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if getattr(self, "_outside_fit", None) is None:
+        if self._outside_fit is None:
             return super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         if gradient_clip_algorithm not in (None, "norm"):
             raise ValueError(f"outside a fit, gradients are clipped by norm only, not {gradient_clip_algorithm!r}")
