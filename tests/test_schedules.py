@@ -10,8 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from federated_nas.algorithms.core.base import cosine_lr
-from federated_nas.algorithms.nas.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.core.schedules import PruningSchedule, TemperatureSchedule
+from federated_nas.algorithms.nas.fedmetanas import FedMetaNAS
 from federated_nas.builders import build
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.supernet import SearchNetwork

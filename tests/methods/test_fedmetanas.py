@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from federated_nas.algorithms.core.local_steps import MetaSearch
+from federated_nas.algorithms.core.schedules import TemperatureSchedule
+from federated_nas.errors import ConfigError
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search
 from federated_nas.search_space.network import count_parameters
 from federated_nas.search_space.operations import PRIMITIVES
-from federated_nas.algorithms.core.schedules import TemperatureSchedule
-from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import (GumbelSoftmaxRelaxation, SoftmaxRelaxation,
                                                     TemperedSoftmaxRelaxation, anneal)
 from federated_nas.search_space.supernet import MASKED, SearchNetwork, node_input_combinations

@@ -9,8 +9,8 @@ import functools
 import pytest
 import torch
 
-from federated_nas.algorithms.nas.fednas import FedNAS
 from federated_nas.algorithms.core.local_steps import MiLeNASSearch
+from federated_nas.algorithms.nas.fednas import FedNAS
 from federated_nas.errors import ConfigError
 from federated_nas.runs import build
 from federated_nas.search_space.supernet import SearchNetwork

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from federated_nas.algorithms.core.aggregation import WeightedAverage
+from federated_nas.algorithms.core.base import ClientTask, RoundPlan
 from federated_nas.algorithms.nas.fedpnas import FedPNAS
 from federated_nas.data.federated_data import ClientData
 from federated_nas.errors import ConfigError
-from federated_nas.algorithms.core.base import ClientTask, RoundPlan
 from federated_nas.federation.backends import LocalBackend
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.federation.server import sample_clients

@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from federated_nas.algorithms.core.local_module import SupervisedTraining
 from federated_nas.algorithms.baselines.fedprox import ProximalTraining
+from federated_nas.algorithms.core.local_module import SupervisedTraining
 from federated_nas.errors import ConfigError
 from federated_nas.runs import build
 from federated_nas.search_space.network import count_parameters

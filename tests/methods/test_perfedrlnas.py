@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from federated_nas.algorithms.core.base import ClientTask, RoundPlan, classification_loss
-from federated_nas.algorithms.nas.perfedrlnas import ARCH_NAMES, PerFedRLNAS
 from federated_nas.algorithms.core.reinforce import policy_names
+from federated_nas.algorithms.nas.perfedrlnas import ARCH_NAMES, PerFedRLNAS
 from federated_nas.federation.backends import LocalBackend, client_seed
 from federated_nas.federation.checkpoint import load_latest_checkpoint
 from federated_nas.runs import run_search

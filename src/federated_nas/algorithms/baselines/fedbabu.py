@@ -12,8 +12,8 @@ from typing import Callable
 
 from torch import nn
 
-from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, steps_after_rounds
 from federated_nas.algorithms.baselines.fedavg import FedAvg
+from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, steps_after_rounds
 from federated_nas.algorithms.core.personal import PartialTraining, finetune
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError

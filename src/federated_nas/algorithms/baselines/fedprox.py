@@ -11,8 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.baselines.fedavg import FedAvg
+from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.core.local_module import SupervisedTraining
 from federated_nas.errors import ConfigError
 

@@ -13,8 +13,8 @@ from typing import Callable
 
 from torch import nn
 
-from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, State, steps_after_rounds
 from federated_nas.algorithms.baselines.fedavg import FedAvg
+from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory, State, steps_after_rounds
 from federated_nas.algorithms.core.personal import KeepPersonalPart, PartialTraining, finetune, load_parameter_values
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError

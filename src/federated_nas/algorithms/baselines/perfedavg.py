@@ -15,9 +15,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from federated_nas.algorithms.baselines.fedavg import FedAvg
 from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory
 from federated_nas.algorithms.core.local_module import LocalModule
-from federated_nas.algorithms.baselines.fedavg import FedAvg
 from federated_nas.algorithms.core.local_steps import first_order_weight_step
 from federated_nas.data.loaders import paired_loader
 from federated_nas.errors import ConfigError

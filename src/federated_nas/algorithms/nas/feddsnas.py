@@ -23,11 +23,11 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from federated_nas.algorithms.core.base import ClientTask, OptimizerFactory
-from federated_nas.algorithms.nas.fednas import FedNAS
 from federated_nas.algorithms.core.local_steps import MiLeNASSearch
 from federated_nas.algorithms.core.local_steps import RecalibrateBatchNorm
-from federated_nas.algorithms.core.supernet_methods import check_recalibration_batches, check_warmup, warming_up
 from federated_nas.algorithms.core.schedules import TemperatureSchedule, as_component
+from federated_nas.algorithms.core.supernet_methods import check_recalibration_batches, check_warmup, warming_up
+from federated_nas.algorithms.nas.fednas import FedNAS
 from federated_nas.search_space.relaxations import HardGumbelRelaxation
 from federated_nas.search_space.supernet import SearchNetwork
 

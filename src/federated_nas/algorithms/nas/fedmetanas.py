@@ -20,10 +20,10 @@ import torch
 
 from federated_nas.algorithms.core.base import (ClientTask, OptimizerFactory, classification_loss, cosine_lr,
                                           steps_after_rounds)
-from federated_nas.algorithms.core.supernet_methods import (SupernetAlgorithm, check_recalibration_batches,
-                                         recalibrate_batch_norm)
 from federated_nas.algorithms.core.maml import MAMLSettings
 from federated_nas.algorithms.core.schedules import PruningSchedule, TemperatureSchedule, as_component
+from federated_nas.algorithms.core.supernet_methods import (SupernetAlgorithm, check_recalibration_batches,
+                                         recalibrate_batch_norm)
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.relaxations import RELAXATIONS

@@ -22,11 +22,11 @@ from typing import Any, Iterable
 import torch
 
 from federated_nas.algorithms.core.base import ClientTask, Evaluate, FederatedAlgorithm, RoundPlan, steps_after_rounds
+from federated_nas.algorithms.core.local_module import LocalModule
+from federated_nas.algorithms.core.personal import KeepPersonalPart, finetune, load_parameter_values
+from federated_nas.algorithms.core.supernet_methods import SupernetAlgorithm
 from federated_nas.algorithms.nas.fedmetanas import FedMetaNAS
 from federated_nas.algorithms.nas.fednas import FedNAS
-from federated_nas.algorithms.core.local_module import LocalModule
-from federated_nas.algorithms.core.supernet_methods import SupernetAlgorithm
-from federated_nas.algorithms.core.personal import KeepPersonalPart, finetune, load_parameter_values
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 from federated_nas.search_space.personalized import PersonalizedSearchNetwork, personalized_factory

@@ -31,9 +31,9 @@ from federated_nas.algorithms.core.base import (ClientTask, Evaluate, OptimizerF
                                            saved_server_state)
 from federated_nas.algorithms.core.local_module import SupervisedTraining
 from federated_nas.algorithms.core.local_steps import first_order_weight_step
-from federated_nas.algorithms.core.supernet_methods import SupernetAlgorithm
 from federated_nas.algorithms.core.reinforce import POLICY_PREFIX, ReinforcePolicy, new_policy_state
 from federated_nas.algorithms.core.schedules import PruningSchedule
+from federated_nas.algorithms.core.supernet_methods import SupernetAlgorithm
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.data.loaders import batch_loader, paired_loader
 from federated_nas.errors import ConfigError, DataError

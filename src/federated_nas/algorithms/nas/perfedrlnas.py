@@ -29,9 +29,9 @@ import torch
 
 from federated_nas.algorithms.core.aggregation import State
 from federated_nas.algorithms.core.base import ClientTask
-from federated_nas.algorithms.nas.fedrlnas import ChildTraining, FedRLNAS, ReinforceAggregator
 from federated_nas.algorithms.core.personal import KeepPersonalPart, load_parameter_values
 from federated_nas.algorithms.core.reinforce import ReinforcePolicy, new_policy_state, policy_names
+from federated_nas.algorithms.nas.fedrlnas import ChildTraining, FedRLNAS, ReinforceAggregator
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.search_space.children import Child, sample_child
 from federated_nas.search_space.supernet import CELL_KINDS, SearchNetwork
