@@ -211,10 +211,12 @@ def finished(run_dir: Path) -> bool:
 
 def collect(out: Path) -> dict[str, Any]:
     """evaluation.json: every finished run of every stage, by row and seed (what the table is computed from)."""
+    from federated_nas.tracking.cell_evaluation import SEARCHED_METHODS
+
     tuning_path = out / "tuning" / "tuning.json"
     tuning = json.loads(tuning_path.read_text()) if tuning_path.is_file() else {"methods": {}}
     searches = {name: {seed: run_record(run_dir) for n, seed, _, run_dir in search_runs(out)
-                       if n == name and finished(run_dir)} for name in ("fednas", "fedmetanas", "feddsnas", "fedrlnas")}
+                       if n == name and finished(run_dir)} for name in SEARCHED_METHODS}
     trained = {name: {int(seed): run_record(ROOT / record["run_dir"] if not Path(record["run_dir"]).is_absolute()
                                             else Path(record["run_dir"]))
                       for seed, record in method.get("seeds", {}).items()}
