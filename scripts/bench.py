@@ -4,6 +4,8 @@
     python scripts/bench.py query 'max3~0+dil3~1|sep3~0+skip~1'       # or a genotype.json
     python scripts/bench.py random-sampling
     python scripts/bench.py random-search --client-steps 1000 --candidates 4 --seeds 0 1 2 --splits dir0.1 iid
+    python scripts/bench.py export logs/tune_bench_methods_dir0.1 --out searches.jsonl   # runs -> committable records
+    python scripts/bench.py methods searches.jsonl --random-search rs.json      # the methods' table over seeds
 
 ``score`` prints the derived architecture's ground truth, percentile and regret, Kendall's tau of the
 method's ranking of the space, and the search's cost; it writes bench_score.json into the run dir and
@@ -31,6 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     score.add_argument("--split", help="the table's split to score on (default: the run's own partition)")
     score.add_argument("--no-mlflow", action="store_true", help="do not add the scores to the runs' MLflow records")
     score.add_argument("--json", action="store_true", help="print the scores as JSON")
+    export = commands.add_parser("export", help="search runs (or a tuning's picks) as records a fresh clone can score")
+    export.add_argument("runs", nargs="+", type=Path, help="search run dirs, or scripts/tune.py folders (their picks' "
+                                                           "seed runs)")
+    export.add_argument("--out", type=Path, required=True, help="the records, as JSON lines")
+    methods = commands.add_parser("methods", help="score search records; one table of the methods over seeds, per split")
+    methods.add_argument("records", nargs="+", type=Path, help="files written by export")
+    methods.add_argument("--random-search", nargs="*", type=Path, default=[],
+                         help="random-search --out files: rows at those costs")
+    methods.add_argument("--out", type=Path, help="write the table (markdown) and every score (JSON beside it)")
     query = commands.add_parser("query", help="the ground truth of an architecture (a key or a genotype.json)")
     query.add_argument("architecture")
     commands.add_parser("random-sampling", help="the expected ground truth of a random genotype, per split")
@@ -79,6 +90,62 @@ def score_run(run_dir: Path, bench, args: argparse.Namespace):
         result.notes.append("not logged to MLflow: the run has no MLflow record (logger=none)")
     (run_dir / "bench_score.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result
+
+
+def run_dirs_of(path: Path) -> list[Path]:
+    """A run dir, or a scripts/tune.py folder's picks' seed runs."""
+    if not (path / "tuning.json").is_file():
+        return [path]
+    tuning = json.loads((path / "tuning.json").read_text())
+    return [Path(seed["run_dir"]) for method in tuning["methods"].values()
+            for _, seed in sorted((method.get("seeds") or {}).items())]
+
+
+def export(args: argparse.Namespace) -> list[dict]:
+    from federated_nas.errors import DataError
+    from federated_nas.federation.checkpoint import LAST, read_checkpoint
+    from federated_nas.tracking.bench_score import search_record, write_records
+
+    records = []
+    for run_dir in (run for path in args.runs for run in run_dirs_of(path)):
+        if not (run_dir / "checkpoints" / LAST).is_file():
+            raise DataError(f"{run_dir} has no checkpoints/{LAST}: not a search run dir, or one that has not "
+                            "finished a round")
+        records.append(search_record(run_dir, read_checkpoint(run_dir / "checkpoints" / LAST)))
+    write_records(records, args.out)
+    print(f"{len(records)} search records -> {args.out}")
+    return [r.as_dict() for r in records]
+
+
+def methods(args: argparse.Namespace) -> str:
+    from federated_nas.bench import Bench
+    from federated_nas.bench.baselines import random_sampling as expected
+    from federated_nas.tracking.bench_score import method_table, read_records, score_record
+
+    bench = Bench.load(args.table)
+    scores = [score_record(record, bench) for path in args.records for record in read_records(path)]
+    baselines: dict[str, list] = {}
+    for split in sorted({s.split for s in scores}):
+        r = expected(bench, split)
+        baselines[split] = [("random genotype (expected)", {"seeds": "-", "accuracy": [r["accuracy"]],
+                                                            "percentile": [r["percentile"]], "regret": [r["regret"]]})]
+    for path in args.random_search:
+        found = json.loads(path.read_text())
+        for split, result in found["splits"].items():
+            runs = result["runs"]
+            baselines.setdefault(split, []).append((
+                f"random search, {found['candidates']} x {found['rounds_each']} rounds",
+                {name: [r[name] for r in runs] for name in ("accuracy", "percentile", "regret")}
+                | {"client_steps": found["client_steps"], "keys": [r["picked"] for r in runs]}))
+    table = method_table(scores, baselines)
+    print(table)
+    for note in sorted({f"{s.method}: {note}" for s in scores for note in s.notes}):
+        print(f"note: {note}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(table + "\n")
+        args.out.with_suffix(".json").write_text(json.dumps([s.as_dict() for s in scores], indent=2))
+    return table
 
 
 def query(args: argparse.Namespace) -> dict:
@@ -167,7 +234,8 @@ def evolution(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     return {"score": score, "query": query, "random-sampling": random_sampling,
-            "random-search": random_search, "evolution": evolution}[args.command](args)
+            "random-search": random_search, "evolution": evolution,
+            "export": export, "methods": methods}[args.command](args)
 
 
 if __name__ == "__main__":

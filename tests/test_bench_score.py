@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -20,7 +21,8 @@ from federated_nas.bench.train import Budget, NetworkShape, SplitSpec, build_spl
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import read_checkpoint
 from federated_nas.runs import run_search
-from federated_nas.tracking.bench_score import architecture_log_probabilities, kendall_tau, score_search, split_of
+from federated_nas.tracking.bench_score import (SearchScore, architecture_log_probabilities, kendall_tau, method_table,
+                                                read_records, score_record, score_search, search_record, split_of)
 from helpers import ROOT, compose_config
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -141,6 +143,33 @@ def test_a_search_is_scored_and_logged_with_its_run(tmp_path):
     # scored again later, on the other split, by the command: the same architecture's other column
     bench_cli.main(["--table", str(table), "score", str(run_dir), "--split", "iid", "--no-mlflow"])
     assert json.loads((run_dir / "bench_score.json").read_text())["split"] == "iid"
+    # committed as a record (here through a tuning folder naming it as a pick's seed run) and scored from the
+    # record alone: the same numbers as from the run dir, in the methods' table
+    tuning = tmp_path / "tune"
+    tuning.mkdir()
+    (tuning / "tuning.json").write_text(json.dumps({"methods": {"fednas": {"seeds": {"0": {"run_dir": str(run_dir)}}}}}))
+    bench_cli.main(["export", str(tuning), "--out", str(tmp_path / "searches.jsonl")])
+    table_md = bench_cli.main(["--table", str(table), "methods", str(tmp_path / "searches.jsonl"),
+                               "--out", str(tmp_path / "methods.md")])
+    assert json.loads((tmp_path / "methods.json").read_text()) == [saved]
+    assert f"| fednas | 1 | {100 * truth:.2f} | {saved['percentile']:.1f} |" in table_md
+    assert "| random genotype (expected) | - |" in table_md and "**dir0.5**" in table_md
+
+
+def test_the_methods_table_has_known_answers():
+    """Two seeds at 50% and 70%, percentiles 40 and 60: mean ± sample std; a baseline row after them."""
+    def score(acc: float, pct: float, key: str) -> SearchScore:
+        return SearchScore(run_dir="r", method="fedx", split="iid", key=key, accuracy=acc, accuracy_std=0.0,
+                           percentile=pct, regret=0.9 - acc, best_key="b", best_accuracy=0.9, kendall_tau=0.1,
+                           client_steps=600, bytes_communicated=2_000_000, search_seconds=120.0)
+
+    table = method_table([score(0.5, 40.0, "a"), score(0.7, 60.0, "b")],
+                         {"iid": [("random search", {"accuracy": [0.6], "percentile": [50.0], "regret": [0.3],
+                                                     "client_steps": 600, "keys": ["c"]})]})
+    lines = table.splitlines()
+    assert lines[0] == "**iid**"
+    assert lines[4] == "| fedx | 2 | 60.00 ± 14.14 | 50.0 ± 14.1 | 30.00 ± 14.14 | 0.100 ± 0.000 | 600 | 2.0 ± 0.0 | 2.0 ± 0.0 | 2 |"
+    assert lines[5] == "| random search | 1 | 60.00 | 50.0 | 30.00 | n/a | 600 | - | - | 1 |"
 
 
 def test_score_refusals_are_one_line(tmp_path, capsys):
@@ -151,6 +180,12 @@ def test_score_refusals_are_one_line(tmp_path, capsys):
     checkpoint = read_checkpoint(run_dir / "checkpoints" / "last.pt")
     score = score_search(run_dir, checkpoint, Bench.load(table))
     assert score.split == "dir0.5" and any("dataset is synthetic" in note for note in score.notes)
+    record = search_record(run_dir, checkpoint)
+    with pytest.raises(DataError, match="searched the space s3-max3, the table holds s2-"):
+        score_record(dataclasses.replace(record, space="s3-max3"), Bench.load(table))
+    (tmp_path / "bad.jsonl").write_text('{"method": "fednas"}\n')
+    with pytest.raises(DataError, match="not a search record"):
+        read_records(tmp_path / "bad.jsonl")
     assert split_of(OmegaConf.create({"partition": {"name": "iid"}})) == "iid"
     with pytest.raises(ConfigError, match="search_space=bench"):
         run_search(compose_config("search", tmp_path, [f"bench_table={table}"], run="run2"))

@@ -16,6 +16,7 @@ would pick.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +84,39 @@ class SearchScore:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class SearchRecord:
+    """What a search run found and what it spent, with no table: a run dir reduced to what its score needs.
+
+    Why: run dirs live under logs/ and are not committed; the records of the searches behind a results table
+    are (``scripts/bench.py export``), so a fresh clone scores them again against the table.
+    """
+
+    run_dir: str
+    method: str
+    seed: int
+    partition: str  # the run's partition config (dirichlet, iid, ...)
+    split: str | None  # the table's name for it (None: no table has such a split)
+    space: str  # ``CellSpace.name`` of the run's search space: a table scores records of its own space only
+    key: str  # the canonical key of the run's derived architecture
+    log_probabilities: dict[str, float] | None  # key -> the method's belief (None: the method has no alpha)
+    client_steps: int | None  # batches the clients processed over the search (None: local_batches unset)
+    bytes_communicated: int  # server to clients plus back, summed over rounds
+    search_seconds: float
+    data: dict[str, Any]  # dataset, clients, partition seed: compared with the table's (``data_differences``)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchRecord":
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise DataError(f"not a search record ({err}): {json.dumps(data)[:80]}") from err
+
+
 def split_of(cfg: DictConfig) -> str | None:
     """The table's name for the run's partition (``dir0.1``, ``iid``); None where the table has no such split."""
     partition = cfg.partition
@@ -93,18 +127,20 @@ def split_of(cfg: DictConfig) -> str | None:
     return None
 
 
-def data_differences(cfg: DictConfig, bench: Bench) -> list[str]:
+def space_of(cfg: DictConfig) -> CellSpace:
+    """The benchmark space a run searched (its ops but ``none``, its node count)."""
+    ops = tuple(op for op in cfg.search_space.primitives if op != "none")
+    return CellSpace(ops, int(cfg.search_space.steps))
+
+
+def data_differences(data: dict[str, Any], bench: Bench) -> list[str]:
     """How the clients a run searched on differ from the table's (the look-up then answers for other clients)."""
     spec, notes = bench.table.get("spec") or {}, []
-    if not spec:
-        return notes
-    partition_seed = cfg.get("partition_seed")
-    checks = {"dataset": (cfg.dataset.name, spec.get("dataset")),
-              "clients": (int(cfg.federation.num_clients), spec.get("num_clients")),
-              "partition seed": (int(cfg.seed if partition_seed is None else partition_seed), spec.get("partition_seed"))}
-    for name, (run, table) in checks.items():
-        if table is not None and run != table:
-            notes.append(f"the run's {name} is {run}, the table's {table}")
+    table = {"dataset": spec.get("dataset"), "clients": spec.get("num_clients"),
+             "partition seed": spec.get("partition_seed")}
+    for name, run in data.items():
+        if table.get(name) is not None and run != table[name]:
+            notes.append(f"the run's {name} is {run}, the table's {table[name]}")
     return notes
 
 
@@ -166,36 +202,110 @@ def kendall_tau(scores: dict[str, float], bench: Bench, split: str) -> float | N
     return float(kendalltau(belief, truth).statistic)
 
 
-def score_search(run_dir: str | Path, checkpoint: dict[str, Any], bench: Bench, split: str | None = None
-                 ) -> SearchScore:
-    """Score a search run (its config.yaml, genotype.json and ``checkpoint``, its last) on ``split`` (default:
-    the split of the run's own partition)."""
+def search_record(run_dir: str | Path, checkpoint: dict[str, Any], space: CellSpace | None = None
+                  ) -> SearchRecord:
+    """A search run (its config.yaml, genotype.json and ``checkpoint``, its last) as a record; ``space``: the
+    table's (default: the run's own)."""
     run_dir = Path(run_dir)
     for required in ("config.yaml", "genotype.json"):
         if not (run_dir / required).is_file():
             raise DataError(f"{run_dir} has no {required}: not a search run dir, or one that has not finished a round")
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    split = split or split_of(cfg)
-    if split is None or split not in bench.splits:
-        raise DataError(f"{run_dir}: its partition ({cfg.partition.name}) is none of the table's splits "
-                        f"({', '.join(bench.splits)}); name one with --split")
-    entry = bench.query(run_dir / "genotype.json", split)
-    best = bench.best(split)
+    space = space or space_of(cfg)
     state, history = checkpoint["model"], checkpoint.get("history", [])
     scores = None
     if "alpha_normal" in state:
-        scores = architecture_log_probabilities(state, list(cfg.search_space.primitives), bench.space)
-    notes = data_differences(cfg, bench)
+        scores = architecture_log_probabilities(state, list(cfg.search_space.primitives), space)
+    notes = []
     if int(checkpoint.get("round", 0)) < int(checkpoint.get("rounds", 0)):
         notes.append(f"the search stopped at round {checkpoint['round']} of {checkpoint['rounds']}")
     traffic = sum(int(r.get("bytes_sent", 0)) + int(r.get("bytes_received", 0)) for r in history)
     done = dict(cfg.federation, rounds=int(checkpoint.get("round", 0)))
+    partition_seed = cfg.get("partition_seed")
+    return SearchRecord(
+        run_dir=str(run_dir), method=str(cfg.algorithm.name), seed=int(cfg.seed), partition=str(cfg.partition.name),
+        split=split_of(cfg), space=space.name, key=space.key_of(run_dir / "genotype.json"), log_probabilities=scores,
+        client_steps=client_steps({"federation": done}) if done.get("local_batches") is not None else None,
+        bytes_communicated=traffic, search_seconds=float(checkpoint.get("elapsed_seconds", 0.0)),
+        data={"dataset": str(cfg.dataset.name), "clients": int(cfg.federation.num_clients),
+              "partition seed": int(cfg.seed if partition_seed is None else partition_seed)},
+        notes=notes)
+
+
+def score_record(record: SearchRecord, bench: Bench, split: str | None = None) -> SearchScore:
+    """Score a search's record on ``split`` of the table (default: the split of the run's own partition)."""
+    split = split or record.split
+    if split is None or split not in bench.splits:
+        raise DataError(f"{record.run_dir}: its partition ({record.partition}) is none of the table's splits "
+                        f"({', '.join(bench.splits)}); name one with --split")
+    if record.space != bench.space.name:
+        raise DataError(f"{record.run_dir} searched the space {record.space}, the table holds {bench.space.name}")
+    entry, best = bench.query(record.key, split), bench.best(split)
+    scores = record.log_probabilities
     return SearchScore(
-        run_dir=str(run_dir), method=str(cfg.algorithm.name), split=split, key=entry.key, accuracy=entry.mean,
+        run_dir=record.run_dir, method=record.method, split=split, key=entry.key, accuracy=entry.mean,
         accuracy_std=entry.std, percentile=entry.percentile, regret=entry.regret, best_key=best.key,
         best_accuracy=best.mean, kendall_tau=kendall_tau(scores, bench, split) if scores else None,
-        client_steps=client_steps({"federation": done}) if done.get("local_batches") is not None else None,
-        bytes_communicated=traffic, search_seconds=float(checkpoint.get("elapsed_seconds", 0.0)), notes=notes)
+        client_steps=record.client_steps, bytes_communicated=record.bytes_communicated,
+        search_seconds=record.search_seconds, notes=data_differences(record.data, bench) + record.notes)
+
+
+def score_search(run_dir: str | Path, checkpoint: dict[str, Any], bench: Bench, split: str | None = None
+                 ) -> SearchScore:
+    """Score a search run (its config.yaml, genotype.json and ``checkpoint``, its last) on ``split`` (default:
+    the split of the run's own partition)."""
+    return score_record(search_record(run_dir, checkpoint, bench.space), bench, split)
+
+
+def read_records(path: str | Path) -> list[SearchRecord]:
+    """The search records of a ``scripts/bench.py export`` file (JSON lines)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such search-record file (scripts/bench.py export writes one)")
+    try:
+        return [SearchRecord.from_dict(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not JSON lines of search records ({err})") from err
+
+
+def write_records(records: list[SearchRecord], path: str | Path) -> Path:
+    """Write ``records`` as JSON lines, whole or not at all (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(r.as_dict(), sort_keys=True) + "\n" for r in records))
+    partial.replace(path)
+    return path
+
+
+def method_table(scores: list[SearchScore], baselines: dict[str, list[tuple[str, dict[str, Any]]]] | None = None
+                 ) -> str:
+    """The benchmark's results table, one markdown table per split: each method's scores over its seeds
+    (mean ± std), then ``baselines[split]``: (name, {"accuracy": [...], "percentile": [...], "regret": [...],
+    "client_steps": n}) rows, e.g. random search at a search's cost."""
+    from federated_nas.tracking.tuning import mean_std
+
+    header = ("| method | seeds | accuracy (%) | percentile | regret (points) | Kendall τ | client steps | MB | "
+              "minutes | architectures found |\n|---|---|---|---|---|---|---|---|---|---|")
+    blocks = []
+    for split in sorted({s.split for s in scores} | set(baselines or {})):
+        rows = [header]
+        for method in sorted({s.method for s in scores if s.split == split}):
+            runs = [s for s in scores if s.split == split and s.method == method]
+            taus = [s.kendall_tau for s in runs if s.kendall_tau is not None]
+            steps = sorted({s.client_steps for s in runs if s.client_steps is not None})
+            rows.append(f"| {method} | {len(runs)} | {mean_std([s.accuracy for s in runs], 100, 2)} | "
+                        f"{mean_std([s.percentile for s in runs])} | {mean_std([s.regret for s in runs], 100, 2)} | "
+                        f"{mean_std(taus, 1, 3) or 'n/a'} | {'/'.join(f'{n:,}' for n in steps) or '?'} | "
+                        f"{mean_std([s.bytes_communicated / 1e6 for s in runs])} | "
+                        f"{mean_std([s.search_seconds / 60 for s in runs])} | {len({s.key for s in runs})} |")
+        for name, row in (baselines or {}).get(split, []):
+            steps = row.get("client_steps")
+            rows.append(f"| {name} | {row.get('seeds', len(row['accuracy']))} | {mean_std(row['accuracy'], 100, 2)} | "
+                        f"{mean_std(row['percentile'])} | {mean_std(row['regret'], 100, 2)} | n/a | "
+                        f"{'-' if steps is None else f'{steps:,}'} | - | - | {len(set(row.get('keys', []))) or '-'} |")
+        blocks.append(f"**{split}**\n\n" + "\n".join(rows))
+    return "\n\n".join(blocks)
 
 
 def log_score(score: SearchScore, cfg: DictConfig, run_id: str | None, table: Path) -> bool:
