@@ -2,7 +2,7 @@
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install data browser test test-avx2 test-slurm test-stress fuzz search train mlflow-ui compare compare-personal tune compare-tuned bench docs clean-logs
+.PHONY: help install data browser test test-avx2 test-slurm test-stress fuzz search train mlflow-ui compare compare-personal tune compare-tuned bench bench-build bench-tune bench-results docs clean-logs
 .DEFAULT_GOAL := help
 
 help:  ## this list of targets and what each does
@@ -83,6 +83,30 @@ bench:  ## local-step throughput and memory, fast vs op-by-op; round overhead an
 	$(PYTHON) scripts/bench_planted.py
 	$(PYTHON) scripts/bench_startup.py --first-round
 	$(PYTHON) scripts/bench_clients.py
+
+# the tabular benchmark (docs/bench.md): its ground truth, the methods searched in its space, their table
+BENCH = benchmarks/fednas_bench
+BENCH_SPLITS ?= dir0.1 iid
+
+bench-build:  ## train every architecture of the benchmark's space (hours on 2 cores; resumes where it stopped)
+	OMP_NUM_THREADS=1 $(PYTHON) scripts/build_bench.py --workers 2 --out $(BENCH)/build
+
+bench-tune:  ## tune and search every NAS method in the benchmark's space, 3 seeds, each split; records into $(BENCH)/searches.jsonl
+	for split in $(BENCH_SPLITS); do \
+	  partition=$$(case $$split in dir0.1) ;; iid) echo partition=iid;; dir*) echo partition.alpha=$${split#dir};; esac); \
+	  OMP_NUM_THREADS=1 $(PYTHON) scripts/tune.py experiment=bench_methods bench_table=null $$partition cluster=local \
+	    --jobs 2 --out logs/tune_bench_methods_$$split || exit 1; \
+	  cp logs/tune_bench_methods_$$split/tuning.json benchmarks/tune_bench_methods_$$split.json; \
+	done
+	$(PYTHON) scripts/bench.py export $(foreach split,$(BENCH_SPLITS),logs/tune_bench_methods_$(split)) --out $(BENCH)/searches.jsonl
+
+bench-results:  ## once the build is complete: the table and datasheet, random search at the searches' costs, the methods' table, evolution
+	$(PYTHON) scripts/build_bench.py --finalize --out $(BENCH)/build --table $(BENCH)/fmnist_bench.json.gz
+	for steps in 600 2400; do OMP_NUM_THREADS=1 $(PYTHON) scripts/bench.py random-search --client-steps $$steps \
+	  --candidates 4 --out $(BENCH)/random_search_$$steps.json || exit 1; done
+	$(PYTHON) scripts/bench.py methods $(BENCH)/searches.jsonl --random-search $(BENCH)/random_search_600.json \
+	  $(BENCH)/random_search_2400.json --out $(BENCH)/methods.md
+	$(PYTHON) scripts/bench.py evolution --out $(BENCH)/evolution.json
 
 docs:  ## regenerate the generated tables in docs/ (the config-group table of docs/configs.md)
 	$(PYTHON) scripts/config_docs.py --write
