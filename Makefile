@@ -93,7 +93,7 @@ bench-build:  ## train every architecture of the benchmark's space (hours on 2 c
 
 bench-tune:  ## tune and search every NAS method in the benchmark's space, 3 seeds, each split; records into $(BENCH)/searches.jsonl
 	for split in $(BENCH_SPLITS); do \
-	  partition=$$(case $$split in dir0.1) ;; iid) echo partition=iid;; dir*) echo partition.alpha=$${split#dir};; esac); \
+	  partition=$$(case $$split in dir0.1) ;; iid) echo partition=iid \~partition.alpha;; dir*) echo partition.alpha=$${split#dir};; esac); \
 	  OMP_NUM_THREADS=1 $(PYTHON) scripts/tune.py experiment=bench_methods bench_table=null $$partition cluster=local \
 	    --jobs 2 --out logs/tune_bench_methods_$$split || exit 1; \
 	  cp logs/tune_bench_methods_$$split/tuning.json benchmarks/tune_bench_methods_$$split.json; \

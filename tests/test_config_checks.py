@@ -205,3 +205,21 @@ def test_every_setting_rejects_a_bad_value_in_one_line_naming_it(every_shipped_c
             check_config(bad)
         message = str(raised.value)
         assert message.startswith(f"{key} must be ") and "\n" not in message, message
+
+
+def test_a_setting_left_over_from_another_option_is_one_line(tmp_path):
+    """An experiment's Dirichlet alpha, kept after switching the partition to IID: the line names the key and
+    the Hydra override that drops it, which then works."""
+    from federated_nas.builders import build_data
+
+    def data(*extra: str):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("search", overrides=["experiment=bench_methods", "partition=iid", *extra, "bench_table=null",
+                                               "dataset=synthetic", "federation.num_clients=3",
+                                               f"paths.root_dir={tmp_path}"])
+        return build_data(cfg)
+
+    with pytest.raises(ConfigError, match=r"^partition.alpha is not a setting of partition=iid \(federated_nas.data."
+                                          r"partitions.IIDPartitioner\); .* drop it with '~partition.alpha'$"):
+        data()
+    assert len(data("~partition.alpha").clients) == 3
