@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     export.add_argument("runs", nargs="+", type=Path, help="search run dirs, or scripts/tune.py folders (their picks' "
                                                            "seed runs)")
     export.add_argument("--out", type=Path, required=True, help="the records, as JSON lines")
-    methods = commands.add_parser("methods", help="score search records; one table of the methods over seeds, per split")
+    methods = commands.add_parser("methods", help="score search records: the methods over seeds, a table per split")
     methods.add_argument("records", nargs="+", type=Path, help="files written by export")
     methods.add_argument("--random-search", nargs="*", type=Path, default=[],
                          help="random-search --out files: rows at those costs")
