@@ -136,7 +136,8 @@ def methods(args: argparse.Namespace) -> str:
             baselines.setdefault(split, []).append((
                 f"random search, {found['candidates']} x {found['rounds_each']} rounds",
                 {name: [r[name] for r in runs] for name in ("accuracy", "percentile", "regret")}
-                | {"client_steps": found["client_steps"], "keys": [r["picked"] for r in runs]}))
+                | {"client_steps": found["client_steps"], "keys": [r["picked"] for r in runs],
+                   "megabytes": [r["bytes_communicated"] / 1e6 for r in runs], "minutes": [r["seconds"] / 60 for r in runs]}))
     table = method_table(scores, baselines)
     print(table)
     for note in sorted({f"{s.method}: {note}" for s in scores for note in s.notes}):

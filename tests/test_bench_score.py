@@ -17,7 +17,7 @@ from federated_nas.bench import Bench, CellSpace
 from federated_nas.bench import build as bench_build
 from federated_nas.bench.baselines import budget_for_cost, genotype_multiplicity, random_sampling, random_search
 from federated_nas.bench.build import BuildSpec, spec_with
-from federated_nas.bench.train import Budget, NetworkShape, SplitSpec, build_split
+from federated_nas.bench.train import Budget, NetworkShape, SplitSpec, build_network, build_split
 from federated_nas.errors import ConfigError, DataError
 from federated_nas.federation.checkpoint import read_checkpoint
 from federated_nas.runs import run_search
@@ -110,6 +110,13 @@ def test_random_search_spends_the_cost_and_picks_on_val():
     assert found.candidates == again.candidates and len(found.candidates) == 3
     assert found.picked == max(found.candidates, key=lambda c: c[1])[0]
     assert found.client_steps == 3 * 1 * 2 * 2
+    # each candidate's state to and from 2 clients in its one round: 4 copies of its float32 weights and BN
+    # statistics and its int64 BN batch counters
+    def state_bytes(key: str) -> int:
+        state = build_network(CellSpace().genotype_of(key), data, NetworkShape(C=2)).state_dict().values()
+        return sum(t.numel() * (4 if t.is_floating_point() else 8) for t in state)
+
+    assert found.bytes_communicated == 4 * sum(state_bytes(key) for key, _ in found.candidates)
 
 
 # --- scoring a search run -----------------------------------------------------------------------------------
@@ -165,11 +172,12 @@ def test_the_methods_table_has_known_answers():
 
     table = method_table([score(0.5, 40.0, "a"), score(0.7, 60.0, "b")],
                          {"iid": [("random search", {"accuracy": [0.6], "percentile": [50.0], "regret": [0.3],
-                                                     "client_steps": 600, "keys": ["c"]})]})
+                                                     "client_steps": 600, "keys": ["c"], "megabytes": [1.5],
+                                                     "minutes": [0.5]})]})
     lines = table.splitlines()
     assert lines[0] == "**iid**"
     assert lines[4] == "| fedx | 2 | 60.00 ± 14.14 | 50.0 ± 14.1 | 30.00 ± 14.14 | 0.100 ± 0.000 | 600 | 2.0 ± 0.0 | 2.0 ± 0.0 | 2 |"
-    assert lines[5] == "| random search | 1 | 60.00 | 50.0 | 30.00 | n/a | 600 | - | - | 1 |"
+    assert lines[5] == "| random search | 1 | 60.00 | 50.0 | 30.00 | n/a | 600 | 1.5 | 0.5 | 1 |"
 
 
 def test_score_refusals_are_one_line(tmp_path, capsys):
@@ -224,6 +232,11 @@ def test_the_query_and_baseline_commands_run(tmp_path, capsys):
                             "--seeds", "0", "1", "--splits", "dir0.5", "--out", str(tmp_path / "rs.json")])
     assert found["rounds_each"] == 2 and len(found["splits"]["dir0.5"]["runs"]) == 2
     assert json.loads((tmp_path / "rs.json").read_text())["candidates"] == 2
+    (tmp_path / "none.jsonl").write_text("")
+    table_md = bench_cli.main(["--table", str(table), "methods", str(tmp_path / "none.jsonl"), "--random-search",
+                               str(tmp_path / "rs.json")])
+    row = next(line for line in table_md.splitlines() if line.startswith("| random search, 2 x 2 rounds | 2 |"))
+    assert row.split(" | ")[6] == "8"  # client steps
 
 
 # --- query-based search over the table ----------------------------------------------------------------------

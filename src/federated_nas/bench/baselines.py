@@ -23,7 +23,7 @@ import numpy as np
 
 from federated_nas.bench.space import INPUTS, Cell, CellSpace, canonical, format_key
 from federated_nas.bench.table import Bench
-from federated_nas.bench.train import Budget, NetworkShape, train_fedavg
+from federated_nas.bench.train import Budget, NetworkShape, build_network, train_fedavg
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
 
@@ -79,6 +79,7 @@ class RandomSearch:
     picked: str
     client_steps: int
     seconds: float
+    bytes_communicated: int  # every candidate's weights and BatchNorm statistics, to and from each client a round
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,14 +89,18 @@ def random_search(space: CellSpace, data: FederatedData, split: str, candidates:
                   shape: NetworkShape, seed: int) -> RandomSearch:
     """Train ``candidates`` random architectures at ``budget`` (seeded by ``seed``) and pick the best on val."""
     trained = []
-    seconds = 0.0
+    seconds, traffic = 0.0, 0
     for index, key in enumerate(random_keys(space, candidates, seed)):
-        result = train_fedavg(space.genotype_of(key), data, budget, shape, seed=1000 * seed + index, validate=True)
+        genotype = space.genotype_of(key)
+        result = train_fedavg(genotype, data, budget, shape, seed=1000 * seed + index, validate=True)
         trained.append((key, float(result.val_acc)))
         seconds += result.train_seconds + result.eval_seconds
+        state = build_network(genotype, data, shape).state_dict()
+        traffic += 2 * budget.rounds * budget.clients_per_round * sum(t.numel() * t.element_size() for t in state.values())
     picked = max(trained, key=lambda pair: pair[1])[0]
     steps = candidates * budget.rounds * budget.clients_per_round * budget.local_steps
-    return RandomSearch(seed=seed, split=split, candidates=trained, picked=picked, client_steps=steps, seconds=seconds)
+    return RandomSearch(seed=seed, split=split, candidates=trained, picked=picked, client_steps=steps, seconds=seconds,
+                        bytes_communicated=traffic)
 
 
 # --- query-based search over the table: regularized evolution against random search, at equal queries ---------

@@ -282,7 +282,8 @@ def method_table(scores: list[SearchScore], baselines: dict[str, list[tuple[str,
                  ) -> str:
     """The benchmark's results table, one markdown table per split: each method's scores over its seeds
     (mean ± std), then ``baselines[split]``: (name, {"accuracy": [...], "percentile": [...], "regret": [...],
-    "client_steps": n}) rows, e.g. random search at a search's cost."""
+    and optionally "client_steps": n, "megabytes": [...], "minutes": [...], "keys": [...]}) rows, e.g. random
+    search at a search's cost."""
     from federated_nas.tracking.tuning import mean_std
 
     header = ("| method | seeds | accuracy (%) | percentile | regret (points) | Kendall τ | client steps | MB | "
@@ -303,7 +304,8 @@ def method_table(scores: list[SearchScore], baselines: dict[str, list[tuple[str,
             steps = row.get("client_steps")
             rows.append(f"| {name} | {row.get('seeds', len(row['accuracy']))} | {mean_std(row['accuracy'], 100, 2)} | "
                         f"{mean_std(row['percentile'])} | {mean_std(row['regret'], 100, 2)} | n/a | "
-                        f"{'-' if steps is None else f'{steps:,}'} | - | - | {len(set(row.get('keys', []))) or '-'} |")
+                        f"{'-' if steps is None else f'{steps:,}'} | {mean_std(row.get('megabytes', [])) or '-'} | "
+                        f"{mean_std(row.get('minutes', [])) or '-'} | {len(set(row.get('keys', []))) or '-'} |")
         blocks.append(f"**{split}**\n\n" + "\n".join(rows))
     return "\n\n".join(blocks)
 
