@@ -2,6 +2,7 @@
 
     python scripts/tune.py experiment=digits_compare [override ...]   # make tune EXPERIMENT=digits_compare
     python scripts/tune.py experiment=digits_compare --table          # make compare-tuned: reprint the table
+    python scripts/tune.py experiment=bench_methods --table --out logs/tune_bench_methods_iid   # committed: benchmarks/<name>.json
 
 The experiment's ``tuning`` node names the methods (the overrides that define each), one grid per method
 (every method the same number of points), the seeds and the selection metric. For each method the driver
@@ -265,11 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     from federated_nas.tracking.tuning import format_table
 
     if args.table:
-        source, committed = out / "tuning.json", ROOT / "benchmarks" / f"tune_{experiment}.json"
-        if not source.is_file() and args.out is None and committed.is_file():
-            source = committed  # a fresh clone: the tuning behind the README's table
-            print(f"(no tuning of this experiment under {out.relative_to(ROOT)}: the committed one, "
-                  f"{committed.relative_to(ROOT)})")
+        # a fresh clone: the tuning behind the docs' table, committed as benchmarks/<out folder's name>.json
+        source, committed = out / "tuning.json", ROOT / "benchmarks" / f"{Path(out).name}.json"
+        if not source.is_file() and committed.is_file():
+            source = committed
+            print(f"(no tuning of this experiment under {out}: the committed one, {committed.relative_to(ROOT)})")
         if not source.is_file():
             raise DataError(f"{source} does not exist: run make tune EXPERIMENT={experiment} first")
         result = json.loads(source.read_text())

@@ -195,6 +195,10 @@ def test_make_compare_tuned_on_a_fresh_clone_prints_the_committed_tuning(tmp_pat
     script.main(["experiment=digits_compare", "--table"])
     first, table = capsys.readouterr().out.strip().split("\n", 1)
     assert "benchmarks/tune_digits_compare.json" in first and table == format_table(hand_made_result())
+    # a tuning run with --out (one experiment on two splits): committed under its folder's name
+    (tmp_path / "benchmarks" / "tune_digits_iid.json").write_text(json.dumps(hand_made_result()))
+    script.main(["experiment=digits_compare", "--table", "--out", str(tmp_path / "logs" / "tune_digits_iid")])
+    assert "benchmarks/tune_digits_iid.json" in capsys.readouterr().out.split("\n", 1)[0]
     with pytest.raises(SystemExit):  # an experiment without one: the one-line error
         script.main(["experiment=nas_methods_cpu", "--table"])
     assert "make tune EXPERIMENT=nas_methods_cpu" in capsys.readouterr().err
