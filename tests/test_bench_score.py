@@ -191,6 +191,10 @@ def test_score_refusals_are_one_line(tmp_path, capsys):
     record = search_record(run_dir, checkpoint)
     with pytest.raises(DataError, match="searched the space s3-max3, the table holds s2-"):
         score_record(dataclasses.replace(record, space="s3-max3"), Bench.load(table))
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("tie_cells: true", "tie_cells: false"))
+    with pytest.raises(DataError, match="did not search the benchmark's space"):
+        search_record(run_dir, checkpoint)
+    (run_dir / "config.yaml").write_text((run_dir / "config.yaml").read_text().replace("tie_cells: false", "tie_cells: true"))
     (tmp_path / "bad.jsonl").write_text('{"method": "fednas"}\n')
     with pytest.raises(DataError, match="not a search record"):
         read_records(tmp_path / "bad.jsonl")

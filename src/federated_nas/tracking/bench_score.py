@@ -211,6 +211,8 @@ def search_record(run_dir: str | Path, checkpoint: dict[str, Any], space: CellSp
         if not (run_dir / required).is_file():
             raise DataError(f"{run_dir} has no {required}: not a search run dir, or one that has not finished a round")
     cfg = OmegaConf.load(run_dir / "config.yaml")
+    if not OmegaConf.select(cfg, "search_space.tie_cells"):  # the DARTS space's cells could not be enumerated
+        raise DataError(f"{run_dir} did not search the benchmark's space (search_space=bench): nothing to score")
     space = space or space_of(cfg)
     state, history = checkpoint["model"], checkpoint.get("history", [])
     scores = None
