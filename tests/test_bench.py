@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -244,6 +245,12 @@ def test_tiny_build_resumes_and_finalizes(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_build, "_run_task", real)
     assert bench_build.run_tasks(TINY_SPEC, folder, tasks, progress=False) == 7  # the rest, nothing twice
     assert bench_build.run_tasks(TINY_SPEC, folder, tasks, progress=False) == 0
+    # a second build of the same results file is refused while the first holds it (it would train the same
+    # tasks), with the owner's pid; a shard's own file is another file
+    with bench_build.writing(folder / "results.jsonl"):
+        with pytest.raises(ConfigError, match=rf"being written by another build \(pid {os.getpid()}\)"):
+            bench_build.run_tasks(TINY_SPEC, folder, tasks, progress=False)
+        assert bench_build.run_tasks(TINY_SPEC, folder, tasks, "results-0of2.jsonl", progress=False) == 0
     # another budget in the same folder is refused
     with pytest.raises(ConfigError, match="another spec"):
         bench_build.run_tasks(spec_with(TINY_SPEC, rounds=3), folder, tasks, progress=False)
@@ -263,7 +270,7 @@ def test_shards_split_the_tasks_and_the_cli_runs(tmp_path, capsys):
               "--batch-size", "8", "--clients-per-round", "2", "--C", "2", "--out", str(tmp_path / "b"), "--quiet"]
     build_bench.main(common + ["--shard", "0/2", "--limit", "2"])
     build_bench.main(common + ["--shard", "1/2", "--limit", "2"])
-    assert sorted(p.name for p in (tmp_path / "b").glob("results*")) == ["results-0of2.jsonl", "results-1of2.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("results*.jsonl")) == ["results-0of2.jsonl", "results-1of2.jsonl"]
     tasks = bench_build.task_list(bench_build.BuildSpec.from_dict(json.loads((tmp_path / "b" / "spec.json").read_text())))
     assert set(bench_build.read_results(tmp_path / "b")) == set(tasks[0::2][:2] + tasks[1::2][:2])
     stats = build_bench.main(common[:-3] + ["--out", str(tmp_path / "p"), "--quiet", "--pilot", "3"])

@@ -10,6 +10,8 @@ budget is refused, so a table never mixes two budgets.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import itertools
@@ -164,17 +166,42 @@ def _run_task(task: Task) -> dict:
     return {"key": key, "split": split, "seed": seed, "spec": spec.fingerprint(), **result.as_dict()}
 
 
+@contextlib.contextmanager
+def writing(path: Path):
+    """Hold ``<path>.lock`` while appending to ``path``: a second build of the same file would train the same
+    tasks in the same order (each reads what is done only at its start), so it is refused, not run twice."""
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "?"
+            raise ConfigError(f"{path} is being written by another build (pid {owner}); wait for it, or split a "
+                              "build over processes with --workers N or --shard I/N") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
 def run_tasks(spec: BuildSpec, folder: Path, tasks: list[Task], results_name: str = "results.jsonl",
               workers: int = 1, data_dir: str | Path = "data", progress: bool = True) -> int:
     """Train the tasks not yet in ``folder``, appending each result as it ends; returns how many were trained."""
     folder = Path(folder)
     prepare_folder(folder, spec)
-    done = read_results(folder)
-    todo = [task for task in tasks if task not in done]
-    if not todo:
-        return 0
     path = folder / results_name
-    bar = _progress(len(tasks), len(tasks) - len(todo), progress)
+    with writing(path):
+        done = read_results(folder)
+        todo = [task for task in tasks if task not in done]
+        if todo:
+            _train(spec, path, todo, len(tasks), workers, data_dir, progress)
+    return len(todo)
+
+
+def _train(spec: BuildSpec, path: Path, todo: list[Task], total: int, workers: int, data_dir: str | Path,
+           progress: bool) -> None:
+    bar = _progress(total, total - len(todo), progress)
     try:
         if workers <= 1:
             _init_worker(spec, str(data_dir))
@@ -189,7 +216,6 @@ def run_tasks(spec: BuildSpec, folder: Path, tasks: list[Task], results_name: st
                     bar.update(1)
     finally:
         bar.close()
-    return len(todo)
 
 
 def _progress(total: int, initial: int, enabled: bool):
