@@ -46,13 +46,13 @@ def _unknown_setting(node: DictConfig, spec: dict, cause: BaseException | None) 
     """The one line for a setting the target does not take: most often a key an experiment set for the group's
     default option (``partition.alpha`` for dirichlet) left over after switching the option (``partition=iid``)."""
     target = str(spec.get("_target_", ""))
-    found = re.fullmatch(rf"{re.escape(target.rsplit('.', 1)[-1])}\.__init__\(\) got an unexpected keyword argument "
+    found = re.fullmatch(rf"{re.escape(target.rsplit('.', 1)[-1])}(\.__init__)?\(\) got an unexpected keyword argument "
                          r"'(\w+)'", str(cause)) if isinstance(cause, TypeError) and target else None
     if not found:
         return None
     path = node._get_full_key(None) if isinstance(node, DictConfig) else ""
-    key = f"{path}.{found.group(1)}" if path else found.group(1)
-    option = f"{path}={node.get('name')}" if path and node.get("name") else target
+    key = f"{path}.{found.group(2)}" if path else found.group(2)
+    option = f"{path}={node.get('name')}" if path and node.get("name") else path or "the config node"
     return (f"{key} is not a setting of {option} ({target}); if an experiment set it for another option, "
             f"drop it with '~{key}'")
 
