@@ -355,3 +355,23 @@ def test_the_architecture_table_is_kept_in_the_run_dir_and_uploaded_without_read
     assert '"type": "table"' in tags["mlflow.loggedArtifacts"] and tags["mlflow.loggedArtifacts"].count("path") == 1
     RunTracker(None).log_table_rows({"round": [3], "genotype": ["d"], "global_test_acc": [0.6]}, table)
     assert len(__import__("json").loads(table.read_text())["data"]) == 3  # logger=none keeps the run dir's copy
+
+
+def test_time_to_accuracy_has_known_answers(tmp_path, capsys):
+    """The first round whose curve point (the sampled evaluation, also at the last round) reaches the target,
+    with the loop seconds then; the script reads it from runs' checkpoints and averages over them."""
+    from federated_nas.federation.checkpoint import save_checkpoint
+    from federated_nas.tracking.run_record import time_to_accuracy
+
+    history = [{"round": 0, "global_test_acc": 0.5, "elapsed_seconds": 10.0},
+               {"round": 1, "global_test_acc": 0.79, "elapsed_seconds": 20.0},
+               {"round": 2, "global_test_acc": 0.78, "global_test_acc_sampled": 0.81, "elapsed_seconds": 35.0}]
+    assert time_to_accuracy(history, 0.8) == (2, 35.0)  # the last round's full 0.78 is not its curve point
+    assert time_to_accuracy(history, 0.5) == (0, 10.0)
+    assert time_to_accuracy(history, 0.9) is None
+    for name, curve in (("a", history), ("b", [dict(h, elapsed_seconds=2 * h["elapsed_seconds"]) for h in history])):
+        save_checkpoint(tmp_path / name / "checkpoints", {"history": curve})
+    result = load_script("time_to_accuracy").main([str(tmp_path / "a"), str(tmp_path / "b"), "--target", "0.8"])
+    assert [r["seconds"] for r in result["rows"]] == [35.0, 70.0]
+    assert result["summary"]["seconds"] == "52.5 ± 24.7" and result["summary"]["final_acc"] == "78.0 ± 0.0"
+    assert "| 3 | 35 | 78.00 | 35 |" in capsys.readouterr().out

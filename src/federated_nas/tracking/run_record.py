@@ -143,3 +143,16 @@ def run_description(final: Mapping[str, Any], tags: Mapping[str, Any], rounds: i
 def curve_accuracy(metrics: Mapping[str, Any]) -> float | None:
     """A round's point on the accuracy curve: the sampled evaluation where the last round has both."""
     return metrics.get(f"global_test_acc{SAMPLED}", metrics.get("global_test_acc"))
+
+
+def time_to_accuracy(history: list[Mapping[str, Any]], target: float) -> tuple[int, float] | None:
+    """(round, loop seconds) when the accuracy curve first reached ``target``; None where it never did.
+
+    The curve's points (``curve_accuracy``: the sampled evaluation between rounds, kept at the last round too),
+    so every round is read on the same images; the seconds are the loop's (``elapsed_seconds``: rounds and
+    their evaluations, no start-up)."""
+    for metrics in history:
+        accuracy = curve_accuracy(metrics)
+        if accuracy is not None and accuracy >= target:
+            return int(metrics["round"]), float(metrics["elapsed_seconds"])
+    return None
