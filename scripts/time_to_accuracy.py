@@ -1,9 +1,9 @@
 """Time to an accuracy: when each run's curve first reached a target, over seeds (issue 32's time to 80%).
 
     python scripts/time_to_accuracy.py logs/search/runs/<run> [more run dirs] --target 0.8
-    python scripts/time_to_accuracy.py --run --seeds 0 1 2 --out logs/tta -- [overrides]   # run the default command first
+    python scripts/time_to_accuracy.py --run --seeds 0,1,2 --out logs/tta [overrides]   # run the default command first
 
-``--run`` runs ``src/search.py seed=<s> logger=none [overrides]`` for each seed, one after the other (alone on
+``--run`` runs ``src/search.py seed=<s> logger=none [overrides]`` (the arguments with ``=``) for each seed, one after the other (alone on
 the machine, for timings), into ``--out/seed<s>``, then reads them. Per run: the round and loop seconds at which
 the accuracy curve (the sampled global test evaluation) first reached the target, the final full-test accuracy
 and the loop's total; then mean ± std over the runs. Loop seconds exclude start-up (``elapsed_seconds``).
@@ -25,14 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="*", type=Path, help="finished search run dirs")
+    parser.add_argument("items", nargs="*", metavar="RUN_DIR_OR_OVERRIDE",
+                        help="finished search run dirs; with --run, Hydra overrides (key=value) for the runs")
     parser.add_argument("--target", type=float, default=0.8, help="accuracy to reach (default 0.8)")
-    parser.add_argument("--run", action="store_true", help="run src/search.py per seed first (overrides after --)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--run", action="store_true", help="run src/search.py per seed first")
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2],
+                        help="with --run: comma-separated, e.g. 0,1,2")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "time_to_accuracy")
     parser.add_argument("--json", type=Path, help="also write the rows and the summary here")
-    args, overrides = parser.parse_known_args(argv)
-    args.overrides = [o for o in overrides if o != "--"]
+    args = parser.parse_args(argv)
+    is_override = [("=" in item or item[:1] in "~+") for item in args.items]
+    args.overrides = [item for item, flag in zip(args.items, is_override) if flag]
+    args.run_dirs = [Path(item) for item, flag in zip(args.items, is_override) if not flag]
+    if args.overrides and not args.run:
+        parser.error(f"overrides ({' '.join(args.overrides)}) are for --run")
     return args
 
 

@@ -375,3 +375,9 @@ def test_time_to_accuracy_has_known_answers(tmp_path, capsys):
     assert [r["seconds"] for r in result["rows"]] == [35.0, 70.0]
     assert result["summary"]["seconds"] == "52.5 ± 24.7" and result["summary"]["final_acc"] == "78.0 ± 0.0"
     assert "| 3 | 35 | 78.00 | 35 |" in capsys.readouterr().out
+    # --run: the default command per seed (here a tiny one), then the same table
+    from helpers import TINY
+
+    ran = load_script("time_to_accuracy").main(["--run", "--seeds", "0", "--out", str(tmp_path / "runs"), "--target",
+                                                "0.05", *TINY, f"paths.root_dir={tmp_path}"])
+    assert ran["rows"][0]["run_dir"] == str(tmp_path / "runs" / "seed0") and ran["rows"][0]["round"] == 0
