@@ -223,3 +223,20 @@ def test_a_setting_left_over_from_another_option_is_one_line(tmp_path):
                                           r"partitions.IIDPartitioner\); .* drop it with '~partition.alpha'$"):
         data()
     assert len(data("~partition.alpha").clients) == 3
+
+
+def test_word_choices_match_the_code_that_reads_them():
+    """config_checks sits below the methods (it runs before torch loads), so its word lists repeat the code's
+    registries; this keeps each pair equal, so a new choice in the code cannot be refused by the check."""
+    from federated_nas.algorithms.core.reinforce import ALPHA_UPDATES
+    from federated_nas.algorithms.core.schedules import TEMPERATURE_CLOCKS
+    from federated_nas.algorithms.core.supernet_methods import FINAL_MODELS
+    from federated_nas.algorithms.nas.fedpnas import LOCAL_SEARCHES
+    from federated_nas.search_space.relaxations import RELAXATIONS
+    from federated_nas.tracking.tuning import SELECTION_METRICS
+
+    registries = {"algorithm.local_search": LOCAL_SEARCHES, "algorithm.alpha_update": ALPHA_UPDATES,
+                  "algorithm.relaxation": RELAXATIONS, "algorithm.temperature.clock": TEMPERATURE_CLOCKS,
+                  "algorithm.final_model": FINAL_MODELS, "tuning.selection_metric": SELECTION_METRICS}
+    for key, registry in registries.items():
+        assert set(rule_for(key).choices) == set(registry), key
