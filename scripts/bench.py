@@ -22,6 +22,7 @@ from pathlib import Path
 from federated_nas.cli import one_line_errors
 
 TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "fednas_bench" / "fmnist_bench.json.gz"
+BUILD_SPEC = TABLE.parent / "build" / "spec.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     search.add_argument("--splits", nargs="+", help="default: every split of the table")
     search.add_argument("--data-dir", default=os.environ.get("PROJECT_ROOT", ".") + "/data")
+    search.add_argument("--spec", type=Path, default=BUILD_SPEC,
+                        help="the build's spec.json, read where the table does not exist yet (its picks are then "
+                             "looked up later, by methods)")
     search.add_argument("--out", type=Path, help="write the results as JSON here")
     evolution = commands.add_parser("evolution", help="regularized evolution and random search over the table's "
                                                       "queries (one query = one training of the table)")
@@ -129,15 +133,16 @@ def methods(args: argparse.Namespace) -> str:
         r = expected(bench, split)
         baselines[split] = [("random genotype (expected)", {"seeds": "-", "accuracy": [r["accuracy"]],
                                                             "percentile": [r["percentile"]], "regret": [r["regret"]]})]
-    for path in args.random_search:
+    for path in args.random_search:  # its picks looked up here, as the searches' records are
         found = json.loads(path.read_text())
         for split, result in found["splits"].items():
-            runs = result["runs"]
+            runs, entries = result["runs"], [bench.query(r["picked"], split) for r in result["runs"]]
             baselines.setdefault(split, []).append((
                 f"random search, {found['candidates']} x {found['rounds_each']} rounds",
-                {name: [r[name] for r in runs] for name in ("accuracy", "percentile", "regret")}
-                | {"client_steps": found["client_steps"], "keys": [r["picked"] for r in runs],
-                   "megabytes": [r["bytes_communicated"] / 1e6 for r in runs], "minutes": [r["seconds"] / 60 for r in runs]}))
+                {"accuracy": [e.mean for e in entries], "percentile": [e.percentile for e in entries],
+                 "regret": [e.regret for e in entries], "client_steps": found["client_steps"],
+                 "keys": [r["picked"] for r in runs], "megabytes": [r["bytes_communicated"] / 1e6 for r in runs],
+                 "minutes": [r["seconds"] / 60 for r in runs]}))
     table = method_table(scores, baselines)
     print(table)
     for note in sorted({f"{s.method}: {note}" for s in scores for note in s.notes}):
@@ -174,32 +179,42 @@ def random_sampling(args: argparse.Namespace) -> dict:
 
 
 def random_search(args: argparse.Namespace) -> dict:
+    """Random search at a search's cost; its picks are looked up where the table exists (else by ``methods``)."""
     import numpy as np
 
     from federated_nas.bench import Bench
     from federated_nas.bench.baselines import budget_for_cost, random_search as search
     from federated_nas.bench.build import BuildSpec, load_dataset
     from federated_nas.bench.train import build_split
+    from federated_nas.errors import DataError
 
-    bench = Bench.load(args.table)
-    spec = BuildSpec.from_dict(bench.table["spec"])
+    bench = Bench.load(args.table) if args.table.is_file() else None
+    if bench is None and not args.spec.is_file():
+        raise DataError(f"neither the table {args.table} nor a build spec {args.spec} exists: nothing says the budget")
+    spec = BuildSpec.from_dict(bench.table["spec"] if bench else json.loads(args.spec.read_text()))
     budget = budget_for_cost(args.client_steps, args.candidates, spec.budget)
     dataset = load_dataset(spec.dataset, args.data_dir)
     result: dict = {"client_steps": args.client_steps, "candidates": args.candidates, "rounds_each": budget.rounds,
                     "splits": {}}
-    for split in args.splits or bench.splits:
+    for split in args.splits or spec.splits:
         data = build_split(dataset, spec.split(split))
         runs = []
         for seed in args.seeds:
-            found = search(bench.space, data, split, args.candidates, budget, spec.network, seed)
-            entry = bench.query(found.picked, split)
-            runs.append({**found.as_dict(), "accuracy": entry.mean, "percentile": entry.percentile, "regret": entry.regret})
-            print(f"{split} seed {seed}: picked {found.picked} ({100 * entry.mean:.2f}%, percentile {entry.percentile:.1f}, "
-                  f"regret {100 * entry.regret:.2f}) of {args.candidates} x {budget.rounds} rounds, {found.seconds:.0f} s")
-        summary = {name: (float(np.mean([r[name] for r in runs])), float(np.std([r[name] for r in runs], ddof=1))
-                          if len(runs) > 1 else 0.0) for name in ("accuracy", "percentile", "regret")}
-        result["splits"][split] = {"runs": runs, "summary": summary}
-        print(f"{split}: random search " + ", ".join(f"{name} {mean:.3f} ± {std:.3f}" for name, (mean, std) in summary.items()))
+            found = search(spec.space, data, split, args.candidates, budget, spec.network, seed)
+            runs.append(found.as_dict())
+            line = f"{split} seed {seed}: picked {found.picked} of {args.candidates} x {budget.rounds} rounds"
+            if bench is not None:
+                entry = bench.query(found.picked, split)
+                runs[-1].update(accuracy=entry.mean, percentile=entry.percentile, regret=entry.regret)
+                line += f" ({100 * entry.mean:.2f}%, percentile {entry.percentile:.1f}, regret {100 * entry.regret:.2f})"
+            print(f"{line}, {found.seconds:.0f} s")
+        result["splits"][split] = {"runs": runs}
+        if bench is not None:
+            summary = {name: (float(np.mean([r[name] for r in runs])), float(np.std([r[name] for r in runs], ddof=1))
+                              if len(runs) > 1 else 0.0) for name in ("accuracy", "percentile", "regret")}
+            result["splits"][split]["summary"] = summary
+            print(f"{split}: random search " + ", ".join(f"{name} {mean:.3f} ± {std:.3f}"
+                                                         for name, (mean, std) in summary.items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -236,11 +236,21 @@ def test_the_query_and_baseline_commands_run(tmp_path, capsys):
                             "--seeds", "0", "1", "--splits", "dir0.5", "--out", str(tmp_path / "rs.json")])
     assert found["rounds_each"] == 2 and len(found["splits"]["dir0.5"]["runs"]) == 2
     assert json.loads((tmp_path / "rs.json").read_text())["candidates"] == 2
+    # before the table exists: the build's spec says the budget, the picks are looked up by methods
+    spec_json = tmp_path / "spec.json"
+    spec_json.write_text(json.dumps(Bench.load(table).table["spec"]))
+    early = bench_cli.main(["--table", str(tmp_path / "later.json.gz"), "random-search", "--client-steps", "8",
+                            "--candidates", "2", "--seeds", "0", "1", "--splits", "dir0.5", "--spec", str(spec_json),
+                            "--out", str(tmp_path / "rs-early.json")])
+    assert "accuracy" not in early["splits"]["dir0.5"]["runs"][0]
+    assert [r["picked"] for r in early["splits"]["dir0.5"]["runs"]] == [r["picked"] for r in found["splits"]["dir0.5"]["runs"]]
     (tmp_path / "none.jsonl").write_text("")
     table_md = bench_cli.main(["--table", str(table), "methods", str(tmp_path / "none.jsonl"), "--random-search",
-                               str(tmp_path / "rs.json")])
-    row = next(line for line in table_md.splitlines() if line.startswith("| random search, 2 x 2 rounds | 2 |"))
-    assert row.split(" | ")[6] == "8"  # client steps
+                               str(tmp_path / "rs.json"), str(tmp_path / "rs-early.json")])
+    rows = [line for line in table_md.splitlines() if line.startswith("| random search, 2 x 2 rounds | 2 |")]
+    assert len(rows) == 2 and rows[0].split(" | ")[:7] == rows[1].split(" | ")[:7]  # the same picks, looked up alike
+    assert rows[0].split(" | ")[2] == f"{100 * found['splits']['dir0.5']['summary']['accuracy'][0]:.2f} ± " \
+        f"{100 * found['splits']['dir0.5']['summary']['accuracy'][1]:.2f}" and rows[0].split(" | ")[6] == "8"
 
 
 # --- query-based search over the table ----------------------------------------------------------------------
