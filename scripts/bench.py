@@ -124,6 +124,8 @@ def export(args: argparse.Namespace) -> list[dict]:
 def methods(args: argparse.Namespace) -> str:
     from federated_nas.bench import Bench
     from federated_nas.bench.baselines import random_sampling as expected
+    from federated_nas.bench.build import BuildSpec
+    from federated_nas.errors import DataError
     from federated_nas.tracking.bench_score import method_table, read_records, score_record
 
     bench = Bench.load(args.table)
@@ -133,8 +135,12 @@ def methods(args: argparse.Namespace) -> str:
         r = expected(bench, split)
         baselines[split] = [("random genotype (expected)", {"seeds": "-", "accuracy": [r["accuracy"]],
                                                             "percentile": [r["percentile"]], "regret": [r["regret"]]})]
+    table_spec = BuildSpec.from_dict(bench.table["spec"]).fingerprint() if bench.table.get("spec") else None
     for path in args.random_search:  # its picks looked up here, as the searches' records are
         found = json.loads(path.read_text())
+        if table_spec and found.get("spec") not in (None, table_spec):
+            raise DataError(f"{path} trained its candidates to build spec {found['spec']}, the table was built to "
+                            f"{table_spec}: run random-search again with the table")
         for split, result in found["splits"].items():
             runs, entries = result["runs"], [bench.query(r["picked"], split) for r in result["runs"]]
             baselines.setdefault(split, []).append((
@@ -195,7 +201,7 @@ def random_search(args: argparse.Namespace) -> dict:
     budget = budget_for_cost(args.client_steps, args.candidates, spec.budget)
     dataset = load_dataset(spec.dataset, args.data_dir)
     result: dict = {"client_steps": args.client_steps, "candidates": args.candidates, "rounds_each": budget.rounds,
-                    "splits": {}}
+                    "spec": spec.fingerprint(), "splits": {}}
     for split in args.splits or spec.splits:
         data = build_split(dataset, spec.split(split))
         runs = []

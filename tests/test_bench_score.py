@@ -251,6 +251,13 @@ def test_the_query_and_baseline_commands_run(tmp_path, capsys):
     assert len(rows) == 2 and rows[0].split(" | ")[:7] == rows[1].split(" | ")[:7]  # the same picks, looked up alike
     assert rows[0].split(" | ")[2] == f"{100 * found['splits']['dir0.5']['summary']['accuracy'][0]:.2f} ± " \
         f"{100 * found['splits']['dir0.5']['summary']['accuracy'][1]:.2f}" and rows[0].split(" | ")[6] == "8"
+    # picks trained to another budget than the table's are refused
+    early["spec"] = "another"
+    (tmp_path / "rs-other.json").write_text(json.dumps(early))
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--table", str(table), "methods", str(tmp_path / "none.jsonl"), "--random-search",
+                        str(tmp_path / "rs-other.json")])
+    assert "trained its candidates to build spec another" in capsys.readouterr().err
 
 
 # --- query-based search over the table ----------------------------------------------------------------------
