@@ -80,13 +80,10 @@ def score_run(run_dir: Path, bench, args: argparse.Namespace):
     """Score one run dir, keep the score in it (bench_score.json) and add it to its MLflow record."""
     from omegaconf import OmegaConf
 
-    from federated_nas.errors import DataError
-    from federated_nas.federation.checkpoint import LAST, read_checkpoint
+    from federated_nas.federation.checkpoint import read_run_checkpoint
     from federated_nas.tracking.bench_score import log_score, score_search
 
-    if not (run_dir / "checkpoints" / LAST).is_file():
-        raise DataError(f"{run_dir} has no checkpoints/{LAST}: not a search run dir, or one that has not finished a round")
-    checkpoint = read_checkpoint(run_dir / "checkpoints" / LAST)
+    checkpoint = read_run_checkpoint(run_dir)
     result = score_search(run_dir, checkpoint, bench, args.split)
     logged = not args.no_mlflow and log_score(result, OmegaConf.load(run_dir / "config.yaml"),
                                               checkpoint.get("mlflow_run_id"), args.table)
@@ -106,16 +103,11 @@ def run_dirs_of(path: Path) -> list[Path]:
 
 
 def export(args: argparse.Namespace) -> list[dict]:
-    from federated_nas.errors import DataError
-    from federated_nas.federation.checkpoint import LAST, read_checkpoint
+    from federated_nas.federation.checkpoint import read_run_checkpoint
     from federated_nas.tracking.bench_score import search_record, write_records
 
-    records = []
-    for run_dir in (run for path in args.runs for run in run_dirs_of(path)):
-        if not (run_dir / "checkpoints" / LAST).is_file():
-            raise DataError(f"{run_dir} has no checkpoints/{LAST}: not a search run dir, or one that has not "
-                            "finished a round")
-        records.append(search_record(run_dir, read_checkpoint(run_dir / "checkpoints" / LAST)))
+    records = [search_record(run_dir, read_run_checkpoint(run_dir))
+               for run_dir in (run for path in args.runs for run in run_dirs_of(path))]
     write_records(records, args.out)
     print(f"{len(records)} search records -> {args.out}")
     return [r.as_dict() for r in records]

@@ -56,15 +56,12 @@ def run_seeds(args: argparse.Namespace) -> list[Path]:
 
 
 def row(run_dir: Path, target: float) -> dict:
-    from federated_nas.federation.checkpoint import LAST, read_checkpoint
+    from federated_nas.federation.checkpoint import read_run_checkpoint
     from federated_nas.tracking.run_record import time_to_accuracy
 
-    path = run_dir / "checkpoints" / LAST
-    if not path.is_file():
-        raise DataError(f"{run_dir} has no checkpoints/{LAST}: not a finished search run dir")
-    history = read_checkpoint(path).get("history") or []
+    history = read_run_checkpoint(run_dir).get("history") or []
     if not history:
-        raise DataError(f"{path} holds no round history")
+        raise DataError(f"{run_dir}'s last checkpoint holds no round history")
     reached = time_to_accuracy(history, target)
     return {"run_dir": str(run_dir), "round": None if reached is None else reached[0],
             "seconds": None if reached is None else reached[1], "rounds": len(history),

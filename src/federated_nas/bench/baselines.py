@@ -20,12 +20,14 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import torch
 
 from federated_nas.bench.space import INPUTS, Cell, CellSpace, canonical, format_key
 from federated_nas.bench.table import Bench
 from federated_nas.bench.train import Budget, NetworkShape, build_network, train_fedavg
 from federated_nas.data.federated_data import FederatedData
 from federated_nas.errors import ConfigError
+from federated_nas.models.budget import state_bytes
 
 
 def genotype_multiplicity(space: CellSpace) -> Counter:
@@ -95,8 +97,9 @@ def random_search(space: CellSpace, data: FederatedData, split: str, candidates:
         result = train_fedavg(genotype, data, budget, shape, seed=1000 * seed + index, validate=True)
         trained.append((key, float(result.val_acc)))
         seconds += result.train_seconds + result.eval_seconds
-        state = build_network(genotype, data, shape).state_dict()
-        traffic += 2 * budget.rounds * budget.clients_per_round * sum(t.numel() * t.element_size() for t in state.values())
+        with torch.device("meta"):  # sizes only: no weights allocated, no random draws
+            size = state_bytes(build_network(genotype, data, shape).state_dict())
+        traffic += 2 * budget.rounds * budget.clients_per_round * size
     picked = max(trained, key=lambda pair: pair[1])[0]
     steps = candidates * budget.rounds * budget.clients_per_round * budget.local_steps
     return RandomSearch(seed=seed, split=split, candidates=trained, picked=picked, client_steps=steps, seconds=seconds,

@@ -49,6 +49,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DataError(f"checkpoint {path} is corrupt or not a server checkpoint ({type(err).__name__})") from err
 
 
+def read_run_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """A run dir's last checkpoint, or one line saying the folder holds no run that finished a round."""
+    path = Path(run_dir) / "checkpoints" / LAST
+    if not path.is_file():
+        raise DataError(f"{run_dir} has no checkpoints/{LAST}: not a search run dir, or one that has not finished a round")
+    return read_checkpoint(path)
+
+
 def load_latest_checkpoint(directory: str | Path) -> dict[str, Any] | None:
     """The newest usable checkpoint in ``directory``; falls back to the previous one if the last is corrupt."""
     directory = Path(directory)

@@ -29,6 +29,7 @@ from federated_nas.federation.backends import (DROPOUT_STREAM, SAMPLING_STREAM, 
 from federated_nas.federation.checkpoint import save_checkpoint
 from federated_nas.federation.evaluation import evaluate, evaluate_prefixes
 from federated_nas.federation.preemption import StopSignals
+from federated_nas.models.budget import state_bytes
 from federated_nas.tracking.mlflow_tracker import RunTracker
 from federated_nas.tracking.run_figures import RunFigures
 from federated_nas.tracking.run_record import GENOTYPE_TABLE, GENOTYPE_TAG, SAMPLED, curve_accuracy
@@ -108,10 +109,6 @@ def sample_clients(seed: int, round_idx: int, num_clients: int, fraction: float)
     count = clients_per_round(num_clients, fraction)
     rng = np.random.default_rng([seed, round_idx, SAMPLING_STREAM])
     return sorted(int(k) for k in rng.choice(num_clients, size=count, replace=False))
-
-
-def state_bytes(state: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 @torch.no_grad()

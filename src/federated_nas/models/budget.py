@@ -23,6 +23,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def state_bytes(state: dict[str, torch.Tensor]) -> int:
+    """Bytes of a state dict: what a federation sends of a model (weights and BatchNorm statistics)."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
 def parameters_at(build: Callable[[int], nn.Module], width: int) -> int:
     with torch.device("meta"):
         return count_parameters(build(width))
