@@ -233,8 +233,9 @@ class EdgeBundle(nn.Module):
                 else:
                     out = x
                 shared = out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-                shared = shared.reshape(*shared.shape[:3], s, 1, c)
-                term = (shared * weights[:, :, k].reshape(s, e, 1)).sum(3)
+                # the weighted sum over sources as one small matrix product: a broadcast product
+                # [N, H, W, S, E, C] and its sum cost 2-5x more, forward and backward
+                term = torch.einsum("nhwsc,se->nhwec", shared.reshape(*shared.shape[:3], s, c), weights[:, :, k])
             total = term if total is None else total + term
         if total is None:  # every op of every edge pruned: the bundle contributes nothing
             stride = self.stride
@@ -271,6 +272,8 @@ class EdgeBundle(nn.Module):
         out = out.reshape(*out.shape[:3], count, c)  # already weighted, by its last BatchNorm
         if full and s == 1:
             return out
+        if full:  # every (source, edge): the groups are source-major, so the edges' sum over sources is a sum
+            return out.view(*out.shape[:3], s, e, c).sum(3)
         return out.new_zeros(*out.shape[:3], e, c).index_add(3, edges, out)
 
     def edge_ops(self, source: int, edge: int) -> nn.ModuleDict:
