@@ -173,24 +173,33 @@ class EdgeBundle(nn.Module):
         return out
 
     def _conv_op(self, name: str, replicated: torch.Tensor, groups: int,
-                 positions: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+                 positions: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                 even_grid: torch.Tensor | None = None) -> torch.Tensor:
+        """``even_grid``: ``replicated``'s even rows and columns, shared by the ops of a stride-2 bundle that read
+        only those (see ``_even_grid``)."""
         kernel, dilation, stages = CONV_OPS[name]
         y = replicated
         for stage in range(stages):
             pad = dilation * (kernel - 1) // 2
             stride = self.stride if stage == 0 else 1
+            step_dilation = dilation
+            if stride == 2 and dilation == 2 and even_grid is not None:
+                # a stride-2 dilation-2 "same" convolution (even padding) reads only the even rows and
+                # columns: an undilated stride-1 convolution of those
+                y, pad, stride, step_dilation = even_grid, pad // 2, 1, 1
             y = depthwise_pointwise(y, self._weight(f"{name}_dw{stage}", positions),
-                                    self._weight(f"{name}_pw{stage}", positions), pad, dilation, stride, groups,
+                                    self._weight(f"{name}_pw{stage}", positions), pad, step_dilation, stride, groups,
                                     relu=stage > 0)
             last = stage == stages - 1
             y = self._batch_norm(f"{name}_bn{stage}", y, positions, scale if last else None, keep_output=not last)
         return y
 
     def _reduce_skip(self, replicated: torch.Tensor, groups: int, positions: torch.Tensor | None = None,
-                     scale: torch.Tensor | None = None) -> torch.Tensor:
+                     scale: torch.Tensor | None = None, even_grid: torch.Tensor | None = None) -> torch.Tensor:
         half = self.c // 2
         # stride 2 as a 1x1 conv on each half grid (see half_grid: oneDNN's strided 1x1 kernel is unsafe)
-        a = F.conv2d(half_grid(replicated, 0), self._weight("skip_a", positions, half), None, 1, 0, 1, groups)
+        even = half_grid(replicated, 0) if even_grid is None else even_grid
+        a = F.conv2d(even, self._weight("skip_a", positions, half), None, 1, 0, 1, groups)
         b = F.conv2d(half_grid(replicated, 1), self._weight("skip_b", positions, half), None, 1, 0, 1, groups)
         n, _, h, w = a.shape
         both = torch.stack([a.view(n, groups, half, h, w), b.view(n, groups, half, h, w)], dim=2)
@@ -209,9 +218,9 @@ class EdgeBundle(nn.Module):
         n, _, h, w = x.shape
         s, e, c = self.num_sources, self.num_edges, self.c
         relu_sources = F.relu(x).permute(0, 2, 3, 1).view(n, h, w, s, c)
-        replicated_inputs: dict[tuple[int, ...], torch.Tensor] = {}  # ops on the same edges share one copy
+        replicated_inputs: dict[tuple, torch.Tensor] = {}  # ops on the same edges share one copy (and grid)
         nonzero = weights.detach().flatten(0, 1).ne(0).cpu() if skip_zero else None  # [S*E, ops]
-        total = None
+        total, owned = None, False
         for k, name in enumerate(self.primitives):
             groups = getattr(self, f"groups_{k}")
             if name == "none" or not len(groups):
@@ -236,7 +245,12 @@ class EdgeBundle(nn.Module):
                 # the weighted sum over sources as one small matrix product: a broadcast product
                 # [N, H, W, S, E, C] and its sum cost 2-5x more, forward and backward
                 term = torch.einsum("nhwsc,se->nhwec", shared.reshape(*shared.shape[:3], s, c), weights[:, :, k])
-            total = term if total is None else total + term
+            if total is None:
+                total = term
+            elif owned:  # our own sum, which no backward saves: added to in place, no new tensor per op
+                total.add_(term)
+            else:
+                total, owned = total + term, True
         if total is None:  # every op of every edge pruned: the bundle contributes nothing
             stride = self.stride
             return x.new_zeros(n, (h + stride - 1) // stride, (w + stride - 1) // stride, e, c)
@@ -264,10 +278,11 @@ class EdgeBundle(nn.Module):
                 chosen = relu_sources.index_select(3, sources)
             replicated_inputs[key] = chosen.reshape(n, h, w, count * c).permute(0, 3, 1, 2)
         replicated = replicated_inputs[key]
+        even_grid = self._even_grid(replicated, key, replicated_inputs)
         if name in CONV_OPS:
-            out = self._conv_op(name, replicated, count, positions, weights[sources, edges, k])
+            out = self._conv_op(name, replicated, count, positions, weights[sources, edges, k], even_grid)
         else:
-            out = self._reduce_skip(replicated, count, positions, weights[sources, edges, k])
+            out = self._reduce_skip(replicated, count, positions, weights[sources, edges, k], even_grid)
         out = out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         out = out.reshape(*out.shape[:3], count, c)  # already weighted, by its last BatchNorm
         if full and s == 1:
@@ -275,6 +290,16 @@ class EdgeBundle(nn.Module):
         if full:  # every (source, edge): the groups are source-major, so the edges' sum over sources is a sum
             return out.view(*out.shape[:3], s, e, c).sum(3)
         return out.new_zeros(*out.shape[:3], e, c).index_add(3, edges, out)
+
+    def _even_grid(self, replicated: torch.Tensor, key: tuple, shared: dict) -> torch.Tensor | None:
+        """A stride-2 bundle's input at its even rows and columns, sliced once for the ops that read only those
+        (the dilated convolutions and the reduce skip's first half): in the backward, their gradients then add
+        up at a quarter of the size, and one slice backward (zeros, then a strided copy) is paid, not three."""
+        if self.stride != 2:
+            return None
+        if (key, "even") not in shared:
+            shared[(key, "even")] = half_grid(replicated, 0)  # offset 0: ceil(H/2) rows, never padded
+        return shared[(key, "even")]
 
     def edge_ops(self, source: int, edge: int) -> nn.ModuleDict:
         """The plain per-op modules of one edge (its active ops), carrying this bundle's weights and BN statistics,
