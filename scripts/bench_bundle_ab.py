@@ -61,7 +61,7 @@ def use(methods: dict) -> None:
         setattr(edge_bundle.EdgeBundle, name, function)
 
 
-def plain_timer(threads: int):
+def plain_timer():
     """(paths, one timed step of a path): the plain step, with the op-by-op reference as a third path."""
     models, optimizers, x, y = bs.plain_models("small")
     paths = {"new": "fast", "base": "fast", "reference": "reference"}
@@ -70,30 +70,14 @@ def plain_timer(threads: int):
 
 def method_timer(method: str):
     """(paths, one timed step of a path): ``method``'s local step at the CPU preset's shapes."""
-    from hydra import compose, initialize_config_dir
-    from torch.utils.data import TensorDataset
-
-    from federated_nas.builders import build
-    from federated_nas.data.federated_data import ClientData
-    from federated_nas.search_space.supernet import SearchNetwork
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("search", overrides=[f"algorithm={method}", "logger=none"])
-    algorithm = build(cfg.algorithm)
-    torch.manual_seed(0)
-    model = SearchNetwork(1, 10, C=4, layers=3, stem_stride=2, **algorithm.supernet_options())
-
-    def split() -> TensorDataset:
-        return TensorDataset(torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,)))
-
-    client = ClientData(0, split(), split(), split())
-    return {"new": "fast", "base": "fast"}, lambda path: min(bs.local_steps(algorithm, model, client, 32, 3))
+    algorithm, model, client, batch = bs.setup("preset", method)
+    return {"new": "fast", "base": "fast"}, lambda path: min(bs.local_steps(algorithm, model, client, batch, 3))
 
 
 def measure(base_class, threads: int, repeats: int, method: str | None) -> dict:
     swaps = variants(base_class)
     with bs.torch_threads(threads):
-        paths, step = method_timer(method) if method else plain_timer(threads)
+        paths, step = method_timer(method) if method else plain_timer()
         times = {path: [] for path in paths}
         for round_idx in range(repeats + 1):  # the first round warms each path up, untimed
             for path in paths:

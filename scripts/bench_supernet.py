@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import lightning as L
 import torch
@@ -54,10 +54,20 @@ from federated_nas.runs import build
 from federated_nas.search_space.reference import ReferenceSearchNetwork
 from federated_nas.search_space.supernet import SearchNetwork
 
-SETTINGS = {  # name -> (C, layers, image size, channels, batch)
-    "small": (8, 5, 28, 3, 64),
-    "paper": (16, 8, 32, 3, 64),
-    "tiny": (2, 3, 8, 3, 8),  # seconds on a CPU: a dry run of the GPU check (scripts/gpu_check.sh --cpu-dry-run)
+class Setting(NamedTuple):
+    C: int
+    layers: int
+    size: int  # image side
+    channels: int
+    batch: int
+    stem_stride: int = 1
+
+
+SETTINGS = {
+    "small": Setting(8, 5, 28, 3, 64),
+    "paper": Setting(16, 8, 32, 3, 64),
+    "tiny": Setting(2, 3, 8, 3, 8),  # seconds on a CPU: a dry run of the GPU check (scripts/gpu_check.sh --cpu-dry-run)
+    "preset": Setting(4, 3, 28, 1, 32, stem_stride=2),  # the CPU preset's: the step a client of src/search.py runs
 }
 DEFAULT_SETTINGS = ["small", "paper"]
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -107,17 +117,19 @@ class StepTimer(L.Callback):
 
 def setup(setting: str, method: str):
     """(algorithm, fast supernet, a client whose splits are one batch each) for a setting."""
-    C, layers, size, channels, batch = SETTINGS[setting]
+    shape = SETTINGS[setting]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("search", overrides=[f"algorithm={method}", "logger=none"])
     algorithm = build(cfg.algorithm)
     torch.manual_seed(0)
-    fast = SearchNetwork(channels, 10, C=C, layers=layers, **algorithm.supernet_options())
+    fast = SearchNetwork(shape.channels, 10, C=shape.C, layers=shape.layers, stem_stride=shape.stem_stride,
+                         **algorithm.supernet_options())
 
     def split() -> TensorDataset:
-        return TensorDataset(torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,)))
+        return TensorDataset(torch.randn(shape.batch, shape.channels, shape.size, shape.size),
+                             torch.randint(0, 10, (shape.batch,)))
 
-    return algorithm, fast, ClientData(0, split(), split(), split()), batch
+    return algorithm, fast, ClientData(0, split(), split(), split()), shape.batch
 
 
 def local_steps(algorithm, model, client, batch: int, steps: int, target: Target = Target()) -> list[float]:
@@ -153,7 +165,7 @@ def measure(setting: str, method: str, repeats: int, target: Target = Target(), 
         for name, model in models.items():  # alternate, so drift on a shared machine hits both alike
             times[name] += local_steps(algorithm, model, client, batch, 1, target)
     best = {name: min(seconds) for name, seconds in times.items()}
-    C, layers, size, channels, _ = SETTINGS[setting]
+    C, layers, size = SETTINGS[setting][:3]
     peak = {name: peak_memory_mib(setting, method, name, target) if memory else None for name in models}
     child = {}
     if "child" in best:
@@ -186,9 +198,9 @@ def plain_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, target: Targe
 
 def plain_models(setting: str, device: str = "cpu") -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
     """(paths, their SGD optimizers, batch, labels): the softmax supernet and its op-by-op twin, same weights."""
-    C, layers, size, channels, batch = SETTINGS[setting]
+    C, layers, size, channels, batch, stem_stride = SETTINGS[setting]
     torch.manual_seed(0)
-    fast = SearchNetwork(channels, 10, C=C, layers=layers)  # softmax relaxation
+    fast = SearchNetwork(channels, 10, C=C, layers=layers, stem_stride=stem_stride)  # softmax relaxation
     models = {"fast": fast.to(device), "reference": ReferenceSearchNetwork(fast).to(device)}
     optimizers = {name: torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
                   for name, model in models.items()}
@@ -218,7 +230,7 @@ def measure_plain(setting: str, threads: int, repeats: int, target: Target = Tar
             for name in models:
                 times[name].append(plain_step(models[name], optimizers[name], x, y, target))
     best = {name: min(seconds) for name, seconds in times.items()}
-    C, layers, size, _, batch = SETTINGS[setting]
+    C, layers, size, _, batch, _ = SETTINGS[setting]
     return {"setting": setting, "threads": threads, "onednn_isa": onednn_isa(), "C": C, "layers": layers,
             "image_size": size, "batch": batch, "device": target.device, "precision": target.precision,
             "repeats": repeats, "fast_seconds_per_step": best["fast"],
@@ -251,7 +263,7 @@ def write_profiles(setting: str, threads: int) -> Path:
             local_steps(algorithm, local[name], client, batch, 1)
             sections.append((f"FedNAS MiLeNAS step (Lightning), {name}",
                              op_table(lambda: local_steps(algorithm, local[name], client, batch, 1))))
-    C, layers, size, channels, batch = SETTINGS[setting]
+    C, layers, size, channels, batch, _ = SETTINGS[setting]
     out = OUT / "profile.txt"
     out.write_text(f"torch.profiler, CPU, self time by op; setting {setting} (C={C}, {layers} layers, "
                    f"{size}x{size}x{channels}, batch {batch}), {threads} thread(s), one step after a warm-up\n\n"

@@ -38,18 +38,23 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, padding: int, dilati
 
 
 def depthwise_pointwise(x: torch.Tensor, dw_weight: torch.Tensor, pw_weight: torch.Tensor | None, padding: int,
-                        dilation: int, stride: int, groups: int = 1, relu: bool = False) -> torch.Tensor:
+                        dilation: int, stride: int, groups: int = 1, relu: bool = False,
+                        even_grid: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(F.relu(x) if relu else x, dw_weight, ...)`` (depthwise, "same" padding), then, unless
     ``pw_weight`` is None, ``F.conv2d(., pw_weight, groups=groups)`` (grouped pointwise): a DARTS conv stage.
 
     Why fused: the pointwise convolution's weight gradient needs the depthwise output, and the
     depthwise one needs ``relu(x)``; separate ops would keep both for the backward. Here only ``x``
     is kept and the backward recomputes the rest (a ReLU and one cheap depthwise forward).
+
+    A stride-2 dilation-2 stage with even padding reads only ``x``'s even rows and columns, so it runs
+    as an undilated stride-1 convolution of those: ``even_grid`` (``x[:, :, ::2, ::2]``, sliced by the
+    caller when several ops share it) or a slice taken here.
     """
     same = 2 * padding == dilation * (dw_weight.shape[-1] - 1)
-    if x.device.type == "cpu" and same and stride == 2 and dilation == 2 and padding % 2 == 0:
-        # it reads only the input's even rows and columns: an undilated stride-1 convolution of those
-        x, padding, dilation, stride = x[:, :, ::2, ::2], padding // 2, 1, 1
+    if same and stride == 2 and dilation == 2 and padding % 2 == 0:
+        x = x[:, :, ::2, ::2] if even_grid is None else even_grid
+        padding, dilation, stride = padding // 2, 1, 1
     weights = (dw_weight,) if pw_weight is None else (dw_weight, pw_weight)
     # with no backward to come (evaluation), the custom function would only add its bookkeeping
     if (x.device.type != "cpu" or not same or not torch.is_grad_enabled()

@@ -182,14 +182,9 @@ class EdgeBundle(nn.Module):
         for stage in range(stages):
             pad = dilation * (kernel - 1) // 2
             stride = self.stride if stage == 0 else 1
-            step_dilation = dilation
-            if stride == 2 and dilation == 2 and even_grid is not None:
-                # a stride-2 dilation-2 "same" convolution (even padding) reads only the even rows and
-                # columns: an undilated stride-1 convolution of those
-                y, pad, stride, step_dilation = even_grid, pad // 2, 1, 1
             y = depthwise_pointwise(y, self._weight(f"{name}_dw{stage}", positions),
-                                    self._weight(f"{name}_pw{stage}", positions), pad, step_dilation, stride, groups,
-                                    relu=stage > 0)
+                                    self._weight(f"{name}_pw{stage}", positions), pad, dilation, stride, groups,
+                                    relu=stage > 0, even_grid=even_grid if stage == 0 else None)
             last = stage == stages - 1
             y = self._batch_norm(f"{name}_bn{stage}", y, positions, scale if last else None, keep_output=not last)
         return y
