@@ -189,6 +189,20 @@ def test_training_is_deterministic_per_architecture_seed_and_split():
     assert first.flops > 0 and 0 <= first.client_acc_mean <= 1
 
 
+def test_a_training_without_the_test_pass_validates_the_same_final_model():
+    """test=False (random search picks on val): the same training and val accuracy, and no test accuracy."""
+    import math
+
+    data = build_split(bench_build.load_dataset("synthetic"), SplitSpec("dir0.1", num_clients=3))
+    genotype = CellSpace().genotype_of("max3~0+dil3~1|sep3~0+skip~1")
+    budget, shape = Budget(rounds=2, clients_per_round=2, local_steps=2, batch_size=8), NetworkShape(C=2)
+    scored = train_fedavg(genotype, data, budget, shape, 0, validate=True)
+    unscored = train_fedavg(genotype, data, budget, shape, 0, validate=True, test=False)
+    assert unscored.round_loss == scored.round_loss and unscored.val_acc == scored.val_acc
+    assert math.isnan(unscored.global_acc) and math.isnan(unscored.client_acc_mean)
+    assert unscored.round_global_acc == [] and 0 <= scored.global_acc <= 1
+
+
 def test_average_last_and_the_fixed_schedule_have_known_answers(monkeypatch):
     """average_last=k: the mean of the last k rounds' models, the last being the final model's accuracy; the
     fixed schedule gives every seed the same clients per round, per_seed draws them from the seed."""

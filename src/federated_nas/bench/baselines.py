@@ -94,7 +94,8 @@ def random_search(space: CellSpace, data: FederatedData, split: str, candidates:
     seconds, traffic = 0.0, 0
     for index, key in enumerate(random_keys(space, candidates, seed)):
         genotype = space.genotype_of(key)
-        result = train_fedavg(genotype, data, budget, shape, seed=1000 * seed + index, validate=True)
+        result = train_fedavg(genotype, data, budget, shape, seed=1000 * seed + index, validate=True,
+                              test=False)
         trained.append((key, float(result.val_acc)))
         seconds += result.train_seconds + result.eval_seconds
         with torch.device("meta"):  # sizes only: no weights allocated, no random draws

@@ -183,11 +183,12 @@ class TrainResult:
 
 
 def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape: NetworkShape, seed: int,
-                 validate: bool = False, order_seed: int | None = None) -> TrainResult:
+                 validate: bool = False, order_seed: int | None = None, test: bool = True) -> TrainResult:
     """FedAvg of ``genotype``'s network on ``data`` (module docstring); deterministic per (genotype, seed, data).
     ``validate``: also score the clients' val splits, the data a search may choose on (never the test sets).
     ``order_seed``: the clients' batch order from another seed than the initial weights' (None: ``seed``), to
-    tell the two sources of seed noise apart (``scripts/bench_seed_noise.py --vary``)."""
+    tell the two sources of seed noise apart (``scripts/bench_seed_noise.py --vary``).
+    ``test=False``: no test set is scored (the accuracies are NaN): a search that picks on val pays for no test pass."""
     torch.manual_seed(int(np.random.SeedSequence([seed, 11]).generate_state(1)[0]))  # the initial weights
     model = build_network(genotype, data, shape)
     params, flops = count_parameters(model), forward_flops(model, data.input_shape)
@@ -226,15 +227,16 @@ def train_fedavg(genotype: Genotype, data: FederatedData, budget: Budget, shape:
         global_state = {name: (value.round() if not global_state[name].is_floating_point() else value)
                         .to(global_state[name].dtype) for name, value in summed.items()}
         round_loss.append(float(np.mean(losses)))
-        if round_idx >= budget.rounds - budget.average_last:
+        if test and round_idx >= budget.rounds - budget.average_last:
             model.load_state_dict(global_state)
             evaluating = time.perf_counter()
             round_accs.append(float(accuracy(model, test_x, test_y).double().mean()))
             eval_seconds += time.perf_counter() - evaluating
     trained = time.perf_counter()
-    global_acc = float(np.mean(round_accs))
+    model.load_state_dict(global_state)  # the final model, whether or not a round's evaluation loaded it
+    global_acc = float(np.mean(round_accs)) if test else math.nan
     client_accs = [float(accuracy(model, *client.test.tensors).double().mean()) for client in data.clients
-                   if len(client.test)]
+                   if test and len(client.test)] or [math.nan]
     val_acc = None
     if validate:
         correct = [accuracy(model, *client.val.tensors) for client in data.clients if len(client.val)]
