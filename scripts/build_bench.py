@@ -2,6 +2,7 @@
 
     python scripts/build_bench.py --pilot 50 --workers 2 --rounds 20 --local-steps 10   # size the budget first
     python scripts/build_bench.py --workers 2 [--rounds R --local-steps S ...]          # the build; resumes
+    python scripts/build_bench.py --workers 2 --first KEY [KEY ...]                     # these architectures first
     python scripts/build_bench.py --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT  # one SLURM array task
     python scripts/build_bench.py --finalize                                            # the committed table
 
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one thread each)")
     parser.add_argument("--shard", default="0/1", help="I/N: train every N-th task from the I-th (a SLURM array)")
     parser.add_argument("--limit", type=int, help="train at most this many of the remaining tasks (a session's share)")
+    parser.add_argument("--first", nargs="+", default=[], metavar="KEY",
+                        help="architectures to train before the rest (those searches picked: scored before the build ends)")
     parser.add_argument("--data-dir", default=os.environ.get("PROJECT_ROOT", ".") + "/data")
     parser.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist, or synthetic (a smoke test)")
     parser.add_argument("--splits", help="comma-separated: dir<alpha> or iid (default dir0.1,iid; pilot: dir0.1)")
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         return stats
     index, count = build.parse_shard(args.shard)
     tasks = build.task_list(spec)[index::count]
+    first = {spec.space.key_of(spec.space.genotype_of(key)) for key in args.first}  # canonical; bad keys: one line
+    tasks.sort(key=lambda task: task[0] not in first)  # stable: the rest keep their shuffled order
     done = build.read_results(out) if out.is_dir() else {}
     todo = [task for task in tasks if task not in done]
     if args.limit is not None:

@@ -287,6 +287,9 @@ def test_shards_split_the_tasks_and_the_cli_runs(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "b").glob("results*.jsonl")) == ["results-0of2.jsonl", "results-1of2.jsonl"]
     tasks = bench_build.task_list(bench_build.BuildSpec.from_dict(json.loads((tmp_path / "b" / "spec.json").read_text())))
     assert set(bench_build.read_results(tmp_path / "b")) == set(tasks[0::2][:2] + tasks[1::2][:2])
+    last = tasks[-1][0]  # --first: that architecture's splits x seeds before the rest
+    build_bench.main(common[:-3] + ["--out", str(tmp_path / "f"), "--quiet", "--first", last, "--limit", "6"])
+    assert {key for key, _, _ in bench_build.read_results(tmp_path / "f")} == {last}
     stats = build_bench.main(common[:-3] + ["--out", str(tmp_path / "p"), "--quiet", "--pilot", "3"])
     assert stats["dir0.1"]["architectures"] == 3 and "spearman_seeds" in stats["dir0.1"]
     pilot = next((tmp_path / "p").glob("pilot-*"))
