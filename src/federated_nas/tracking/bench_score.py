@@ -286,8 +286,6 @@ def method_table(scores: list[SearchScore], baselines: dict[str, list[tuple[str,
     (mean ± std), then ``baselines[split]``: (name, {"accuracy": [...], "percentile": [...], "regret": [...],
     and optionally "client_steps": n, "megabytes": [...], "minutes": [...], "keys": [...]}) rows, e.g. random
     search at a search's cost."""
-    from federated_nas.tracking.tuning import mean_std
-
     header = ("| method | seeds | accuracy (%) | percentile | regret (points) | Kendall τ | client steps | MB | "
               "minutes | architectures found |\n|---|---|---|---|---|---|---|---|---|---|")
     blocks = []
@@ -295,21 +293,32 @@ def method_table(scores: list[SearchScore], baselines: dict[str, list[tuple[str,
         rows = [header]
         for method in sorted({s.method for s in scores if s.split == split}):
             runs = [s for s in scores if s.split == split and s.method == method]
-            taus = [s.kendall_tau for s in runs if s.kendall_tau is not None]
-            steps = sorted({s.client_steps for s in runs if s.client_steps is not None})
-            rows.append(f"| {method} | {len(runs)} | {mean_std([s.accuracy for s in runs], 100, 2)} | "
-                        f"{mean_std([s.percentile for s in runs])} | {mean_std([s.regret for s in runs], 100, 2)} | "
-                        f"{mean_std(taus, 1, 3) or 'n/a'} | {'/'.join(f'{n:,}' for n in steps) or '?'} | "
-                        f"{mean_std([s.bytes_communicated / 1e6 for s in runs])} | "
-                        f"{mean_std([s.search_seconds / 60 for s in runs])} | {len({s.key for s in runs})} |")
-        for name, row in (baselines or {}).get(split, []):
-            steps = row.get("client_steps")
-            rows.append(f"| {name} | {row.get('seeds', len(row['accuracy']))} | {mean_std(row['accuracy'], 100, 2)} | "
-                        f"{mean_std(row['percentile'])} | {mean_std(row['regret'], 100, 2)} | n/a | "
-                        f"{'-' if steps is None else f'{steps:,}'} | {mean_std(row.get('megabytes', [])) or '-'} | "
-                        f"{mean_std(row.get('minutes', [])) or '-'} | {len(set(row.get('keys', []))) or '-'} |")
+            rows.append(_table_row(method, _method_runs(runs)))
+        rows += [_table_row(name, row) for name, row in (baselines or {}).get(split, [])]
         blocks.append(f"**{split}**\n\n" + "\n".join(rows))
     return "\n\n".join(blocks)
+
+
+def _method_runs(runs: list[SearchScore]) -> dict[str, Any]:
+    """A method's seeds as a table row's values (the form ``method_table``'s baselines come in)."""
+    return {"accuracy": [s.accuracy for s in runs], "percentile": [s.percentile for s in runs],
+            "regret": [s.regret for s in runs], "tau": [s.kendall_tau for s in runs if s.kendall_tau is not None],
+            "client_steps": sorted({s.client_steps for s in runs if s.client_steps is not None}),
+            "megabytes": [s.bytes_communicated / 1e6 for s in runs], "minutes": [s.search_seconds / 60 for s in runs],
+            "keys": [s.key for s in runs]}
+
+
+def _table_row(name: str, row: dict[str, Any]) -> str:
+    from federated_nas.tracking.tuning import mean_std
+
+    steps = row.get("client_steps")  # a method's: every value its seeds had ('?': unknown); a baseline's: one
+    steps_text = ("-" if steps is None else f"{steps:,}" if isinstance(steps, int)
+                  else "/".join(f"{n:,}" for n in steps) or "?")
+    return (f"| {name} | {row.get('seeds', len(row['accuracy']))} | {mean_std(row['accuracy'], 100, 2)} | "
+            f"{mean_std(row['percentile'])} | {mean_std(row['regret'], 100, 2)} | "
+            f"{mean_std(row.get('tau', []), 1, 3) or 'n/a'} | {steps_text} | "
+            f"{mean_std(row.get('megabytes', [])) or '-'} | {mean_std(row.get('minutes', [])) or '-'} | "
+            f"{len(set(row.get('keys', []))) or '-'} |")
 
 
 def log_score(score: SearchScore, cfg: DictConfig, run_id: str | None, table: Path) -> bool:
