@@ -115,6 +115,7 @@ def export(args: argparse.Namespace) -> list[dict]:
 
 def methods(args: argparse.Namespace) -> str:
     from federated_nas.bench import Bench
+    from federated_nas.bench.baselines import parameter_count
     from federated_nas.bench.baselines import random_sampling as expected
     from federated_nas.bench.build import BuildSpec
     from federated_nas.errors import DataError
@@ -125,8 +126,12 @@ def methods(args: argparse.Namespace) -> str:
     baselines: dict[str, list] = {}
     for split in sorted({s.split for s in scores}):
         r = expected(bench, split)
+        largest = parameter_count(bench, split)
         baselines[split] = [("random genotype (expected)", {"seeds": "-", "accuracy": [r["accuracy"]],
-                                                            "percentile": [r["percentile"]], "regret": [r["regret"]]})]
+                                                            "percentile": [r["percentile"]], "regret": [r["regret"]]}),
+                            ("largest architecture (parameter count)", {
+                                "seeds": "-", "accuracy": [largest["accuracy"]], "percentile": [largest["percentile"]],
+                                "regret": [largest["regret"]], "tau": [largest["kendall_tau"]], "keys": largest["keys"]})]
     table_spec = BuildSpec.from_dict(bench.table["spec"]).fingerprint() if bench.table.get("spec") else None
     for path in args.random_search:  # its picks looked up here, as the searches' records are
         found = json.loads(path.read_text())

@@ -15,7 +15,13 @@ from omegaconf import OmegaConf
 
 from federated_nas.bench import Bench, CellSpace
 from federated_nas.bench import build as bench_build
-from federated_nas.bench.baselines import budget_for_cost, genotype_multiplicity, random_sampling, random_search
+from federated_nas.bench.baselines import (
+    budget_for_cost,
+    genotype_multiplicity,
+    parameter_count,
+    random_sampling,
+    random_search,
+)
 from federated_nas.bench.build import BuildSpec, spec_with
 from federated_nas.bench.train import Budget, NetworkShape, SplitSpec, build_network, build_split
 from federated_nas.errors import ConfigError, DataError
@@ -33,11 +39,12 @@ HAND = {"max3~0+max3~1|max3~0+max3~1": [0.50, 0.60], "skip~0+skip~1|skip~0+skip~
         "sep3~0+sep3~1|sep3~0+sep3~1": [0.80, 0.90]}
 
 
-def write_table(path: Path, accs: dict[str, list[float]], splits=("dir0.1",), spec: dict | None = None) -> Path:
+def write_table(path: Path, accs: dict[str, list[float]], splits=("dir0.1",), spec: dict | None = None,
+                params: dict[str, int] | None = None) -> Path:
     table = {"format": "fednas-bench/1", "name": path.name.split(".")[0],
              "space": {"primitives": list(OPS), "steps": 2, "raw": 768, "unique": 648},
              "spec": spec or {}, "splits": list(splits), "seeds": [0, 1], "columns": ["global_acc", "client_acc_mean"],
-             "architectures": {key: {"params": 100, "flops": 1000,
+             "architectures": {key: {"params": (params or {}).get(key, 100), "flops": 1000,
                                      **{split: {"global_acc": a, "client_acc_mean": a} for split in splits}}
                                for key, a in accs.items()}}
     return bench_build.write_table(table, path)
@@ -97,6 +104,21 @@ def test_random_sampling_has_known_answers(tmp_path):
     assert expected["accuracy"] == pytest.approx(0.70) and expected["regret"] == pytest.approx(0.15)
     assert expected["percentile"] == pytest.approx(200 / 3) and expected["p_top5pct"] == pytest.approx(1 / 3)
     assert expected["accuracy_std"] == pytest.approx(math.sqrt((0.15 ** 2 + 0 + 0.15 ** 2) / 3))
+
+
+def test_parameter_count_has_known_answers(tmp_path):
+    """The largest cell is the pick (ties: their mean); τ ranks the space by size against the ground truth."""
+    sizes = {key: 100 * (i + 1) for i, key in enumerate(HAND)}  # size follows accuracy: sep3 largest and best
+    found = parameter_count(Bench.load(write_table(tmp_path / "a.json.gz", HAND, params=sizes)), "dir0.1")
+    assert found["keys"] == ["sep3~0+sep3~1|sep3~0+sep3~1"] and found["accuracy"] == pytest.approx(0.85)
+    assert found["percentile"] == 100.0 and found["regret"] == 0.0 and found["kendall_tau"] == pytest.approx(1.0)
+    tied = {key: 100 if key.startswith("sep3") else 300 for key in HAND}  # the two worst tie for largest
+    found = parameter_count(Bench.load(write_table(tmp_path / "b.json.gz", HAND, params=tied)), "dir0.1")
+    assert sorted(found["keys"]) == ["max3~0+max3~1|max3~0+max3~1", "skip~0+skip~1|skip~0+skip~1"]
+    assert found["accuracy"] == pytest.approx((0.55 + 0.70) / 2) and found["regret"] == pytest.approx((0.30 + 0.15) / 2)
+    assert found["percentile"] == pytest.approx((100 / 3 + 200 / 3) / 2)
+    # tau-b: the tied pair counts neither way, the other two pairs are discordant: -2 / sqrt(2 x 3)
+    assert found["kendall_tau"] == pytest.approx(-2 / math.sqrt(6))
 
 
 def test_random_search_spends_the_cost_and_picks_on_val():

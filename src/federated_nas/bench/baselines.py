@@ -1,4 +1,5 @@
-"""The baselines a search must beat on the table: random sampling, and random search at the search's cost.
+"""The baselines a search must beat on the table: random sampling, parameter count, and random search at the
+search's cost.
 
 Random sampling draws one genotype uniformly (the cells a genotype can write, as ``model.genotype=random``
 draws them), so an architecture written by several genotypes is drawn more often; its expected ground
@@ -50,6 +51,21 @@ def random_sampling(bench: Bench, split: str) -> dict[str, float]:
     return {"accuracy": mean, "accuracy_std": float(math.sqrt(p @ (acc - mean) ** 2)),
             "percentile": float(p @ percentile), "regret": float(p @ np.array([e.regret for e in entries])),
             "p_top5pct": float(p[top].sum())}
+
+
+def parameter_count(bench: Bench, split: str) -> dict:
+    """The zero-cost reference: the space ranked by parameter count, no training, no search. Its pick is the
+    largest architecture (ties: their mean); ``kendall_tau`` is parameters against the ground truth, the τ a
+    search's own ranking of the space has to beat to know more than the size of a cell."""
+    from federated_nas.bench.build import kendall
+
+    entries = [bench.query(key, split) for key in bench.keys()]
+    most = max(e.params for e in entries)
+    picked = [e for e in entries if e.params == most]
+    return {"accuracy": float(np.mean([e.mean for e in picked])),
+            "percentile": float(np.mean([e.percentile for e in picked])),
+            "regret": float(np.mean([e.regret for e in picked])), "keys": [e.key for e in picked],
+            "kendall_tau": kendall([e.params for e in entries], [e.mean for e in entries])}
 
 
 def random_keys(space: CellSpace, count: int, seed: int) -> list[str]:
