@@ -183,6 +183,12 @@ def test_a_search_is_scored_and_logged_with_its_run(tmp_path):
     assert json.loads((tmp_path / "methods.json").read_text()) == [saved]
     assert f"| fednas | 1 | {100 * truth:.2f} | {saved['percentile']:.1f} |" in table_md
     assert "| random genotype (expected) | - |" in table_md and "**dir0.5**" in table_md
+    assert "The table holds" not in table_md  # every architecture of the space: no note
+    held = {k: [0.1 + 0.8 * i / 647] * 2 for i, k in enumerate(keys) if k == key or i % 2}  # a build half done
+    partial = write_table(tmp_path / "partial.json.gz", held, ("dir0.5", "iid"))
+    table_md = bench_cli.main(["--table", str(partial), "methods", str(tmp_path / "searches.jsonl")])
+    assert table_md.endswith(f"The table holds {len(held)} of the space's 648 architectures: percentile, regret and "
+                             "Kendall τ are over those.")
 
 
 def test_the_methods_table_has_known_answers():
