@@ -354,3 +354,14 @@ def test_ranking_stats_report_the_reliability_of_the_seed_mean():
     assert three["spearman_seeds"] == pytest.approx(0.8)
     assert three["spearman_seed_pairs_mean"] == pytest.approx(13 / 15)
     assert three["mean_reliability"] == pytest.approx(39 / 41)
+
+
+def test_the_committed_build_is_whole_and_of_one_spec():
+    """benchmarks/fednas_bench/build, committed as it grows across sessions: every line a whole result of one
+    of its spec's tasks, trained to that spec, none twice, so what it finalizes to is what the spec says."""
+    folder = ROOT / "benchmarks" / "fednas_bench" / "build"
+    spec = BuildSpec.from_dict(json.loads((folder / "spec.json").read_text()))
+    records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    tasks = [(r["key"], r["split"], r["seed"]) for r in records]
+    assert len(set(tasks)) == len(tasks) and set(tasks) <= set(bench_build.task_list(spec))
+    assert {r["spec"] for r in records} == {spec.fingerprint()}
