@@ -284,8 +284,8 @@ def method_table(scores: list[SearchScore], baselines: dict[str, list[tuple[str,
                  ) -> str:
     """The benchmark's results table, one markdown table per split: each method's scores over its seeds
     (mean ± std), then ``baselines[split]``: (name, {"accuracy": [...], "percentile": [...], "regret": [...],
-    and optionally "client_steps": n, "megabytes": [...], "minutes": [...], "keys": [...]}) rows, e.g. random
-    search at a search's cost."""
+    and optionally "tau": [...], "client_steps": n, "megabytes": [...], "minutes": [...], "keys": [...]}) rows,
+    e.g. random search at a search's cost, or the space ranked by parameter count."""
     header = ("| method | seeds | accuracy (%) | percentile | regret (points) | Kendall τ | client steps | MB | "
               "minutes | architectures found |\n|---|---|---|---|---|---|---|---|---|---|")
     blocks = []
