@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from federated_nas.bench.build import kendall
 from federated_nas.bench.space import INPUTS, CellSpace
 from federated_nas.bench.table import Bench
 from federated_nas.errors import DataError
@@ -191,15 +191,11 @@ def _combination_log_probabilities(state: dict[str, torch.Tensor], steps: int) -
 
 
 def kendall_tau(scores: dict[str, float], bench: Bench, split: str) -> float | None:
-    """Kendall's tau-b between a ranking of the table's architectures and their ground truth (None: constant)."""
-    from scipy.stats import kendalltau
-
+    """Kendall's tau-b between a ranking of the table's architectures and their ground truth (None: a constant
+    ranking, such as uniform alpha, or fewer than 3 architectures)."""
     keys = bench.keys()
-    belief = np.array([scores[key] for key in keys])
-    truth = np.array([bench.query(key, split).mean for key in keys])
-    if np.ptp(belief) == 0 or np.ptp(truth) == 0:
-        return None
-    return float(kendalltau(belief, truth).statistic)
+    tau = kendall([scores[key] for key in keys], [bench.query(key, split).mean for key in keys])
+    return None if math.isnan(tau) else tau
 
 
 def search_record(run_dir: str | Path, checkpoint: dict[str, Any], space: CellSpace | None = None
