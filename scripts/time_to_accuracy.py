@@ -2,6 +2,7 @@
 
     python scripts/time_to_accuracy.py logs/search/runs/<run> [more run dirs] --target 0.8
     python scripts/time_to_accuracy.py --run --seeds 0,1,2 --out logs/tta [overrides]   # run the default command first
+    python scripts/time_to_accuracy.py --run --search /tmp/before/src/search.py ...     # an earlier checkout's, for a before
 
 ``--run`` runs ``src/search.py seed=<s> logger=none [overrides]`` (the arguments with ``=``) for each seed, one after the other (alone on
 the machine, for timings), into ``--out/seed<s>``, then reads them. Per run: the round and loop seconds at which
@@ -32,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0, 1, 2],
                         help="with --run: comma-separated, e.g. 0,1,2")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "time_to_accuracy")
+    parser.add_argument("--search", type=Path, default=ROOT / "src" / "search.py",
+                        help="with --run: the entry point to run, e.g. a git worktree's at an earlier commit (it "
+                             "imports the package beside it)")
     parser.add_argument("--json", type=Path, help="also write the rows and the summary here")
     args = parser.parse_args(argv)
     is_override = [("=" in item or item[:1] in "~+") for item in args.items]
@@ -39,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.run_dirs = [Path(item) for item, flag in zip(args.items, is_override) if not flag]
     if args.overrides and not args.run:
         parser.error(f"overrides ({' '.join(args.overrides)}) are for --run")
+    if args.run and not args.search.is_file():
+        parser.error(f"--search {args.search}: no such file")
     return args
 
 
@@ -46,7 +52,7 @@ def run_seeds(args: argparse.Namespace) -> list[Path]:
     dirs = []
     for seed in args.seeds:
         run_dir = args.out / f"seed{seed}"
-        command = [sys.executable, str(ROOT / "src" / "search.py"), f"seed={seed}", "logger=none", *args.overrides,
+        command = [sys.executable, str(args.search), f"seed={seed}", "logger=none", *args.overrides,
                    f"hydra.run.dir={run_dir}"]
         print(" ".join(command[1:]), flush=True)
         if subprocess.run(command, check=False).returncode:

@@ -381,3 +381,9 @@ def test_time_to_accuracy_has_known_answers(tmp_path, capsys):
     ran = load_script("time_to_accuracy").main(["--run", "--seeds", "0", "--out", str(tmp_path / "runs"), "--target",
                                                 "0.05", *TINY, f"paths.root_dir={tmp_path}"])
     assert ran["rows"][0]["run_dir"] == str(tmp_path / "runs" / "seed0") and ran["rows"][0]["round"] == 0
+
+
+def test_time_to_accuracy_refuses_a_missing_entry_point(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_script("time_to_accuracy").main(["--run", "--search", str(tmp_path / "search.py")])
+    assert f"--search {tmp_path / 'search.py'}: no such file" in capsys.readouterr().err
