@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     evolution.add_argument("--population", type=int, default=20)
     evolution.add_argument("--sample", type=int, default=5)
     evolution.add_argument("--splits", nargs="+", help="default: every split of the table")
-    evolution.add_argument("--out", type=Path, help="write the curves as JSON here")
+    evolution.add_argument("--out", type=Path, help="write the curves as JSON here, and their table beside it (.md)")
     return parser.parse_args(argv)
 
 
@@ -238,18 +238,21 @@ def evolution(args: argparse.Namespace) -> dict:
     per_query = budget.rounds * budget.clients_per_round * budget.local_steps if budget else None
     result: dict = {"client_steps_per_query": per_query, "repeats": args.repeats, "population": args.population,
                     "sample": args.sample, "splits": {}}
-    print("split  queries  client steps  regularized evolution: acc / percentile / regret   random search: same")
+    lines = ["| split | queries | client steps | regularized evolution: accuracy (%) / percentile / regret (points) "
+             "| random queries: the same |", "|---|---|---|---|---|"]
     for split in args.splits or bench.splits:
         curves = query_search_curves(bench, split, args.queries, args.repeats, args.population, args.sample)
         result["splits"][split] = {method: {str(q): row for q, row in rows.items()} for method, rows in curves.items()}
         for q in args.queries:
-            cells = [f"{100 * row['accuracy'][0]:.2f} ± {100 * row['accuracy'][1]:.2f}% / {row['percentile'][0]:.1f} / "
-                     f"{100 * row['regret'][0]:.2f}" for row in (curves[m][q] for m in curves)]
+            cells = [f"{100 * row['accuracy'][0]:.2f} ± {100 * row['accuracy'][1]:.2f} / {row['percentile'][0]:.1f} ± "
+                     f"{row['percentile'][1]:.1f} / {100 * row['regret'][0]:.2f}" for row in (curves[m][q] for m in curves)]
             steps = "-" if per_query is None else f"{q * per_query:,}"
-            print(f"{split:6s} {q:7d}  {steps:>12s}  {cells[0]:42s}  {cells[1]}")
+            lines.append(f"| {split} | {q} | {steps} | {cells[0]} | {cells[1]} |")
+    print("\n".join(lines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
+        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return result
 
 

@@ -331,5 +331,6 @@ def test_the_evolution_command_prints_and_writes_its_curves(tmp_path, capsys):
     result = bench_cli.main(["--table", str(table), "evolution", "--queries", "3", "8", "--repeats", "3",
                              "--population", "4", "--sample", "2", "--splits", "iid", "--out", str(tmp_path / "e.json")])
     out = capsys.readouterr().out
-    assert "iid" in out and set(result["splits"]["iid"]) == {"regularized_evolution", "random_queries"}
+    assert "| iid | 8 |" in out and set(result["splits"]["iid"]) == {"regularized_evolution", "random_queries"}
     assert json.loads((tmp_path / "e.json").read_text())["splits"]["iid"]["random_queries"]["8"]["regret"][0] >= 0
+    assert "| iid | 3 |" in (tmp_path / "e.md").read_text()
