@@ -356,6 +356,20 @@ def test_ranking_stats_report_the_reliability_of_the_seed_mean():
     assert three["mean_reliability"] == pytest.approx(39 / 41)
 
 
+def test_the_datasheet_says_where_each_splits_best_stands_on_the_other():
+    """dir's best, b (0.7), has 0.6 on iid: 1 of 3 at most that, percentile 33.3, regret 0.9 - 0.6; iid's best, a,
+    has 0.5 on dir: 33.3, regret 0.2; the top 5% of 3 is 1 architecture, a different one per split."""
+    from federated_nas.bench.datasheet import split_transfer
+
+    archs = {"a": {"dir": {"global_acc": [0.5]}, "iid": {"global_acc": [0.9]}},
+             "b": {"dir": {"global_acc": [0.7]}, "iid": {"global_acc": [0.6]}},
+             "c": {"dir": {"global_acc": [0.6]}, "iid": {"global_acc": [0.8]}}}
+    assert split_transfer(archs, ["dir", "iid"])[2:] == [
+        "- dir's best, `b`, stands at percentile 33.3 on iid (regret 0.3000).",
+        "- iid's best, `a`, stands at percentile 33.3 on dir (regret 0.2000).",
+        "- dir and iid share 0 of their top 1."]
+
+
 def test_the_committed_build_is_whole_and_of_one_spec():
     """benchmarks/fednas_bench/build, committed as it grows across sessions: every line a whole result of one
     of its spec's tasks, trained to that spec, none twice, so what it finalizes to is what the spec says."""

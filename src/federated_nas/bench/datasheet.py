@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -65,9 +66,28 @@ def datasheet(table: dict, records: dict) -> str:
     for split in splits:
         ranked = sorted(archs, key=lambda k: -np.mean(archs[k][split]["global_acc"]))[:5]
         lines.append(f"- {split}: " + "; ".join(f"`{k}` {np.mean(archs[k][split]['global_acc']):.4f}" for k in ranked))
+    lines += ["", "## Does the best architecture move with the split?", "", *split_transfer(archs, splits)]
     lines += ["", "## Per-architecture seed spread (global accuracy, max - min over seeds)", "",
               "| split | median | 90th percentile | max |", "|---|---|---|---|"]
     for split in splits:
         spread = np.array([np.ptp(entry[split]["global_acc"]) for entry in archs.values()])
         lines.append(f"| {split} | {np.median(spread):.4f} | {np.percentile(spread, 90):.4f} | {spread.max():.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def split_transfer(archs: dict, splits: list[str]) -> list[str]:
+    """Where each split's best architecture (by mean) stands on the other splits, and how many of one split's
+    top 5% are in another's: whether heterogeneity changes which architecture to pick, not only the scores."""
+    means = {split: {key: float(np.mean(entry[split]["global_acc"])) for key, entry in archs.items()} for split in splits}
+    top_count = max(1, math.ceil(0.05 * len(archs)))
+    top = {split: set(sorted(m, key=lambda k: (-m[k], k))[:top_count]) for split, m in means.items()}
+    lines = [f"Percentile: % of the table's architectures whose mean is at most this one's (the best: 100). "
+             f"Top 5%: the {top_count} best means.", ""]
+    for a, b in itertools.permutations(splits, 2):
+        best = min(means[a], key=lambda k: (-means[a][k], k))
+        at = 100.0 * sum(m <= means[b][best] for m in means[b].values()) / len(archs)
+        lines.append(f"- {a}'s best, `{best}`, stands at percentile {at:.1f} on {b} (regret "
+                     f"{max(means[b].values()) - means[b][best]:.4f}).")
+    for a, b in itertools.combinations(splits, 2):
+        lines.append(f"- {a} and {b} share {len(top[a] & top[b])} of their top {top_count}.")
+    return lines
