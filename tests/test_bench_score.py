@@ -334,3 +334,22 @@ def test_the_evolution_command_prints_and_writes_its_curves(tmp_path, capsys):
     assert "| iid | 8 |" in out and set(result["splits"]["iid"]) == {"regularized_evolution", "random_queries"}
     assert json.loads((tmp_path / "e.json").read_text())["splits"]["iid"]["random_queries"]["8"]["regret"][0] >= 0
     assert "| iid | 3 |" in (tmp_path / "e.md").read_text()
+
+
+# --- the committed table -----------------------------------------------------------------------------------
+def test_the_committed_table_verifies_is_whole_and_is_what_its_build_finalizes_to(capsys):
+    """benchmarks/fednas_bench/fmnist_bench.json.gz: its checksum holds (Bench.load verifies by default), it covers
+    the whole space, it is exactly the table the committed build's results give, and the query command, on its
+    default table, answers each split's best architecture with the mean of that architecture's trainings."""
+    folder = ROOT / "benchmarks" / "fednas_bench"
+    bench = Bench.load(folder / "fmnist_bench.json.gz")
+    assert len(bench) == bench.table["space"]["unique"] == 648 and bench.splits == ["dir0.1", "iid"]
+    spec, records = bench_build.read_build(folder / "build")
+    assert bench.table == json.loads(json.dumps(bench_build.table_from_results(spec, records, "fmnist_bench")))
+    for split in bench.splits:
+        best = bench.best(split)
+        answer = bench_cli.main(["query", best.key])
+        mean = sum(records[(best.key, split, seed)]["global_acc"] for seed in spec.seeds) / len(spec.seeds)
+        assert answer[split]["mean"] == pytest.approx(mean, abs=1e-5) == best.mean
+        assert answer[split]["percentile"] == 100.0 and answer[split]["regret"] == 0.0
+    assert "percentile 100.0" in capsys.readouterr().out
