@@ -91,7 +91,7 @@ BENCH_SPLITS ?= dir0.1 iid
 bench-build:  ## train every architecture of the benchmark's space (hours on 2 cores; resumes where it stopped)
 	OMP_NUM_THREADS=1 $(PYTHON) scripts/build_bench.py --workers 2 --out $(BENCH)/build
 
-bench-tune:  ## every NAS method tuned and searched in the benchmark's space (3 seeds, each split), random search at their costs
+bench-tune:  ## every NAS method tuned and searched in the benchmark's space (3 seeds, each split), random search and successive halving at their costs
 	for split in $(BENCH_SPLITS); do \
 	  partition=$$(case $$split in dir0.1) ;; iid) echo partition=iid \~partition.alpha;; dir*) echo partition.alpha=$${split#dir};; esac); \
 	  OMP_NUM_THREADS=1 $(PYTHON) scripts/tune.py experiment=bench_methods bench_table=null $$partition cluster=local \
@@ -101,11 +101,15 @@ bench-tune:  ## every NAS method tuned and searched in the benchmark's space (3 
 	$(PYTHON) scripts/bench.py export $(foreach split,$(BENCH_SPLITS),logs/tune_bench_methods_$(split)) --out $(BENCH)/searches.jsonl
 	for steps in 600 2400; do OMP_NUM_THREADS=1 $(PYTHON) scripts/bench.py random-search --client-steps $$steps \
 	  --candidates 4 --splits $(BENCH_SPLITS) --out $(BENCH)/random_search_$$steps.json || exit 1; done
+	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench.py random-search --halving --client-steps 600 --candidates 4 \
+	  --splits $(BENCH_SPLITS) --out $(BENCH)/halving_600.json
+	OMP_NUM_THREADS=1 $(PYTHON) scripts/bench.py random-search --halving --client-steps 2400 --candidates 8 \
+	  --splits $(BENCH_SPLITS) --out $(BENCH)/halving_2400.json
 
 bench-results:  ## once the build is complete: the table and datasheet, the methods' and random search's scores, evolution
 	$(PYTHON) scripts/build_bench.py --finalize --out $(BENCH)/build --table $(BENCH)/fmnist_bench.json.gz
 	$(PYTHON) scripts/bench.py methods $(BENCH)/searches.jsonl --random-search $(BENCH)/random_search_600.json \
-	  $(BENCH)/random_search_2400.json --out $(BENCH)/methods.md
+	  $(BENCH)/random_search_2400.json $(BENCH)/halving_600.json $(BENCH)/halving_2400.json --out $(BENCH)/methods.md
 	$(PYTHON) scripts/bench.py evolution --out $(BENCH)/evolution.json
 
 docs:  ## regenerate the generated tables in docs/ (the config-group table of docs/configs.md)

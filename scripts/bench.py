@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     search = commands.add_parser("random-search", help="random search at a search's cost, per seed and split")
     search.add_argument("--client-steps", type=int, required=True, help="the cost to match (a search's client steps)")
     search.add_argument("--candidates", type=int, default=4)
+    search.add_argument("--halving", action="store_true",
+                        help="successive halving: the candidates (a power of 2) in rungs, halved down to 2, each "
+                             "rung an equal share of the cost")
     search.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     search.add_argument("--splits", nargs="+", help="default: every split of the table")
     search.add_argument("--data-dir", default=os.environ.get("PROJECT_ROOT", ".") + "/data")
@@ -141,9 +144,9 @@ def methods(args: argparse.Namespace) -> str:
         for split, result in found["splits"].items():
             runs, entries = result["runs"], [bench.query(r["picked"], split) for r in result["runs"]]
             baselines.setdefault(split, []).append((
-                f"random search, {found['candidates']} x {found['rounds_each']} rounds",
+                search_label(found),
                 {"accuracy": [e.mean for e in entries], "percentile": [e.percentile for e in entries],
-                 "regret": [e.regret for e in entries], "client_steps": found["client_steps"],
+                 "regret": [e.regret for e in entries], "client_steps": runs[0]["client_steps"],
                  "keys": [r["picked"] for r in runs], "megabytes": [r["bytes_communicated"] / 1e6 for r in runs],
                  "minutes": [r["seconds"] / 60 for r in runs]}))
     table = method_table(scores, baselines)
@@ -185,12 +188,21 @@ def random_sampling(args: argparse.Namespace) -> dict:
     return result
 
 
+def search_label(found: dict) -> str:
+    """``random search, 4 x 3 rounds`` or ``successive halving, 8/4/2 x 2/4/8 rounds``: a row of the methods' table."""
+    if not found.get("halving"):
+        return f"random search, {found['candidates']} x {found['rounds_each']} rounds"
+    counts = [found["candidates"] >> rung for rung in range(len(found["rounds_each"]))]
+    return (f"successive halving, {'/'.join(map(str, counts))} x {'/'.join(map(str, found['rounds_each']))} "
+            "rounds")
+
+
 def random_search(args: argparse.Namespace) -> dict:
     """Random search at a search's cost; its picks are looked up where the table exists (else by ``methods``)."""
     import numpy as np
 
     from federated_nas.bench import Bench
-    from federated_nas.bench.baselines import budget_for_cost, random_search as search
+    from federated_nas.bench.baselines import budget_for_cost, halving_budgets, successive_halving
     from federated_nas.bench.build import BuildSpec, load_dataset
     from federated_nas.bench.train import build_split
     from federated_nas.errors import DataError
@@ -199,17 +211,19 @@ def random_search(args: argparse.Namespace) -> dict:
     if bench is None and not args.spec.is_file():
         raise DataError(f"neither the table {args.table} nor a build spec {args.spec} exists: nothing says the budget")
     spec = BuildSpec.from_dict(bench.table["spec"] if bench else json.loads(args.spec.read_text()))
-    budget = budget_for_cost(args.client_steps, args.candidates, spec.budget)
+    budgets = (halving_budgets(args.client_steps, args.candidates, spec.budget) if args.halving
+               else [budget_for_cost(args.client_steps, args.candidates, spec.budget)])
     dataset = load_dataset(spec.dataset, args.data_dir)
-    result: dict = {"client_steps": args.client_steps, "candidates": args.candidates, "rounds_each": budget.rounds,
-                    "spec": spec.fingerprint(), "splits": {}}
+    result: dict = {"client_steps": args.client_steps, "candidates": args.candidates,
+                    "rounds_each": [b.rounds for b in budgets] if args.halving else budgets[0].rounds,
+                    "halving": args.halving, "spec": spec.fingerprint(), "splits": {}}
     for split in args.splits or spec.splits:
         data = build_split(dataset, spec.split(split))
         runs = []
         for seed in args.seeds:
-            found = search(spec.space, data, split, args.candidates, budget, spec.network, seed)
+            found = successive_halving(spec.space, data, split, args.candidates, budgets, spec.network, seed)
             runs.append(found.as_dict())
-            line = f"{split} seed {seed}: picked {found.picked} of {args.candidates} x {budget.rounds} rounds"
+            line = f"{split} seed {seed}: {search_label(result)} picked {found.picked}"
             if bench is not None:
                 entry = bench.query(found.picked, split)
                 runs[-1].update(accuracy=entry.mean, percentile=entry.percentile, regret=entry.regret)
@@ -220,7 +234,7 @@ def random_search(args: argparse.Namespace) -> dict:
             summary = {name: (float(np.mean([r[name] for r in runs])), float(np.std([r[name] for r in runs], ddof=1))
                               if len(runs) > 1 else 0.0) for name in ("accuracy", "percentile", "regret")}
             result["splits"][split]["summary"] = summary
-            print(f"{split}: random search " + ", ".join(f"{name} {mean:.3f} ± {std:.3f}"
+            print(f"{split}: {search_label(result)}: " + ", ".join(f"{name} {mean:.3f} ± {std:.3f}"
                                                          for name, (mean, std) in summary.items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,12 @@ from federated_nas.bench import build as bench_build
 from federated_nas.bench.baselines import (
     budget_for_cost,
     genotype_multiplicity,
+    halving_budgets,
     parameter_count,
+    random_keys,
     random_sampling,
     random_search,
+    successive_halving,
 )
 from federated_nas.bench.build import BuildSpec, spec_with
 from federated_nas.bench.train import Budget, NetworkShape, SplitSpec, build_network, build_split
@@ -139,6 +142,28 @@ def test_random_search_spends_the_cost_and_picks_on_val():
         return sum(t.numel() * (4 if t.is_floating_point() else 8) for t in state)
 
     assert found.bytes_communicated == 4 * sum(state_bytes(key) for key, _ in found.candidates)
+
+
+def test_successive_halving_keeps_the_better_half_and_spends_the_cost():
+    """2,400 client steps, 8 candidates: 3 rungs of 800 steps each, 8 x 2, 4 x 4 and 2 x 8 rounds of 5 clients x
+    10 steps; the survivors of a rung are the better half on the previous rung's val accuracy."""
+    assert [b.rounds for b in halving_budgets(2400, 8, Budget())] == [2, 4, 8]
+    assert [b.rounds for b in halving_budgets(600, 4, Budget())] == [1, 3]  # 300 steps a rung: 4 x 1, 2 x 3 rounds
+    with pytest.raises(ConfigError, match="power of 2"):
+        halving_budgets(2400, 6, Budget())
+    data = build_split(bench_build.load_dataset("synthetic"), SplitSpec("dir0.1", num_clients=3))
+    budget = Budget(rounds=1, clients_per_round=2, local_steps=2, batch_size=8)
+    budgets = [budget, dataclasses.replace(budget, rounds=2)]
+    found = successive_halving(CellSpace(), data, "dir0.1", 4, budgets, NetworkShape(C=2), seed=0)
+    first, second = found.rungs
+    assert [key for key, _ in first] == random_keys(CellSpace(), 4, 0) and found.candidates == first
+    ranked = sorted(range(4), key=lambda i: -first[i][1])[:2]
+    assert [key for key, _ in second] == [first[i][0] for i in sorted(ranked)]
+    assert found.picked == max(second, key=lambda c: c[1])[0]
+    assert found.client_steps == 4 * 1 * 2 * 2 + 2 * 2 * 2 * 2
+    # one rung is random search, whose first rung it shares
+    plain = random_search(CellSpace(), data, "dir0.1", 4, budget, NetworkShape(C=2), seed=0)
+    assert plain.candidates == first and plain.rungs is None
 
 
 # --- scoring a search run -----------------------------------------------------------------------------------
@@ -264,6 +289,9 @@ def test_the_query_and_baseline_commands_run(tmp_path, capsys):
                             "--seeds", "0", "1", "--splits", "dir0.5", "--out", str(tmp_path / "rs.json")])
     assert found["rounds_each"] == 2 and len(found["splits"]["dir0.5"]["runs"]) == 2
     assert json.loads((tmp_path / "rs.json").read_text())["candidates"] == 2
+    halved = bench_cli.main(["--table", str(table), "random-search", "--halving", "--client-steps", "16",
+                             "--candidates", "4", "--seeds", "0", "--splits", "dir0.5", "--out", str(tmp_path / "sh.json")])
+    assert halved["rounds_each"] == [1, 2] and halved["splits"]["dir0.5"]["runs"][0]["client_steps"] == 16
     # before the table exists: the build's spec says the budget, the picks are looked up by methods
     spec_json = tmp_path / "spec.json"
     spec_json.write_text(json.dumps(Bench.load(table).table["spec"]))
@@ -277,6 +305,9 @@ def test_the_query_and_baseline_commands_run(tmp_path, capsys):
                                str(tmp_path / "rs.json"), str(tmp_path / "rs-early.json")])
     rows = [line for line in table_md.splitlines() if line.startswith("| random search, 2 x 2 rounds | 2 |")]
     assert len(rows) == 2 and rows[0].split(" | ")[:7] == rows[1].split(" | ")[:7]  # the same picks, looked up alike
+    halving_md = bench_cli.main(["--table", str(table), "methods", str(tmp_path / "none.jsonl"), "--random-search",
+                                 str(tmp_path / "sh.json")])
+    assert "| successive halving, 4/2 x 1/2 rounds | 1 |" in halving_md
     assert rows[0].split(" | ")[2] == f"{100 * found['splits']['dir0.5']['summary']['accuracy'][0]:.2f} ± " \
         f"{100 * found['splits']['dir0.5']['summary']['accuracy'][1]:.2f}" and rows[0].split(" | ")[6] == "8"
     # picks trained to another budget than the table's are refused

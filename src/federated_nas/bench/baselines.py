@@ -11,6 +11,8 @@ Regularized evolution (Real et al. 2019) and random search over the table's quer
 references: each query stands for one training at the table's budget; their fitness reads one seed's test
 accuracy (the table keeps no validation accuracy), so they are optimistic references for how many trainings
 a search without weight sharing needs, not baselines at a weight-sharing search's cost.
+
+Successive halving spends random search's budget in rungs: many candidates briefly, the better half longer.
 """
 
 from __future__ import annotations
@@ -87,17 +89,28 @@ def budget_for_cost(client_steps: int, candidates: int, base: Budget) -> Budget:
     return replace(base, rounds=int(rounds))
 
 
+def halving_budgets(client_steps: int, candidates: int, base: Budget) -> list[Budget]:
+    """Successive halving's rungs at a search's cost: ``candidates`` (a power of 2), halved each rung down to 2,
+    every rung spending an equal share of ``client_steps``; so later rungs train fewer candidates for longer."""
+    if candidates < 2 or candidates & (candidates - 1):
+        raise ConfigError(f"successive halving needs a power of 2 of at least 2 candidates, got {candidates}")
+    rungs = candidates.bit_length() - 1  # K, K/2, ..., 2
+    return [budget_for_cost(client_steps // rungs, candidates >> rung, base) for rung in range(rungs)]
+
+
 @dataclass
 class RandomSearch:
-    """One random search: the candidates with their val accuracy, the pick, and what it cost."""
+    """One random search (or successive halving): each rung's candidates with their val accuracy, the pick,
+    and what it cost."""
 
     seed: int
     split: str
-    candidates: list[tuple[str, float]]  # (key, val accuracy after the brief training)
+    candidates: list[tuple[str, float]]  # (key, val accuracy after the brief training): the first rung
     picked: str
     client_steps: int
     seconds: float
     bytes_communicated: int  # every candidate's weights and BatchNorm statistics, to and from each client a round
+    rungs: list[list[tuple[str, float]]] | None = None  # successive halving: every rung's, the first included
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -106,21 +119,36 @@ class RandomSearch:
 def random_search(space: CellSpace, data: FederatedData, split: str, candidates: int, budget: Budget,
                   shape: NetworkShape, seed: int) -> RandomSearch:
     """Train ``candidates`` random architectures at ``budget`` (seeded by ``seed``) and pick the best on val."""
-    trained = []
-    seconds, traffic = 0.0, 0
-    for index, key in enumerate(random_keys(space, candidates, seed)):
-        genotype = space.genotype_of(key)
-        result = train_fedavg(genotype, data, budget, shape, seed=1000 * seed + index, validate=True,
-                              test=False)
-        trained.append((key, float(result.val_acc)))
-        seconds += result.train_seconds + result.eval_seconds
-        with torch.device("meta"):  # sizes only: no weights allocated, no random draws
-            size = state_bytes(build_network(genotype, data, shape).state_dict())
-        traffic += 2 * budget.rounds * budget.clients_per_round * size
-    picked = max(trained, key=lambda pair: pair[1])[0]
-    steps = candidates * budget.rounds * budget.clients_per_round * budget.local_steps
-    return RandomSearch(seed=seed, split=split, candidates=trained, picked=picked, client_steps=steps, seconds=seconds,
-                        bytes_communicated=traffic)
+    return successive_halving(space, data, split, candidates, [budget], shape, seed)
+
+
+def successive_halving(space: CellSpace, data: FederatedData, split: str, candidates: int, budgets: list[Budget],
+                       shape: NetworkShape, seed: int) -> RandomSearch:
+    """Random search with rungs (Jamieson & Talwalkar 2016): the same ``candidates`` random architectures as
+    random search of this ``seed``, trained at ``budgets[0]``; the better half on val trained again, from
+    scratch, at the next budget, and so on; the best on val of the last rung is the pick. One budget: random
+    search. A candidate keeps its initial weights' seed in every rung, so a rung differs only in its budget."""
+    keys = random_keys(space, candidates, seed)
+    survivors = list(range(candidates))
+    rungs, seconds, traffic, steps = [], 0.0, 0, 0
+    for rung, budget in enumerate(budgets):
+        if rung:  # the better half on the last rung's val accuracy (ties: the earlier drawn)
+            val = dict(zip(survivors, (acc for _, acc in rungs[-1])))
+            survivors = sorted(sorted(survivors, key=lambda i: -val[i])[:max(1, len(survivors) // 2)])
+        trained = []
+        for index in survivors:
+            genotype = space.genotype_of(keys[index])
+            result = train_fedavg(genotype, data, budget, shape, seed=1000 * seed + index, validate=True, test=False)
+            trained.append((keys[index], float(result.val_acc)))
+            seconds += result.train_seconds + result.eval_seconds
+            with torch.device("meta"):  # sizes only: no weights allocated, no random draws
+                size = state_bytes(build_network(genotype, data, shape).state_dict())
+            traffic += 2 * budget.rounds * budget.clients_per_round * size
+            steps += budget.rounds * budget.clients_per_round * budget.local_steps
+        rungs.append(trained)
+    picked = max(rungs[-1], key=lambda pair: pair[1])[0]
+    return RandomSearch(seed=seed, split=split, candidates=rungs[0], picked=picked, client_steps=steps,
+                        seconds=seconds, bytes_communicated=traffic, rungs=rungs if len(budgets) > 1 else None)
 
 
 # --- query-based search over the table: regularized evolution against random search, at equal queries ---------
