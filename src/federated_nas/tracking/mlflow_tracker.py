@@ -40,6 +40,20 @@ FINAL_MODEL = "final_model"  # the logged model's name: what the method ships, l
 LINKED_METRICS = ("test/final_acc", "arch/final_model_params")  # shown beside the model in the UI's Models tab
 
 
+def stop_system_metrics(monitor: "SystemMetricsMonitor") -> None:
+    """Stop MLflow's monitor so that every tracked run keeps at least one system/ sample: the monitor publishes
+    only after a whole interval and gives up on a failed status read (sqlite busy under load), so a short or
+    crowded run would otherwise have no system/ charts. A sample that cannot be written is a warning."""
+    monitor.finish()
+    if getattr(monitor, "_logging_step", 1) == 0:  # nothing was published while the run ran
+        try:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as err:  # noqa: BLE001 -- the run's result must not depend on its system charts
+            logging.getLogger(__name__).warning("system metrics: the final sample was not logged (%s)", err)
+
+
 def sqlite_file(uri: str) -> Path:
     """The database file of a ``sqlite:///<path>`` tracking URI."""
     return Path(str(uri).removeprefix("sqlite:///"))
@@ -300,7 +314,7 @@ class RunTracker:
         the store cannot take the status (its disk is full), one warning, and the run's own error is the one
         reported."""
         if self.system_metrics is not None:
-            self.system_metrics.finish()
+            stop_system_metrics(self.system_metrics)
             self.system_metrics = None
         if self.logger is None:
             return
