@@ -253,13 +253,18 @@ def per_key(records: dict[Task, dict], split: str, seeds: tuple[int, ...], colum
     return {key: [values[seed] for seed in seeds] for key, values in sorted(table.items()) if len(values) == len(seeds)}
 
 
+def top_count(architectures: int) -> int:
+    """How many architectures make the top 5% of ``architectures`` (at least one)."""
+    return max(1, math.ceil(0.05 * architectures))
+
+
 def ranking_stats(accs: dict[str, list[float]]) -> dict[str, float]:
     """Whether a table ranks: seed-vs-seed Spearman, the top 5% against the median, and the seed noise."""
     if not accs:
         return {"architectures": 0}
     values = np.array(list(accs.values()))  # [architectures, seeds]
     means = values.mean(1)
-    top = np.sort(means)[::-1][:max(1, math.ceil(0.05 * len(means)))]
+    top = np.sort(means)[::-1][:top_count(len(means))]
     stats = {"architectures": len(accs), "mean": float(means.mean()), "median": float(np.median(means)),
              "best": float(means.max()), "worst": float(means.min()), "top5pct_mean": float(top.mean()),
              "top5pct_minus_median": float(top.mean() - np.median(means)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 
@@ -78,16 +77,19 @@ def datasheet(table: dict, records: dict) -> str:
 def split_transfer(archs: dict, splits: list[str]) -> list[str]:
     """Where each split's best architecture (by mean) stands on the other splits, and how many of one split's
     top 5% are in another's: whether heterogeneity changes which architecture to pick, not only the scores."""
+    from federated_nas.bench.build import top_count
+    from federated_nas.bench.table import percentile_in
+
     means = {split: {key: float(np.mean(entry[split]["global_acc"])) for key, entry in archs.items()} for split in splits}
-    top_count = max(1, math.ceil(0.05 * len(archs)))
-    top = {split: set(sorted(m, key=lambda k: (-m[k], k))[:top_count]) for split, m in means.items()}
+    count = top_count(len(archs))
+    top = {split: set(sorted(m, key=lambda k: (-m[k], k))[:count]) for split, m in means.items()}
     lines = [f"Percentile: % of the table's architectures whose mean is at most this one's (the best: 100). "
-             f"Top 5%: the {top_count} best means.", ""]
+             f"Top 5%: the {count} best means.", ""]
     for a, b in itertools.permutations(splits, 2):
         best = min(means[a], key=lambda k: (-means[a][k], k))
-        at = 100.0 * sum(m <= means[b][best] for m in means[b].values()) / len(archs)
-        lines.append(f"- {a}'s best, `{best}`, stands at percentile {at:.1f} on {b} (regret "
-                     f"{max(means[b].values()) - means[b][best]:.4f}).")
+        ranked = np.sort(np.fromiter(means[b].values(), float))
+        lines.append(f"- {a}'s best, `{best}`, stands at percentile {percentile_in(ranked, means[b][best]):.1f} on "
+                     f"{b} (regret {ranked[-1] - means[b][best]:.4f}).")
     for a, b in itertools.combinations(splits, 2):
-        lines.append(f"- {a} and {b} share {len(top[a] & top[b])} of their top {top_count}.")
+        lines.append(f"- {a} and {b} share {len(top[a] & top[b])} of their top {count}.")
     return lines

@@ -104,12 +104,16 @@ class Bench:
     def percentile_of(self, acc: float, split: str) -> float:
         """% of the table's architectures whose mean accuracy is at most ``acc`` (the best one: 100)."""
         self._check_split(split)
-        ranked = self._sorted[split]
-        return 100.0 * float(np.searchsorted(ranked, acc, side="right")) / len(ranked)
+        return percentile_in(self._sorted[split], acc)
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
             raise DataError(f"split {split!r} is not in this table (splits: {', '.join(self.splits)})")
+
+
+def percentile_in(sorted_means: np.ndarray, acc: float) -> float:
+    """% of ``sorted_means`` (ascending) at most ``acc``: the benchmark's one definition of a percentile."""
+    return 100.0 * float(np.searchsorted(sorted_means, acc, side="right")) / len(sorted_means)
 
 
 def check_checksum(path: Path, raw: bytes) -> None:
